@@ -1,0 +1,245 @@
+//! A fully commented configuration file to start from, as a constant
+//! ([`TEMPLATE`]) and filled in for a given pair ([`template`]).
+//!
+//! The text is written once, in the `template_text!` macro, with the
+//! pair-specific values as parameters: [`TEMPLATE`] instantiates it with the
+//! example pair "web" (nodes "alpha" and "beta"), and [`template`] with
+//! `format!` placeholders, so both always say the same thing.
+
+/// The template text with its variable parts given as string literals, each
+/// already a complete TOML value (quoted). Must contain no braces, so the
+/// result is also a valid `format!` string.
+macro_rules! template_text {
+    (
+        pair = $pair:literal,
+        control_socket = $socket:literal,
+        tls_dir = $tls:literal,
+        node0 = $n0:literal,
+        node1 = $n1:literal,
+        channel0 = $c0:literal,
+        channel1 = $c1:literal,
+        management0 = $m0:literal,
+        management1 = $m1:literal $(,)?
+    ) => {
+        concat!(
+            "# Understudy configuration.
+#
+# This one file is shared by both nodes of the pair: install the same file on
+# both machines. Keys that are commented out show their default value;
+# uncomment one to change it. Durations are in milliseconds. Addresses are
+# written \"IP\" or \"IP:PORT\" (IPv6 as \"[2001:db8::1]:7400\" or
+# \"2001:db8::1\"); host names are not accepted.
+
+[pair]
+# Name of the pair (required): 1 to 32 characters from a-z, 0-9 and \"-\",
+# starting with a letter.
+name = ",
+            $pair,
+            "
+
+# How often each node sends a heartbeat to its peer on every channel link.
+# Default 200; allowed 10 to 10000.
+# heartbeat_interval_ms = 200
+
+# How long the peer may stay silent on every channel link before it is
+# declared failed. Default 3000; at least 3 x heartbeat_interval_ms.
+# failover_timeout_ms = 3000
+
+# How long the active node may be cut off (from its peer and from the public
+# check targets) before it considers itself isolated and gives up its
+# resources. Default 2000; less than failover_timeout_ms, so an isolated
+# active has given up before its peer takes over, and at least
+# 2 x heartbeat_interval_ms.
+# isolation_timeout_ms = 2000
+
+# Timeout for probing the peer's management address, used to tell a failed
+# peer from a failed channel. Default: the smaller of 500 and
+# failover_timeout_ms / 4; less than failover_timeout_ms.
+# probe_timeout_ms = 500
+
+# Take over automatically when the peer is declared failed. With false, the
+# standby only reports the failure and waits for an operator. Default true.
+# auto_failover = true
+
+# Absolute directory where each node keeps its persistent state.
+# Default \"/var/lib/understudy\".
+# state_dir = \"/var/lib/understudy\"
+
+# Absolute path of the Unix socket the local command-line tool talks to.
+# Default \"/run/understudy/<pair name>.sock\".
+# control_socket = ",
+            $socket,
+            "
+
+# Absolute directory holding the pair's TLS files: ca.pem, and for each node
+# <node name>.pem and <node name>.key. Default \"/etc/understudy/<pair name>\".
+# tls_dir = ",
+            $tls,
+            "
+
+# Port used for channel addresses written without one. Default 7400.
+# channel_port = 7400
+
+# Port used for management addresses written without one. Default 7401.
+# management_port = 7401
+
+# Exactly two [[node]] entries, one per machine.
+#
+# name:       the node's name (required), same rules as the pair name, and
+#             different from the other node's. It also names the node's TLS
+#             files.
+# channel:    1 to 4 channel link addresses of this node (required), on which
+#             the nodes exchange heartbeats. Link i of one node talks to
+#             link i of the other, so both nodes list the same number of
+#             links, with matching address families. Independent networks
+#             per link protect against a single network fault. No address
+#             may appear twice in the file.
+# management: the node's management address (required), which the peer
+#             probes when the channel goes silent.
+
+[[node]]
+name = ",
+            $n0,
+            "
+channel = [",
+            $c0,
+            "]
+management = ",
+            $m0,
+            "
+
+[[node]]
+name = ",
+            $n1,
+            "
+channel = [",
+            $c1,
+            "]
+management = ",
+            $m1,
+            "
+
+# Public reachability check (the whole table is optional).
+[public_check]
+# Up to 8 IP addresses (no port) outside the pair, for example the default
+# gateway, that the active checks to know it can still reach the public
+# network. Empty disables the check; Understudy then warns that the active
+# cannot detect isolation from the public network and that failover relies
+# on the management probe alone. Default: empty.
+targets = []
+# targets = [\"203.0.113.1\"]
+
+# Time between two checks. Default 1000; at least 50.
+# interval_ms = 1000
+
+# How long one check may take. Default 500; at most interval_ms.
+# timeout_ms = 500
+
+# Resources: 0 to 64 [[resource]] entries, started in file order and stopped
+# in reverse order. Uncomment and edit the example below.
+#
+# name:                unique resource name (required), same rules as the
+#                      pair name.
+# kind:                \"exec\" (required), the only kind supported so far.
+# start:               command line that starts the resource, run with
+#                      /bin/sh -c (required).
+# stop:                command line that stops the resource, run with
+#                      /bin/sh -c (required).
+# monitor:             command line that checks the resource, run with
+#                      /bin/sh -c; exit status 0 means healthy (optional).
+# start_timeout_ms:    how long start may take. Default 20000.
+# stop_timeout_ms:     how long stop may take. Default 20000.
+# monitor_timeout_ms:  how long one monitor run may take. Default 10000.
+# monitor_interval_ms: time between monitor runs. Default 10000; at least 100.
+#
+# [[resource]]
+# name = \"app\"
+# kind = \"exec\"
+# start = \"/usr/local/bin/app-start\"
+# stop = \"/usr/local/bin/app-stop\"
+# monitor = \"/usr/local/bin/app-check\"
+# start_timeout_ms = 20000
+# stop_timeout_ms = 20000
+# monitor_timeout_ms = 10000
+# monitor_interval_ms = 10000
+"
+        )
+    };
+}
+
+/// A fully commented configuration file for the example pair "web" with
+/// nodes "alpha" (192.168.50.1, management 203.0.113.11) and "beta"
+/// (192.168.50.2, management 203.0.113.12). Every key is present, either set
+/// or commented out with its default; it parses with [`parse`](crate::parse).
+pub const TEMPLATE: &str = template_text!(
+    pair = "\"web\"",
+    control_socket = "\"/run/understudy/web.sock\"",
+    tls_dir = "\"/etc/understudy/web\"",
+    node0 = "\"alpha\"",
+    node1 = "\"beta\"",
+    channel0 = "\"192.168.50.1\"",
+    channel1 = "\"192.168.50.2\"",
+    management0 = "\"203.0.113.11\"",
+    management1 = "\"203.0.113.12\"",
+);
+
+/// [`TEMPLATE`] filled in for the pair `pair` with nodes `nodes`, each with
+/// one channel address (`channel[i]`) and a management address
+/// (`management[i]`), all written "IP" or "IP:PORT".
+///
+/// The values are inserted as properly escaped TOML strings, so the output
+/// is always valid TOML; whether the values themselves are acceptable is
+/// checked by [`parse`](crate::parse), which should be run on the result.
+pub fn template(pair: &str, nodes: [&str; 2], channel: [&str; 2], management: [&str; 2]) -> String {
+    format!(
+        template_text!(
+            pair = "{pair}",
+            control_socket = "{control_socket}",
+            tls_dir = "{tls_dir}",
+            node0 = "{node0}",
+            node1 = "{node1}",
+            channel0 = "{channel0}",
+            channel1 = "{channel1}",
+            management0 = "{management0}",
+            management1 = "{management1}",
+        ),
+        pair = toml_string(pair),
+        control_socket = toml_string(&format!("/run/understudy/{pair}.sock")),
+        tls_dir = toml_string(&format!("/etc/understudy/{pair}")),
+        node0 = toml_string(nodes[0]),
+        node1 = toml_string(nodes[1]),
+        channel0 = toml_string(channel[0]),
+        channel1 = toml_string(channel[1]),
+        management0 = toml_string(management[0]),
+        management1 = toml_string(management[1]),
+    )
+}
+
+/// `text` as a TOML basic string, quoted and escaped (never spans lines).
+fn toml_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::toml_string;
+
+    #[test]
+    fn toml_string_escapes_quotes_backslashes_and_controls() {
+        assert_eq!(toml_string("a\"b\\c\nd\u{7}"), "\"a\\\"b\\\\c\\nd\\u0007\"");
+    }
+}

@@ -1,0 +1,940 @@
+//! The pair state machine: one instance per node, deciding this node's role.
+//!
+//! Rules (each has a decision-table test in `tests/decisions.rs` saying why it exists):
+//! - **Failover.** A passive promotes when the channel has been silent for
+//!   `failover_timeout`, the latest probe of the peer's management address (sent after the
+//!   peer was last heard) got no answer, auto-failover is on, this node itself reaches the
+//!   public network, and it knows the peer was serving (or that it was itself the last
+//!   active and nothing newer exists).
+//! - **Channel-only partition.** If the peer answers on the management address, the
+//!   channel silence alone never causes a promotion.
+//! - **Isolation.** An active that hears nothing on the channel and reaches no public
+//!   target for `isolation_timeout` demotes itself. `isolation_timeout < failover_timeout`,
+//!   so it has stopped before the passive may take over.
+//! - **Public-network loss.** An active that loses the public network while its connected
+//!   passive still reaches it hands the role over (a switchover).
+//! - **Higher epoch wins.** A node that sees an active peer with a higher epoch demotes.
+//! - **Election.** Two passives that know of each other elect one: eligible, reaching the
+//!   public network, not yielding, most recently active, then the first node in the config.
+//! - **Start passive.** A node always starts passive; alone after a restart it stays
+//!   passive until it sees its peer or the operator forces it.
+
+use std::cmp::Reverse;
+use std::collections::VecDeque;
+
+use crate::invariant;
+use crate::types::{Epoch, NodeIndex, NodeStatus, Phase, PersistedState, Reason, Time};
+
+/// Timing and policy for one node's core. Built by the runtime from the config file.
+#[derive(Clone, Debug)]
+pub struct CoreConfig {
+    pub me: NodeIndex,
+    pub heartbeat_interval_ms: u64,
+    pub failover_timeout_ms: u64,
+    pub isolation_timeout_ms: u64,
+    /// How long the runtime may take to answer a probe. Used to bound waiting on one.
+    pub probe_timeout_ms: u64,
+    pub auto_failover: bool,
+    /// False when no public-check targets are configured: public reachability is then
+    /// assumed, and isolation can only be detected through the management probe.
+    pub public_check_enabled: bool,
+    /// After a failed start, the node does not try to become active again for this long.
+    pub start_failure_backoff_ms: u64,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct CoreConfigError(pub &'static str);
+
+impl std::fmt::Display for CoreConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for CoreConfigError {}
+
+impl CoreConfig {
+    pub fn validate(&self) -> Result<(), CoreConfigError> {
+        if self.me.0 > 1 {
+            return Err(CoreConfigError("node index must be 0 or 1"));
+        }
+        if self.heartbeat_interval_ms == 0 {
+            return Err(CoreConfigError("heartbeat_interval_ms must be positive"));
+        }
+        if self.failover_timeout_ms < 3 * self.heartbeat_interval_ms {
+            return Err(CoreConfigError(
+                "failover_timeout_ms must be at least 3 heartbeat intervals",
+            ));
+        }
+        // The active must have stopped its resources before the passive may start them.
+        if self.isolation_timeout_ms >= self.failover_timeout_ms {
+            return Err(CoreConfigError(
+                "isolation_timeout_ms must be shorter than failover_timeout_ms",
+            ));
+        }
+        if self.probe_timeout_ms == 0 || self.probe_timeout_ms >= self.failover_timeout_ms {
+            return Err(CoreConfigError(
+                "probe_timeout_ms must be positive and shorter than failover_timeout_ms",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Where a peer's status came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// A heartbeat over the dedicated channel (any link).
+    Channel,
+    /// The peer probed our management address over the public network.
+    Management,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ProbeId(pub u64);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// A timer fired (or the runtime just wants the core to look at the time).
+    Tick,
+    /// The peer's status arrived.
+    PeerStatus { via: Via, status: NodeStatus },
+    /// A probe of the peer's management address got an answer.
+    ProbeAnswered { probe: ProbeId, status: NodeStatus },
+    /// A probe got no answer within the probe timeout (refused, unreachable, hung).
+    ProbeFailed { probe: ProbeId },
+    /// One round of public-network checks: was at least one target reachable?
+    PublicCheck { reachable: bool },
+    /// The runtime finished starting resources (on failure it already stopped what started).
+    ResourcesStarted { ok: bool },
+    /// The runtime finished stopping resources.
+    ResourcesStopped { ok: bool },
+}
+
+/// Operator commands, from the control socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Move the active role to the other node, with no loss.
+    Switchover,
+    /// Become active even though the automatic rules would not. The runtime probes the
+    /// peer just before, so a reachable active peer is seen and the command refused.
+    ForceFailover,
+    /// Stop cleanly: stop resources, record a clean shutdown, tell the peer, exit.
+    Shutdown,
+}
+
+/// Why a command was refused, in words for the operator.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal(pub String);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Send this status to the peer on every channel link.
+    SendStatus(NodeStatus),
+    /// Probe the peer's management address, sending our status; report the result with
+    /// `ProbeAnswered` or `ProbeFailed` within `probe_timeout_ms`.
+    Probe { probe: ProbeId, status: NodeStatus },
+    /// Write this durably (fsync) before carrying out any later output.
+    Persist(PersistedState),
+    /// Start every resource in order; report `ResourcesStarted`.
+    StartResources,
+    /// Stop every resource in reverse order; report `ResourcesStopped`.
+    StopResources,
+    /// Something worth logging and showing in status.
+    Event(Event),
+    /// Run a round of public-network checks now and report it with `PublicCheck`.
+    /// Asked for when a failover waits only on fresh evidence that this node itself
+    /// still reaches the public network.
+    CheckPublic,
+    /// The clean shutdown is complete; the runtime should exit.
+    Exit,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    RoleChange {
+        at: Time,
+        from: Phase,
+        to: Phase,
+        epoch: Epoch,
+        reason: Reason,
+    },
+    Notice {
+        at: Time,
+        text: String,
+    },
+}
+
+/// The outcome of the most recent completed probe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbeRecord {
+    pub sent_at: Time,
+    pub completed_at: Time,
+    pub answered: bool,
+}
+
+/// A snapshot for `understudy status`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CoreStatus {
+    pub me: NodeStatus,
+    pub peer: Option<NodeStatus>,
+    pub channel_last_heard: Option<Time>,
+    pub last_probe: Option<ProbeRecord>,
+    pub reason: Option<Reason>,
+    /// Why this passive is not taking over, when it is not; for the operator.
+    pub waiting_for: Option<&'static str>,
+}
+
+/// What to do once the resources have stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AfterStop {
+    BePassive,
+    HandOver,
+    Exit,
+}
+
+/// Bound on queued outputs: one evaluation emits only a handful.
+const OUTPUT_QUEUE_MAX: usize = 256;
+
+pub struct PairCore {
+    cfg: CoreConfig,
+    now: Time,
+    started_at: Time,
+    phase: Phase,
+    epoch: Epoch,
+    last_active_epoch: Epoch,
+    max_seen_epoch: Epoch,
+    /// Why the current phase was entered.
+    reason: Option<Reason>,
+    after_stop: AfterStop,
+    shutdown_requested: bool,
+    yielding: bool,
+    leaving: bool,
+    exited: bool,
+    /// This passive asked its active peer to hand over; until then (a deadline).
+    requesting_switchover_until: Option<Time>,
+    ineligible_until: Time,
+
+    channel_last_heard: Option<Time>,
+    /// The latest status heard over the channel.
+    peer_channel: Option<NodeStatus>,
+    /// The latest status learnt over the management network, and when. Cleared when a
+    /// later probe fails: the peer stopped answering.
+    peer_management: Option<(Time, NodeStatus)>,
+    /// The latest status from either path.
+    peer_last_known: Option<NodeStatus>,
+    /// When we last heard anything from the peer, on either path.
+    peer_last_contact: Option<Time>,
+
+    probe_in_flight: Option<(ProbeId, Time)>,
+    /// The probe for which an immediate public check was requested (once per probe).
+    public_check_requested_after: Option<Time>,
+    next_probe_id: u64,
+    last_probe: Option<ProbeRecord>,
+
+    public_last_ok: Option<Time>,
+    /// The outcome of the latest public-check round.
+    public_last_reachable: Option<bool>,
+    /// The first success of the current unbroken run of successful public checks.
+    public_ok_since: Option<Time>,
+    next_heartbeat_at: Time,
+    outputs: VecDeque<Output>,
+}
+
+impl PairCore {
+    /// A node always starts passive (the safe choice after a crash: it cannot know
+    /// whether its peer took over while it was down).
+    pub fn new(cfg: CoreConfig, persisted: PersistedState, now: Time) -> Result<Self, CoreConfigError> {
+        cfg.validate()?;
+        let mut core = PairCore {
+            cfg,
+            now,
+            started_at: now,
+            phase: Phase::Passive,
+            epoch: persisted.epoch,
+            last_active_epoch: persisted.last_active_epoch,
+            max_seen_epoch: persisted.epoch.max(persisted.last_active_epoch),
+            reason: None,
+            after_stop: AfterStop::BePassive,
+            shutdown_requested: false,
+            yielding: false,
+            leaving: false,
+            exited: false,
+            requesting_switchover_until: None,
+            ineligible_until: now,
+            channel_last_heard: None,
+            peer_channel: None,
+            peer_management: None,
+            peer_last_known: None,
+            peer_last_contact: None,
+            probe_in_flight: None,
+            public_check_requested_after: None,
+            next_probe_id: 1,
+            last_probe: None,
+            public_last_ok: None,
+            public_last_reachable: None,
+            public_ok_since: None,
+            next_heartbeat_at: now,
+            outputs: VecDeque::new(),
+        };
+        // From now on a crash is an unclean stop; record that before anything else.
+        core.push(Output::Persist(core.persisted(false)));
+        core.evaluate();
+        Ok(core)
+    }
+
+    // ---- public interface -------------------------------------------------------------
+
+    pub fn handle(&mut self, now: Time, input: Input) {
+        self.advance(now);
+        if self.exited {
+            return;
+        }
+        match input {
+            Input::Tick => {}
+            Input::PeerStatus { via, status } => self.on_peer_status(via, status),
+            Input::ProbeAnswered { probe, status } => {
+                if self.complete_probe(probe, true) {
+                    self.on_peer_status(Via::Management, status);
+                }
+            }
+            Input::ProbeFailed { probe } => {
+                if self.complete_probe(probe, false) {
+                    // The peer stopped answering: what it said earlier is no longer current.
+                    if let Some((at, _)) = self.peer_management {
+                        let sent = self.last_probe.map_or(at, |p| p.sent_at);
+                        if at <= sent {
+                            self.peer_management = None;
+                        }
+                    }
+                }
+            }
+            Input::PublicCheck { reachable } => {
+                self.public_last_reachable = Some(reachable);
+                if reachable {
+                    self.public_last_ok = Some(self.now);
+                    self.public_ok_since.get_or_insert(self.now);
+                } else {
+                    self.public_ok_since = None;
+                }
+            }
+            Input::ResourcesStarted { ok } => self.on_started(ok),
+            Input::ResourcesStopped { ok } => self.on_stopped(ok),
+        }
+        self.evaluate();
+    }
+
+    pub fn command(&mut self, now: Time, command: Command) -> Result<(), Refusal> {
+        self.advance(now);
+        if self.exited {
+            return Err(Refusal("the daemon is exiting".into()));
+        }
+        let result = match command {
+            Command::Switchover => self.cmd_switchover(),
+            Command::ForceFailover => self.cmd_force_failover(),
+            Command::Shutdown => {
+                self.cmd_shutdown();
+                Ok(())
+            }
+        };
+        if let Err(refusal) = &result {
+            self.notice(format!("{command:?} refused: {}", refusal.0));
+        }
+        self.evaluate();
+        result
+    }
+
+    /// The next output to carry out, in order. `Persist` must be durable before the next.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// When the core next wants a `Tick`, at the latest.
+    pub fn next_timeout(&self) -> Time {
+        let now = self.now;
+        let f = self.cfg.failover_timeout_ms;
+        let i = self.cfg.isolation_timeout_ms;
+        let mut deadlines = vec![self.next_heartbeat_at];
+        let silence_origin = self.channel_last_heard.unwrap_or(self.started_at);
+        deadlines.push(silence_origin.plus_ms(f));
+        deadlines.push(silence_origin.plus_ms(i));
+        deadlines.push(silence_origin.plus_ms(self.probe_after_ms()));
+        if let Some(ok) = self.public_last_ok {
+            deadlines.push(ok.plus_ms(i));
+        }
+        if let Some(probe) = self.last_probe {
+            deadlines.push(probe.sent_at.plus_ms(self.probe_interval_ms()));
+        }
+        if let Some((_, sent)) = self.probe_in_flight {
+            deadlines.push(sent.plus_ms(self.probe_watchdog_ms()));
+        }
+        if let Some(until) = self.requesting_switchover_until {
+            deadlines.push(until);
+        }
+        deadlines.push(self.ineligible_until);
+        deadlines
+            .into_iter()
+            .filter(|&t| t > now)
+            .min()
+            .unwrap_or(now.plus_ms(self.cfg.heartbeat_interval_ms))
+    }
+
+    pub fn status(&self) -> CoreStatus {
+        CoreStatus {
+            me: self.my_status(),
+            peer: self.peer_last_known,
+            channel_last_heard: self.channel_last_heard,
+            last_probe: self.last_probe,
+            reason: self.reason,
+            waiting_for: self.waiting_for(),
+        }
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    pub fn config(&self) -> &CoreConfig {
+        &self.cfg
+    }
+
+    pub fn my_status(&self) -> NodeStatus {
+        NodeStatus {
+            node: self.cfg.me,
+            phase: self.phase,
+            epoch: self.epoch,
+            last_active_epoch: self.last_active_epoch,
+            public_ok: self.public_ok(),
+            eligible: self.eligible(),
+            yielding: self.yielding,
+            leaving: self.leaving,
+            requests_switchover: self.requesting_switchover_until.is_some(),
+        }
+    }
+
+    // ---- inputs -----------------------------------------------------------------------
+
+    fn advance(&mut self, now: Time) {
+        // The runtime feeds a monotonic clock; time going backwards is a runtime bug.
+        invariant!(now >= self.now, "time went backwards: {:?} < {:?}", now, self.now);
+        self.now = now;
+    }
+
+    fn on_peer_status(&mut self, via: Via, status: NodeStatus) {
+        if status.node != self.cfg.me.peer() {
+            self.notice(format!(
+                "ignored a status claiming to be node {} (expected the peer, node {})",
+                status.node.0,
+                self.cfg.me.peer().0
+            ));
+            return;
+        }
+        self.max_seen_epoch = self.max_seen_epoch.max(status.epoch);
+        self.peer_last_known = Some(status);
+        self.peer_last_contact = Some(self.now);
+        match via {
+            Via::Channel => {
+                self.channel_last_heard = Some(self.now);
+                self.peer_channel = Some(status);
+            }
+            Via::Management => self.peer_management = Some((self.now, status)),
+        }
+        if status.phase.is_running() {
+            // The handover (or our request for one) is done.
+            self.yielding = false;
+        }
+        if status.phase == Phase::Demoting || status.yielding || !status.phase.is_running() {
+            self.requesting_switchover_until = None;
+        }
+        if status.phase.is_running() && self.phase.is_running() && status.epoch < self.epoch {
+            self.notice(format!(
+                "peer is also active, in older epoch {}; it must demote",
+                status.epoch
+            ));
+        }
+    }
+
+    /// Returns false for a stale or unknown probe id.
+    fn complete_probe(&mut self, probe: ProbeId, answered: bool) -> bool {
+        match self.probe_in_flight {
+            Some((id, sent_at)) if id == probe => {
+                self.probe_in_flight = None;
+                self.last_probe = Some(ProbeRecord {
+                    sent_at,
+                    completed_at: self.now,
+                    answered,
+                });
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn on_started(&mut self, ok: bool) {
+        invariant!(
+            self.phase == Phase::Promoting,
+            "resources reported started while {:?}",
+            self.phase
+        );
+        if ok {
+            let reason = self.reason.unwrap_or(Reason::Election);
+            self.set_phase(Phase::Active, reason);
+            if self.shutdown_requested {
+                self.begin_demote(Reason::Shutdown, AfterStop::Exit);
+            }
+        } else {
+            // The runtime already stopped whatever had started.
+            self.ineligible_until = self.now.plus_ms(self.cfg.start_failure_backoff_ms);
+            self.finish_demote(Reason::StartFailed, AfterStop::BePassive);
+            if self.shutdown_requested {
+                self.exit_cleanly();
+            }
+        }
+    }
+
+    fn on_stopped(&mut self, ok: bool) {
+        invariant!(
+            self.phase == Phase::Demoting,
+            "resources reported stopped while {:?}",
+            self.phase
+        );
+        if ok {
+            let reason = self.reason.unwrap_or(Reason::Shutdown);
+            self.finish_demote(reason, self.after_stop);
+        } else {
+            // Something may still run: staying active is the only honest state.
+            self.set_phase(Phase::Active, Reason::StopFailed);
+            self.notice("stopping resources failed; staying active. Fix the resource, then retry".into());
+        }
+    }
+
+    // ---- commands ---------------------------------------------------------------------
+
+    fn cmd_switchover(&mut self) -> Result<(), Refusal> {
+        let peer = match self.peer_channel {
+            Some(p) if self.channel_alive() => p,
+            _ => return Err(Refusal("the peer is not connected over the channel".into())),
+        };
+        match self.phase {
+            Phase::Active => {
+                if peer.phase != Phase::Passive {
+                    return Err(Refusal(format!("the peer is {}, not passive", peer.phase.as_str())));
+                }
+                if !peer.eligible {
+                    return Err(Refusal("the peer may not become active (a recent start failed)".into()));
+                }
+                if !peer.public_ok {
+                    return Err(Refusal("the peer does not reach the public network".into()));
+                }
+                if peer.leaving {
+                    return Err(Refusal("the peer is shutting down".into()));
+                }
+                self.begin_demote(Reason::Switchover, AfterStop::HandOver);
+                Ok(())
+            }
+            Phase::Passive => {
+                if peer.phase != Phase::Active {
+                    return Err(Refusal(format!("the peer is {}, not active", peer.phase.as_str())));
+                }
+                if !self.eligible() {
+                    return Err(Refusal("this node may not become active (a recent start failed)".into()));
+                }
+                if !self.public_ok() {
+                    return Err(Refusal("this node does not reach the public network".into()));
+                }
+                // Ask the active to hand over; it validates and runs the switchover.
+                self.requesting_switchover_until = Some(self.now.plus_ms(self.cfg.failover_timeout_ms));
+                self.send_status();
+                Ok(())
+            }
+            Phase::Promoting | Phase::Demoting => Err(Refusal(format!(
+                "a role change is in progress ({})",
+                self.phase.as_str()
+            ))),
+        }
+    }
+
+    fn cmd_force_failover(&mut self) -> Result<(), Refusal> {
+        if self.phase != Phase::Passive {
+            return Err(Refusal(format!("this node is already {}", self.phase.as_str())));
+        }
+        if let Some(peer) = self.fresh_peer() {
+            if peer.phase.is_running() {
+                return Err(Refusal(format!(
+                    "the peer is reachable and {} (epoch {}); use switchover",
+                    peer.phase.as_str(),
+                    peer.epoch
+                )));
+            }
+        }
+        self.ineligible_until = self.now;
+        self.promote(Reason::Forced);
+        Ok(())
+    }
+
+    fn cmd_shutdown(&mut self) {
+        self.shutdown_requested = true;
+        match self.phase {
+            Phase::Passive => self.exit_cleanly(),
+            Phase::Active => self.begin_demote(Reason::Shutdown, AfterStop::Exit),
+            // Finishes the current change first; on_started/on_stopped see the request.
+            Phase::Promoting => {}
+            Phase::Demoting => self.after_stop = AfterStop::Exit,
+        }
+    }
+
+    // ---- decisions --------------------------------------------------------------------
+
+    fn evaluate(&mut self) {
+        if self.exited {
+            return;
+        }
+        if let Some(until) = self.requesting_switchover_until {
+            if self.now >= until {
+                self.requesting_switchover_until = None;
+                self.notice("the switchover request expired without a handover".into());
+            }
+        }
+        self.expire_stuck_probe();
+        match self.phase {
+            Phase::Passive => self.evaluate_passive(),
+            Phase::Active => self.evaluate_active(),
+            Phase::Promoting | Phase::Demoting => {}
+        }
+        self.schedule_probe();
+        if self.now >= self.next_heartbeat_at {
+            self.send_status();
+        }
+        self.check_invariants();
+    }
+
+    fn evaluate_passive(&mut self) {
+        if self.leaving || self.shutdown_requested || !self.eligible() {
+            return;
+        }
+        if let Some(peer) = self.fresh_peer() {
+            if peer.phase.is_running() {
+                return; // The peer serves; a channel-only partition ends here.
+            }
+            if self.wins_election(&peer) {
+                let reason = if peer.leaving {
+                    Reason::PeerLeft
+                } else if peer.yielding {
+                    Reason::Switchover
+                } else {
+                    Reason::Election
+                };
+                self.promote(reason);
+            }
+            return;
+        }
+        match self.failover_blocker() {
+            None => self.promote(Reason::Failover),
+            Some(_) => self.request_public_check_if_needed(),
+        }
+    }
+
+    /// When a failover waits only on fresh public-network evidence, ask for it now rather
+    /// than at the next scheduled round.
+    fn request_public_check_if_needed(&mut self) {
+        if !self.cfg.public_check_enabled || self.channel_silence_ms() < self.cfg.failover_timeout_ms {
+            return;
+        }
+        let Some(probe) = self.last_probe.filter(|p| !p.answered) else { return };
+        if self.public_last_ok.is_some_and(|ok| ok >= probe.completed_at) {
+            return;
+        }
+        if self.public_check_requested_after != Some(probe.sent_at) {
+            self.public_check_requested_after = Some(probe.sent_at);
+            self.push(Output::CheckPublic);
+        }
+    }
+
+    fn evaluate_active(&mut self) {
+        if let Some(peer) = self.fresh_peer() {
+            if peer.phase.is_running() && peer.epoch > self.epoch {
+                self.begin_demote(Reason::PeerActiveHigherEpoch, AfterStop::BePassive);
+                return;
+            }
+        }
+        let silence = self.channel_silence_ms();
+        if silence >= self.cfg.isolation_timeout_ms && self.public_lost() {
+            self.begin_demote(Reason::Isolation, AfterStop::BePassive);
+            return;
+        }
+        if let Some(peer) = self.peer_channel {
+            if self.channel_alive() && peer.phase == Phase::Passive && peer.eligible && !peer.leaving {
+                if self.public_lost() && peer.public_ok {
+                    self.begin_demote(Reason::PublicNetworkLost, AfterStop::HandOver);
+                } else if peer.requests_switchover && peer.public_ok {
+                    self.begin_demote(Reason::Switchover, AfterStop::HandOver);
+                }
+            }
+        }
+    }
+
+    /// The failover rule. Every clause is a reason not to take over.
+    fn failover_blocker(&self) -> Option<&'static str> {
+        if !self.cfg.auto_failover {
+            return Some("auto_failover is off");
+        }
+        let peer = match self.peer_last_known {
+            Some(p) => p,
+            None => return Some("the peer has not been seen since this node started"),
+        };
+        let peer_was_serving = peer.phase.is_running() || peer.leaving;
+        // After its own isolation a node knows it was the last active, and the peer could
+        // only have taken over by probing it, which the checks below repeat.
+        let i_was_last_active = self.last_active_epoch > Epoch(0) && peer.epoch < self.last_active_epoch;
+        if !peer_was_serving && !i_was_last_active {
+            return Some("the peer was not serving when last seen");
+        }
+        if self.channel_silence_ms() < self.cfg.failover_timeout_ms {
+            return Some("the channel has not been silent for failover_timeout");
+        }
+        let contact = self.peer_last_contact.unwrap_or(self.started_at);
+        let probe = match self.last_probe {
+            Some(p) if !p.answered && p.sent_at >= contact => p,
+            _ => return Some("waiting for the peer's management address to stop answering"),
+        };
+        // The failed probe proves nothing if our own public link is what failed: every
+        // public check from before the probe was sent until after it completed succeeded.
+        let public_held = self.public_ok_since.is_some_and(|since| since <= probe.sent_at)
+            && self.public_last_ok.is_some_and(|ok| ok >= probe.completed_at);
+        if !self.public_ok() || !public_held {
+            return Some("waiting for proof that this node reaches the public network");
+        }
+        None
+    }
+
+    fn waiting_for(&self) -> Option<&'static str> {
+        if self.phase != Phase::Passive {
+            return None;
+        }
+        if !self.eligible() {
+            return Some("a recent start failed; backing off");
+        }
+        if let Some(peer) = self.fresh_peer() {
+            if peer.phase.is_running() {
+                return Some("the peer is active");
+            }
+            return Some("the election chose the peer");
+        }
+        self.failover_blocker()
+    }
+
+    fn wins_election(&self, peer: &NodeStatus) -> bool {
+        let me = self.my_status();
+        let key = |s: &NodeStatus| {
+            (
+                s.eligible && !s.leaving,
+                s.public_ok,
+                !s.yielding,
+                s.last_active_epoch,
+                Reverse(s.node),
+            )
+        };
+        me.eligible && !me.leaving && key(&me) > key(peer)
+    }
+
+    // ---- transitions ------------------------------------------------------------------
+
+    fn promote(&mut self, reason: Reason) {
+        invariant!(self.phase == Phase::Passive, "promote from {:?}", self.phase);
+        let epoch = Epoch::next_for(self.cfg.me, self.max_seen_epoch);
+        self.epoch = epoch;
+        self.max_seen_epoch = epoch;
+        self.last_active_epoch = epoch;
+        self.yielding = false;
+        self.requesting_switchover_until = None;
+        // Durable before the change takes effect: a crash mid-start must not reuse the epoch.
+        self.push(Output::Persist(self.persisted(false)));
+        self.set_phase(Phase::Promoting, reason);
+        self.push(Output::StartResources);
+    }
+
+    fn begin_demote(&mut self, reason: Reason, after: AfterStop) {
+        invariant!(self.phase == Phase::Active, "demote from {:?}", self.phase);
+        self.after_stop = after;
+        self.set_phase(Phase::Demoting, reason);
+        self.push(Output::StopResources);
+    }
+
+    /// Resources are stopped (or never started): record the passive role in a new epoch.
+    fn finish_demote(&mut self, reason: Reason, after: AfterStop) {
+        let epoch = Epoch::next_for(self.cfg.me, self.max_seen_epoch);
+        self.epoch = epoch;
+        self.max_seen_epoch = epoch;
+        self.yielding = after == AfterStop::HandOver;
+        self.push(Output::Persist(self.persisted(false)));
+        self.set_phase(Phase::Passive, reason);
+        if after == AfterStop::Exit {
+            self.exit_cleanly();
+        }
+    }
+
+    fn exit_cleanly(&mut self) {
+        invariant!(self.phase == Phase::Passive, "clean exit while {:?}", self.phase);
+        self.leaving = true;
+        self.push(Output::Persist(self.persisted(true)));
+        self.send_status();
+        self.push(Output::Exit);
+        self.exited = true;
+    }
+
+    fn set_phase(&mut self, to: Phase, reason: Reason) {
+        let from = self.phase;
+        self.phase = to;
+        self.reason = Some(reason);
+        self.push(Output::Event(Event::RoleChange {
+            at: self.now,
+            from,
+            to,
+            epoch: self.epoch,
+            reason,
+        }));
+        // Tell the peer at once rather than at the next heartbeat: it shortens handovers.
+        self.send_status();
+    }
+
+    // ---- probing, heartbeats, helpers -------------------------------------------------
+
+    fn schedule_probe(&mut self) {
+        if self.probe_in_flight.is_some() || self.leaving {
+            return;
+        }
+        if self.channel_silence_ms() < self.probe_after_ms() {
+            return;
+        }
+        if let Some(last) = self.last_probe {
+            if self.now.ms_since(last.sent_at) < self.probe_interval_ms() {
+                return;
+            }
+        }
+        let probe = ProbeId(self.next_probe_id);
+        self.next_probe_id += 1;
+        self.probe_in_flight = Some((probe, self.now));
+        let status = self.my_status();
+        self.push(Output::Probe { probe, status });
+    }
+
+    /// The runtime promises an answer within the probe timeout; if it never comes, count
+    /// the probe as failed rather than wait forever.
+    fn expire_stuck_probe(&mut self) {
+        if let Some((probe, sent)) = self.probe_in_flight {
+            if self.now.ms_since(sent) >= self.probe_watchdog_ms() {
+                self.notice("a probe outlived its timeout; counted as failed".into());
+                self.complete_probe(probe, false);
+            }
+        }
+    }
+
+    fn probe_after_ms(&self) -> u64 {
+        2 * self.cfg.heartbeat_interval_ms
+    }
+
+    fn probe_interval_ms(&self) -> u64 {
+        // Probe at the heartbeat rate for as long as the channel is down: the probe is then
+        // the only way two actives find each other, and one TLS handshake per heartbeat
+        // interval is cheap.
+        self.cfg.heartbeat_interval_ms
+    }
+
+    fn probe_watchdog_ms(&self) -> u64 {
+        2 * self.cfg.probe_timeout_ms + self.cfg.heartbeat_interval_ms
+    }
+
+    fn send_status(&mut self) {
+        self.next_heartbeat_at = self.now.plus_ms(self.cfg.heartbeat_interval_ms);
+        let status = self.my_status();
+        self.push(Output::SendStatus(status));
+    }
+
+    fn notice(&mut self, text: String) {
+        self.push(Output::Event(Event::Notice { at: self.now, text }));
+    }
+
+    fn push(&mut self, output: Output) {
+        invariant!(
+            self.outputs.len() < OUTPUT_QUEUE_MAX,
+            "output queue overflow: the runtime stopped draining the core"
+        );
+        self.outputs.push_back(output);
+    }
+
+    fn persisted(&self, clean_shutdown: bool) -> PersistedState {
+        PersistedState {
+            epoch: self.epoch,
+            last_active_epoch: self.last_active_epoch,
+            clean_shutdown,
+        }
+    }
+
+    fn channel_silence_ms(&self) -> u64 {
+        self.now.ms_since(self.channel_last_heard.unwrap_or(self.started_at))
+    }
+
+    fn channel_alive(&self) -> bool {
+        self.channel_last_heard.is_some() && self.channel_silence_ms() < self.cfg.failover_timeout_ms
+    }
+
+    /// The peer's current status if we know it: over a live channel, or from the
+    /// management network within the failover timeout. The newer of the two wins.
+    fn fresh_peer(&self) -> Option<NodeStatus> {
+        let channel = self
+            .peer_channel
+            .filter(|_| self.channel_alive())
+            .map(|s| (self.channel_last_heard.unwrap_or(self.now), s));
+        let management = self
+            .peer_management
+            .filter(|(at, _)| self.now.ms_since(*at) < self.cfg.failover_timeout_ms);
+        match (channel, management) {
+            (Some(c), Some(m)) => Some(if m.0 > c.0 { m.1 } else { c.1 }),
+            (Some(c), None) => Some(c.1),
+            (None, Some(m)) => Some(m.1),
+            (None, None) => None,
+        }
+    }
+
+    fn public_ok(&self) -> bool {
+        if !self.cfg.public_check_enabled {
+            return true;
+        }
+        // The latest round must have succeeded, and recently.
+        match (self.public_last_reachable, self.public_last_ok) {
+            (Some(true), Some(t)) => self.now.ms_since(t) < self.cfg.isolation_timeout_ms,
+            _ => false,
+        }
+    }
+
+    /// Positive evidence that the public network is gone: the latest check failed and no
+    /// check has succeeded for `isolation_timeout`. Mere absence of results (a paused
+    /// process, a clock jump) is not evidence, so it never demotes a healthy active.
+    fn public_lost(&self) -> bool {
+        let last_ok = self.public_last_ok.unwrap_or(self.started_at);
+        self.cfg.public_check_enabled
+            && self.public_last_reachable == Some(false)
+            && self.now.ms_since(last_ok) >= self.cfg.isolation_timeout_ms
+    }
+
+    fn eligible(&self) -> bool {
+        self.now >= self.ineligible_until
+    }
+
+    fn check_invariants(&self) {
+        if self.phase.is_running() {
+            invariant!(
+                self.epoch.0 % 2 == u64::from(self.cfg.me.0),
+                "running in epoch {} that belongs to the other node",
+                self.epoch
+            );
+            invariant!(self.last_active_epoch == self.epoch, "running, but last_active_epoch is stale");
+        }
+        invariant!(self.max_seen_epoch >= self.epoch, "epoch above the maximum seen");
+        invariant!(!(self.leaving && self.phase.is_running()), "leaving while running");
+    }
+}

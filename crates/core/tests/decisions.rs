@@ -1,0 +1,567 @@
+//! Decision-table tests for the pair core: one test per rule, each saying why the rule exists.
+//!
+//! They drive a single `PairCore` by hand with explicit times and assert on its outputs.
+
+use understudy_core::{
+    Command, CoreConfig, Epoch, Event, Input, NodeIndex, NodeStatus, Output, PairCore, Phase,
+    PersistedState, ProbeId, Reason, Time, Via,
+};
+
+const HB: u64 = 100;
+const FAILOVER: u64 = 1000;
+const ISOLATION: u64 = 600;
+
+fn cfg(me: u8) -> CoreConfig {
+    CoreConfig {
+        me: NodeIndex(me),
+        heartbeat_interval_ms: HB,
+        failover_timeout_ms: FAILOVER,
+        isolation_timeout_ms: ISOLATION,
+        probe_timeout_ms: 250,
+        auto_failover: true,
+        public_check_enabled: true,
+        start_failure_backoff_ms: 60_000,
+    }
+}
+
+/// A harness around one core: records every output.
+struct Node {
+    core: PairCore,
+    now: u64,
+    log: Vec<Output>,
+}
+
+impl Node {
+    fn new(me: u8) -> Node {
+        Node::with(cfg(me), PersistedState::FRESH)
+    }
+
+    fn with(cfg: CoreConfig, persisted: PersistedState) -> Node {
+        let core = PairCore::new(cfg, persisted, Time(0)).expect("valid config");
+        let mut node = Node { core, now: 0, log: Vec::new() };
+        node.drain();
+        node
+    }
+
+    fn drain(&mut self) -> Vec<Output> {
+        let mut out = Vec::new();
+        while let Some(o) = self.core.poll_output() {
+            out.push(o);
+        }
+        self.log.extend(out.iter().cloned());
+        out
+    }
+
+    fn at(&mut self, ms: u64, input: Input) -> Vec<Output> {
+        self.now = ms;
+        self.core.handle(Time(ms), input);
+        self.drain()
+    }
+
+    fn cmd(&mut self, ms: u64, command: Command) -> Result<(), String> {
+        self.now = ms;
+        let r = self.core.command(Time(ms), command).map_err(|r| r.0);
+        self.drain();
+        r
+    }
+
+    fn public_ok(&mut self, ms: u64) {
+        self.at(ms, Input::PublicCheck { reachable: true });
+    }
+
+    /// Complete a start or stop the core asked for.
+    fn finish_resources(&mut self, ms: u64) {
+        let want_start = self.log.iter().rev().find_map(|o| match o {
+            Output::StartResources => Some(true),
+            Output::StopResources => Some(false),
+            _ => None,
+        });
+        match want_start {
+            Some(true) => self.at(ms, Input::ResourcesStarted { ok: true }),
+            Some(false) => self.at(ms, Input::ResourcesStopped { ok: true }),
+            None => panic!("no resource action requested"),
+        };
+    }
+
+    fn pending_probe(&self) -> Option<ProbeId> {
+        // The newest probe in the log; the core allows one in flight.
+        self.log.iter().rev().find_map(|o| match o {
+            Output::Probe { probe, .. } => Some(*probe),
+            _ => None,
+        })
+    }
+
+    fn reasons(&self) -> Vec<(Phase, Reason)> {
+        self.log
+            .iter()
+            .filter_map(|o| match o {
+                Output::Event(Event::RoleChange { to, reason, .. }) => Some((*to, *reason)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn peer(node: u8, phase: Phase, epoch: u64) -> NodeStatus {
+    NodeStatus {
+        node: NodeIndex(node),
+        phase,
+        epoch: Epoch(epoch),
+        last_active_epoch: if phase.is_running() { Epoch(epoch) } else { Epoch(0) },
+        public_ok: true,
+        eligible: true,
+        yielding: false,
+        leaving: false,
+        requests_switchover: false,
+    }
+}
+
+fn channel(status: NodeStatus) -> Input {
+    Input::PeerStatus { via: Via::Channel, status }
+}
+
+/// Node 1 passive, having followed node 0 active in epoch 2, channel last heard at `t`.
+fn passive_following_active(t: u64) -> Node {
+    let mut b = Node::new(1);
+    b.public_ok(0);
+    b.at(t, channel(peer(0, Phase::Active, 2)));
+    assert_eq!(b.core.phase(), Phase::Passive);
+    b
+}
+
+/// Runs probes until the core has one that failed, at times after `from`.
+fn fail_probes_until(b: &mut Node, from: u64, until: u64) {
+    let mut t = from;
+    while t <= until {
+        b.public_ok(t);
+        if let Some(p) = b.pending_probe() {
+            b.at(t, Input::ProbeFailed { probe: p });
+        }
+        t += HB / 2;
+    }
+}
+
+#[test]
+fn starts_passive_and_persists_unclean_marker_first() {
+    // After a crash a node cannot know whether its peer took over meanwhile.
+    let mut n = Node::new(0);
+    assert_eq!(n.core.phase(), Phase::Passive);
+    assert!(matches!(n.log.first(), Some(Output::Persist(p)) if !p.clean_shutdown));
+    // Alone, even as node 0 with the best election key, it never promotes by itself.
+    for t in (0..=10_000).step_by(50) {
+        n.public_ok(t);
+        if let Some(p) = n.pending_probe() {
+            n.at(t, Input::ProbeFailed { probe: p });
+        }
+    }
+    assert_eq!(n.core.phase(), Phase::Passive);
+    assert!(n.core.status().waiting_for.is_some());
+}
+
+#[test]
+fn last_active_node_restarted_alone_stays_passive() {
+    // "It takes the active role on its own only if it knows nothing newer exists": alone,
+    // it cannot know that, because the peer may have failed over while it was down.
+    let persisted = PersistedState { epoch: Epoch(4), last_active_epoch: Epoch(4), clean_shutdown: false };
+    let mut n = Node::with(cfg(0), persisted);
+    fail_probes_until(&mut n, 0, 5000);
+    assert_eq!(n.core.phase(), Phase::Passive);
+}
+
+#[test]
+fn fresh_pair_elects_first_node() {
+    // Both passive and in touch: exactly one must serve, chosen the same way by both.
+    let mut a = Node::new(0);
+    let mut b = Node::new(1);
+    a.public_ok(0);
+    b.public_ok(0);
+    a.at(10, channel(b.core.my_status()));
+    b.at(10, channel(a.core.my_status()));
+    assert_eq!(a.core.phase(), Phase::Promoting);
+    assert_eq!(b.core.phase(), Phase::Passive);
+    assert_eq!(a.core.epoch().0 % 2, 0, "node 0 takes even epochs");
+}
+
+#[test]
+fn election_prefers_the_most_recently_active_node() {
+    // The node that was active last holds the freshest data.
+    let persisted = PersistedState { epoch: Epoch(5), last_active_epoch: Epoch(5), clean_shutdown: false };
+    let mut b = Node::with(cfg(1), persisted);
+    b.public_ok(0);
+    let mut a_status = peer(0, Phase::Passive, 4);
+    a_status.last_active_epoch = Epoch(2);
+    b.at(10, channel(a_status));
+    assert_eq!(b.core.phase(), Phase::Promoting);
+    assert!(b.core.epoch() > Epoch(5));
+}
+
+#[test]
+fn failover_after_silence_and_failed_probe() {
+    // The active died: the channel is silent and its management address does not answer.
+    let mut b = passive_following_active(0);
+    fail_probes_until(&mut b, 200, FAILOVER - 1);
+    assert_eq!(b.core.phase(), Phase::Passive, "not before failover_timeout");
+    fail_probes_until(&mut b, FAILOVER, FAILOVER + 100);
+    assert_eq!(b.core.phase(), Phase::Promoting);
+    assert_eq!(b.reasons().last(), Some(&(Phase::Promoting, Reason::Failover)));
+    // The new epoch was persisted before the resources were started.
+    let persist = b.log.iter().rposition(|o| matches!(o, Output::Persist(p) if p.epoch == b.core.epoch()));
+    let start = b.log.iter().rposition(|o| matches!(o, Output::StartResources));
+    assert!(persist.expect("persisted") < start.expect("started"));
+    assert_eq!(b.core.epoch(), Epoch(3));
+}
+
+#[test]
+fn failover_happens_at_the_timeout_not_later() {
+    // The deadline is driven by next_timeout, not by a coarse poll.
+    let mut b = passive_following_active(0);
+    fail_probes_until(&mut b, 200, 950);
+    let next = b.core.next_timeout();
+    assert!(next <= Time(FAILOVER), "wakes at the failover deadline, got {next:?}");
+    b.public_ok(FAILOVER);
+    assert_eq!(b.core.phase(), Phase::Promoting);
+}
+
+#[test]
+fn channel_only_partition_does_not_fail_over() {
+    // The active still answers on the public network: it is serving, only the channel is cut.
+    let mut b = passive_following_active(0);
+    let mut t = 200;
+    while t <= 10_000 {
+        b.public_ok(t);
+        if let Some(p) = b.pending_probe() {
+            b.at(t, Input::ProbeAnswered { probe: p, status: peer(0, Phase::Active, 2) });
+        }
+        t += HB / 2;
+    }
+    assert_eq!(b.core.phase(), Phase::Passive);
+}
+
+#[test]
+fn probe_failure_must_be_newer_than_last_contact() {
+    // A probe that failed before the active was last heard says nothing about now.
+    let mut b = passive_following_active(0);
+    b.public_ok(250);
+    let p = b.pending_probe().expect("probing after 2 heartbeats of silence");
+    b.at(260, Input::ProbeFailed { probe: p });
+    b.at(300, channel(peer(0, Phase::Active, 2))); // heard again
+    // Silence again, but no newer probe has completed: stay passive past the timeout.
+    b.public_ok(1350);
+    let p2 = b.pending_probe().expect("probes again");
+    assert!(p2 > p);
+    assert_eq!(b.core.phase(), Phase::Passive);
+    let out = b.at(1360, Input::ProbeFailed { probe: p2 });
+    // Our own public link must be shown up after the failed probe: the core asks for a check.
+    assert!(out.contains(&Output::CheckPublic), "{out:?}");
+    assert_eq!(b.core.phase(), Phase::Passive);
+    b.public_ok(1365);
+    assert_eq!(b.core.phase(), Phase::Promoting);
+}
+
+#[test]
+fn probe_failure_during_own_public_outage_is_not_evidence() {
+    // The probe failed because our own public link was down; a check that succeeds only
+    // afterwards does not make that failure mean the active is gone.
+    let mut b = passive_following_active(0);
+    b.public_ok(150);
+    b.at(200, Input::PublicCheck { reachable: false });
+    b.at(1050, Input::Tick);
+    let p = b.pending_probe().expect("probing");
+    b.at(1100, Input::ProbeFailed { probe: p });
+    b.public_ok(1110);
+    assert_eq!(b.core.phase(), Phase::Passive, "the public network was down when the probe was sent");
+    // A probe sent once the public network is back, and failing, is evidence.
+    fail_probes_until(&mut b, 1200, 1400);
+    assert_eq!(b.core.phase(), Phase::Promoting);
+}
+
+#[test]
+fn no_failover_when_auto_failover_is_off() {
+    // The operator chose manual failover.
+    let mut c = cfg(1);
+    c.auto_failover = false;
+    let mut b = Node::with(c, PersistedState::FRESH);
+    b.public_ok(0);
+    b.at(0, channel(peer(0, Phase::Active, 2)));
+    fail_probes_until(&mut b, 200, 5000);
+    assert_eq!(b.core.phase(), Phase::Passive);
+    assert_eq!(b.core.status().waiting_for, Some("auto_failover is off"));
+}
+
+#[test]
+fn passive_without_public_network_does_not_fail_over() {
+    // A passive cut off from everything would otherwise promote itself while the active,
+    // which it merely cannot see, goes on serving.
+    let mut b = passive_following_active(0);
+    let mut t = 200;
+    while t < 5000 {
+        if let Some(p) = b.pending_probe() {
+            b.at(t, Input::ProbeFailed { probe: p });
+        } else {
+            b.at(t, Input::Tick);
+        }
+        t += 50;
+    }
+    assert_eq!(b.core.phase(), Phase::Passive);
+}
+
+/// Node 0 active in epoch 2, with node 1 passive on the channel.
+fn active_node() -> Node {
+    let mut a = Node::new(0);
+    a.public_ok(0);
+    a.at(0, channel(peer(1, Phase::Passive, 0)));
+    a.finish_resources(5);
+    assert_eq!(a.core.phase(), Phase::Active);
+    assert_eq!(a.core.epoch(), Epoch(2));
+    a
+}
+
+#[test]
+fn isolated_active_demotes_before_the_passive_may_promote() {
+    // Lost channel and public network: the passive will take over after failover_timeout,
+    // so the active must have stopped its resources by then.
+    let mut a = active_node();
+    let mut t = 10;
+    while t < ISOLATION + 100 && a.core.phase() == Phase::Active {
+        if let Some(p) = a.pending_probe() {
+            a.at(t, Input::ProbeFailed { probe: p });
+        }
+        a.at(t, Input::PublicCheck { reachable: false });
+        t += 10;
+    }
+    assert_eq!(a.core.phase(), Phase::Demoting);
+    assert!(t <= ISOLATION + 20, "demoted at {t}");
+    a.finish_resources(t);
+    assert_eq!(a.core.phase(), Phase::Passive);
+    assert_eq!(a.reasons().last(), Some(&(Phase::Passive, Reason::Isolation)));
+}
+
+#[test]
+fn active_keeps_serving_when_only_the_channel_is_lost() {
+    // Still reaching the public network, it may well be the only node serving.
+    let mut a = active_node();
+    for t in (10..5000).step_by(50) {
+        a.public_ok(t);
+        if let Some(p) = a.pending_probe() {
+            a.at(t, Input::ProbeFailed { probe: p });
+        }
+    }
+    assert_eq!(a.core.phase(), Phase::Active);
+}
+
+#[test]
+fn active_losing_public_network_hands_over_to_healthy_passive() {
+    // Clients cannot reach it, but they can reach the passive.
+    let mut a = active_node();
+    let mut t = 10;
+    while t < 2000 && a.core.phase() == Phase::Active {
+        a.at(t, channel(peer(1, Phase::Passive, 0)));
+        a.at(t, Input::PublicCheck { reachable: false });
+        t += HB;
+    }
+    assert_eq!(a.core.phase(), Phase::Demoting);
+    a.finish_resources(t);
+    let me = a.core.my_status();
+    assert!(me.yielding, "a handing-over node yields the election");
+    assert_eq!(a.reasons().last(), Some(&(Phase::Passive, Reason::PublicNetworkLost)));
+}
+
+#[test]
+fn silence_without_failed_checks_does_not_isolate() {
+    // A paused process or a clock jump shows no results at all; only a failed public check
+    // is evidence of isolation, so a healthy active is not demoted by its own stall.
+    let mut a = active_node();
+    a.at(5000, Input::Tick);
+    assert_eq!(a.core.phase(), Phase::Active);
+    a.at(5001, Input::PublicCheck { reachable: false });
+    assert_eq!(a.core.phase(), Phase::Demoting);
+}
+
+#[test]
+fn active_demotes_on_seeing_active_peer_with_higher_epoch() {
+    // After a partition both may be active; the newer epoch wins, the older stops.
+    let mut a = active_node();
+    a.public_ok(10);
+    a.at(20, channel(peer(1, Phase::Active, 3)));
+    assert_eq!(a.core.phase(), Phase::Demoting);
+    assert_eq!(a.reasons().last(), Some(&(Phase::Demoting, Reason::PeerActiveHigherEpoch)));
+}
+
+#[test]
+fn active_ignores_active_peer_with_lower_epoch() {
+    // That peer is the one that must demote; stopping both would leave nobody serving.
+    let mut a = active_node();
+    a.public_ok(10);
+    a.at(20, channel(peer(1, Phase::Active, 1)));
+    assert_eq!(a.core.phase(), Phase::Active);
+}
+
+#[test]
+fn higher_epoch_learnt_through_a_probe_also_demotes() {
+    // A node woken from a long pause may have lost the channel; the public network still
+    // tells it that its peer took over.
+    let mut a = active_node();
+    a.public_ok(3000);
+    let p = a.pending_probe().expect("probes when the channel is silent");
+    a.at(3001, Input::ProbeAnswered { probe: p, status: peer(1, Phase::Active, 3) });
+    assert_eq!(a.core.phase(), Phase::Demoting);
+}
+
+#[test]
+fn switchover_hands_over_and_peer_promotes() {
+    let mut a = active_node();
+    let mut b = Node::new(1);
+    b.public_ok(0);
+    a.public_ok(10);
+    b.at(10, channel(a.core.my_status()));
+    assert_eq!(a.cmd(20, Command::Switchover), Ok(()));
+    assert_eq!(a.core.phase(), Phase::Demoting);
+    a.finish_resources(30);
+    assert_eq!(a.core.phase(), Phase::Passive);
+    b.at(31, channel(a.core.my_status()));
+    assert_eq!(b.core.phase(), Phase::Promoting);
+    assert_eq!(b.reasons().last(), Some(&(Phase::Promoting, Reason::Switchover)));
+    assert!(b.core.epoch() > a.core.epoch() || b.core.epoch() > Epoch(2));
+    // The old active does not fight back in the election while it yields.
+    b.finish_resources(40);
+    a.at(41, channel(b.core.my_status()));
+    assert_eq!(a.core.phase(), Phase::Passive);
+}
+
+#[test]
+fn switchover_from_the_passive_asks_the_active() {
+    let mut a = active_node();
+    let mut b = Node::new(1);
+    b.public_ok(0);
+    b.at(10, channel(a.core.my_status()));
+    assert_eq!(b.cmd(20, Command::Switchover), Ok(()));
+    a.public_ok(20);
+    a.at(21, channel(b.core.my_status()));
+    assert_eq!(a.core.phase(), Phase::Demoting);
+}
+
+#[test]
+fn switchover_refused_when_peer_not_connected() {
+    // Handing over to a peer we cannot see would leave nobody serving.
+    let mut a = active_node();
+    a.public_ok(2000);
+    let err = a.cmd(2000, Command::Switchover).expect_err("refused");
+    assert!(err.contains("not connected"), "{err}");
+    assert_eq!(a.core.phase(), Phase::Active);
+}
+
+#[test]
+fn switchover_refused_when_peer_lacks_public_network() {
+    let mut a = active_node();
+    a.public_ok(10);
+    let mut b = peer(1, Phase::Passive, 0);
+    b.public_ok = false;
+    a.at(10, channel(b));
+    let err = a.cmd(20, Command::Switchover).expect_err("refused");
+    assert!(err.contains("public"), "{err}");
+}
+
+#[test]
+fn force_failover_refused_while_peer_is_reachable_and_active() {
+    let mut b = passive_following_active(0);
+    let err = b.cmd(50, Command::ForceFailover).expect_err("refused");
+    assert!(err.contains("reachable"), "{err}");
+    assert_eq!(b.core.phase(), Phase::Passive);
+}
+
+#[test]
+fn force_failover_promotes_a_lone_node() {
+    // The operator knows the peer is gone for good.
+    let mut n = Node::new(0);
+    assert_eq!(n.cmd(5000, Command::ForceFailover), Ok(()));
+    assert_eq!(n.core.phase(), Phase::Promoting);
+    assert_eq!(n.reasons().last(), Some(&(Phase::Promoting, Reason::Forced)));
+}
+
+#[test]
+fn failed_start_backs_off_and_lets_the_peer_win() {
+    // A node whose resources cannot start must not keep grabbing the role.
+    let mut a = Node::new(0);
+    a.public_ok(0);
+    a.at(0, channel(peer(1, Phase::Passive, 0)));
+    assert_eq!(a.core.phase(), Phase::Promoting);
+    a.at(5, Input::ResourcesStarted { ok: false });
+    assert_eq!(a.core.phase(), Phase::Passive);
+    assert!(!a.core.my_status().eligible);
+    a.at(50, channel(peer(1, Phase::Passive, 0)));
+    assert_eq!(a.core.phase(), Phase::Passive);
+}
+
+#[test]
+fn stop_failure_keeps_the_node_active() {
+    // Something may still be running; claiming passive would invite a second active.
+    let mut a = active_node();
+    a.public_ok(10);
+    a.at(10, channel(peer(1, Phase::Passive, 0)));
+    a.cmd(20, Command::Switchover).expect("accepted");
+    a.at(30, Input::ResourcesStopped { ok: false });
+    assert_eq!(a.core.phase(), Phase::Active);
+    assert!(!a.core.my_status().yielding);
+}
+
+#[test]
+fn clean_shutdown_of_active_stops_resources_then_hands_over() {
+    let mut a = active_node();
+    a.public_ok(10);
+    a.cmd(20, Command::Shutdown).expect("accepted");
+    assert_eq!(a.core.phase(), Phase::Demoting);
+    a.finish_resources(30);
+    assert!(a.log.iter().any(|o| matches!(o, Output::Persist(p) if p.clean_shutdown)));
+    assert!(matches!(a.log.last(), Some(Output::Exit)));
+    let leaving = a.core.my_status();
+    assert!(leaving.leaving);
+    // The passive takes over at once: the leaving node has stopped everything.
+    let mut b = Node::new(1);
+    b.public_ok(0);
+    b.at(0, channel(peer(0, Phase::Active, 2)));
+    b.at(31, channel(leaving));
+    assert_eq!(b.core.phase(), Phase::Promoting);
+    assert_eq!(b.reasons().last(), Some(&(Phase::Promoting, Reason::PeerLeft)));
+}
+
+#[test]
+fn status_from_a_wrong_node_is_ignored() {
+    // A frame claiming to be ourselves must not drive decisions.
+    let mut a = Node::new(0);
+    a.public_ok(0);
+    a.at(0, channel(peer(0, Phase::Passive, 0)));
+    assert_eq!(a.core.phase(), Phase::Passive);
+    assert!(a.core.status().peer.is_none());
+}
+
+#[test]
+fn epochs_never_collide_between_nodes() {
+    for floor in 0..100 {
+        let a = Epoch::next_for(NodeIndex(0), Epoch(floor));
+        let b = Epoch::next_for(NodeIndex(1), Epoch(floor));
+        assert!(a.0 > floor && b.0 > floor);
+        assert_eq!(a.0 % 2, 0);
+        assert_eq!(b.0 % 2, 1);
+    }
+}
+
+#[test]
+fn config_rejects_isolation_not_shorter_than_failover() {
+    let mut c = cfg(0);
+    c.isolation_timeout_ms = FAILOVER;
+    assert!(PairCore::new(c, PersistedState::FRESH, Time(0)).is_err());
+}
+
+#[test]
+fn heartbeats_are_sent_every_interval() {
+    let mut n = Node::new(0);
+    let mut sent = 0;
+    for t in (0..=1000).step_by(10) {
+        sent += n
+            .at(t, Input::Tick)
+            .iter()
+            .filter(|o| matches!(o, Output::SendStatus(_)))
+            .count();
+    }
+    assert!((10..=11).contains(&sent), "sent {sent}");
+}
