@@ -1,1 +1,273 @@
-fn main() {}
+//! `understudy`: the one binary. `understudy run` is the daemon; the other subcommands
+//! set a pair up (`init`, `check`) or talk to the running daemon over its control socket.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use understudy_daemon::control::{self, Reply, Request};
+use understudy_daemon::report;
+
+const DEFAULT_CONFIG: &str = "/etc/understudy/understudy.toml";
+
+#[derive(Parser)]
+#[command(
+    name = "understudy",
+    version,
+    about = "A high-availability pair for Linux servers"
+)]
+struct Cli {
+    /// The pair's config file, the same on both nodes.
+    #[arg(long, short, global = true, env = "UNDERSTUDY_CONFIG", default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+    /// Use this control socket instead of the config's `pair.control_socket` (for two
+    /// nodes on one machine, as in tests and the demo).
+    #[arg(long, global = true, env = "UNDERSTUDY_SOCKET")]
+    socket: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Write a commented config template and create the pair's CA and node certificates.
+    Init {
+        /// The pair's name.
+        #[arg(long)]
+        pair: String,
+        /// A node, as NAME=CHANNEL_IP,MANAGEMENT_IP; give exactly two.
+        #[arg(long = "node", num_args = 1, required = true)]
+        nodes: Vec<String>,
+        /// Overwrite an existing config and certificates.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Validate the config file without starting anything.
+    Check,
+    /// Run the daemon for this node.
+    Run {
+        /// This node's name in the config (default: the hostname).
+        #[arg(long)]
+        node: Option<String>,
+        /// Log format: text or json.
+        #[arg(long, default_value = "text")]
+        log_format: String,
+        /// Use this state directory instead of the config's `pair.state_dir`.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+    /// Show the pair's state as seen by the local daemon.
+    Status {
+        /// Print JSON instead of a summary.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move the active role to the other node, with no data loss.
+    Switchover,
+    /// Make this node active even though the automatic rules would not.
+    Failover {
+        /// Required: this overrides the safety rules (it is still refused while the peer is
+        /// reachable and active).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match real_main(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("understudy: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Cmd::Init { pair, nodes, force } => {
+            init(&cli.config, &pair, &nodes, force).map(|()| ExitCode::SUCCESS)
+        }
+        Cmd::Check => check(&cli.config).map(|()| ExitCode::SUCCESS),
+        Cmd::Run {
+            node,
+            log_format,
+            state_dir,
+        } => run(&cli.config, cli.socket, state_dir, node, &log_format).map(|()| ExitCode::SUCCESS),
+        Cmd::Status { json } => status(&cli.config, cli.socket, json),
+        Cmd::Switchover => command(
+            &cli.config,
+            cli.socket,
+            Request::Switchover,
+            "switchover started",
+        ),
+        Cmd::Failover { force } => {
+            if !force {
+                bail!(
+                    "`understudy failover` needs --force: automatic failover is the daemon's job"
+                );
+            }
+            command(
+                &cli.config,
+                cli.socket,
+                Request::ForceFailover,
+                "forced failover started",
+            )
+        }
+    }
+}
+
+fn load(path: &Path) -> Result<understudy_config::Config> {
+    understudy_config::load(path).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn init(path: &Path, pair: &str, nodes: &[String], force: bool) -> Result<()> {
+    if nodes.len() != 2 {
+        bail!("give exactly two --node NAME=CHANNEL_IP,MANAGEMENT_IP");
+    }
+    let mut parsed = Vec::new();
+    for spec in nodes {
+        let (name, addrs) = spec
+            .split_once('=')
+            .with_context(|| format!("--node {spec}: expected NAME=CHANNEL_IP,MANAGEMENT_IP"))?;
+        let (channel, management) = addrs
+            .split_once(',')
+            .with_context(|| format!("--node {spec}: expected NAME=CHANNEL_IP,MANAGEMENT_IP"))?;
+        parsed.push((
+            name.to_string(),
+            channel.to_string(),
+            management.to_string(),
+        ));
+    }
+    if path.exists() && !force {
+        bail!("{} exists; pass --force to overwrite it", path.display());
+    }
+    let text = understudy_config::template(
+        pair,
+        [&parsed[0].0, &parsed[1].0],
+        [&parsed[0].1, &parsed[1].1],
+        [&parsed[0].2, &parsed[1].2],
+    );
+    // Validate before writing anything, so a typo leaves no half-made pair behind.
+    let cfg = understudy_config::parse(&text, path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let material = understudy_tls::generate_pair(pair, &[&parsed[0].0, &parsed[1].0])?;
+    understudy_tls::write_pair(&cfg.pair.tls_dir, &material, force)?;
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    println!("wrote {}", path.display());
+    println!(
+        "wrote the pair's CA and node certificates to {}",
+        cfg.pair.tls_dir.display()
+    );
+    println!("copy both to the other node (ca.key need not go: it only signs new certificates),");
+    println!(
+        "add public_check targets, then run `understudy check` and `understudy run` on each node."
+    );
+    Ok(())
+}
+
+fn check(path: &Path) -> Result<()> {
+    let cfg = load(path)?;
+    for warning in cfg.warnings() {
+        println!("warning: {warning}");
+    }
+    println!(
+        "{}: OK (pair {}, nodes {} and {}, {} resource(s))",
+        path.display(),
+        cfg.pair.name,
+        cfg.nodes[0].name,
+        cfg.nodes[1].name,
+        cfg.resources.len()
+    );
+    Ok(())
+}
+
+fn hostname() -> Result<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        bail!("cannot read the hostname; pass --node");
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    Ok(String::from_utf8_lossy(&buf[..end]).into_owned())
+}
+
+fn run(
+    path: &Path,
+    socket: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    node: Option<String>,
+    log_format: &str,
+) -> Result<()> {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match log_format {
+        "json" => builder.json().init(),
+        "text" => builder.init(),
+        other => bail!("--log-format {other}: expected text or json"),
+    }
+    let mut cfg = load(path)?;
+    if let Some(socket) = socket {
+        cfg.pair.control_socket = socket;
+    }
+    if let Some(dir) = state_dir {
+        cfg.pair.state_dir = dir;
+    }
+    let node = match node {
+        Some(n) => n,
+        None => hostname()?,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(understudy_daemon::run(cfg, &node))
+}
+
+fn ask(path: &Path, socket: Option<PathBuf>, request: &Request) -> Result<Reply> {
+    let socket = match socket {
+        Some(s) => s,
+        None => load(path)?.pair.control_socket,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(control::request(&socket, request))
+}
+
+fn status(path: &Path, socket: Option<PathBuf>, json: bool) -> Result<ExitCode> {
+    let reply = ask(path, socket, &Request::Status)?;
+    let Some(status) = reply.status else {
+        bail!(
+            "{}",
+            reply
+                .error
+                .unwrap_or_else(|| "no status in the reply".into())
+        );
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print!("{}", report::human(&status));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn command(path: &Path, socket: Option<PathBuf>, request: Request, done: &str) -> Result<ExitCode> {
+    let reply = ask(path, socket, &request)?;
+    if reply.ok {
+        println!("{done}; follow it with `understudy status`");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("refused: {}", reply.error.unwrap_or_default());
+        Ok(ExitCode::from(2))
+    }
+}

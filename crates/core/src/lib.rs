@@ -15,7 +15,7 @@ pub use pair::{
     Command, CoreConfig, CoreConfigError, CoreStatus, Event, Input, Output, PairCore, ProbeId,
     ProbeRecord, Refusal, Via,
 };
-pub use types::{Epoch, NodeIndex, NodeStatus, Phase, PersistedState, Reason, Time};
+pub use types::{Epoch, NodeIndex, NodeStatus, PersistedState, Phase, Reason, Time};
 
 /// An assertion that stays on in release builds. A broken invariant in an HA daemon must
 /// stop the process loudly rather than let it go on deciding roles from a corrupt state.

@@ -23,7 +23,7 @@ use std::cmp::Reverse;
 use std::collections::VecDeque;
 
 use crate::invariant;
-use crate::types::{Epoch, NodeIndex, NodeStatus, Phase, PersistedState, Reason, Time};
+use crate::types::{Epoch, NodeIndex, NodeStatus, PersistedState, Phase, Reason, Time};
 
 /// Timing and policy for one node's core. Built by the runtime from the config file.
 #[derive(Clone, Debug)]
@@ -223,6 +223,8 @@ pub struct PairCore {
     peer_management: Option<(Time, NodeStatus)>,
     /// The latest status from either path.
     peer_last_known: Option<NodeStatus>,
+    /// Since when the peer has continuously reported no public network.
+    peer_public_bad_since: Option<Time>,
     /// When we last heard anything from the peer, on either path.
     peer_last_contact: Option<Time>,
 
@@ -244,7 +246,11 @@ pub struct PairCore {
 impl PairCore {
     /// A node always starts passive (the safe choice after a crash: it cannot know
     /// whether its peer took over while it was down).
-    pub fn new(cfg: CoreConfig, persisted: PersistedState, now: Time) -> Result<Self, CoreConfigError> {
+    pub fn new(
+        cfg: CoreConfig,
+        persisted: PersistedState,
+        now: Time,
+    ) -> Result<Self, CoreConfigError> {
         cfg.validate()?;
         let mut core = PairCore {
             cfg,
@@ -267,6 +273,7 @@ impl PairCore {
             peer_management: None,
             peer_last_known: None,
             peer_last_contact: None,
+            peer_public_bad_since: None,
             probe_in_flight: None,
             public_check_requested_after: None,
             next_probe_id: 1,
@@ -310,12 +317,17 @@ impl PairCore {
                 }
             }
             Input::PublicCheck { reachable } => {
+                let was_ok = self.public_ok();
                 self.public_last_reachable = Some(reachable);
                 if reachable {
                     self.public_last_ok = Some(self.now);
                     self.public_ok_since.get_or_insert(self.now);
                 } else {
                     self.public_ok_since = None;
+                }
+                // The peer's switchover and election checks read this flag: tell it now.
+                if self.public_ok() != was_ok {
+                    self.send_status();
                 }
             }
             Input::ResourcesStarted { ok } => self.on_started(ok),
@@ -420,7 +432,12 @@ impl PairCore {
 
     fn advance(&mut self, now: Time) {
         // The runtime feeds a monotonic clock; time going backwards is a runtime bug.
-        invariant!(now >= self.now, "time went backwards: {:?} < {:?}", now, self.now);
+        invariant!(
+            now >= self.now,
+            "time went backwards: {:?} < {:?}",
+            now,
+            self.now
+        );
         self.now = now;
     }
 
@@ -436,6 +453,11 @@ impl PairCore {
         self.max_seen_epoch = self.max_seen_epoch.max(status.epoch);
         self.peer_last_known = Some(status);
         self.peer_last_contact = Some(self.now);
+        if status.public_ok {
+            self.peer_public_bad_since = None;
+        } else {
+            self.peer_public_bad_since.get_or_insert(self.now);
+        }
         match via {
             Via::Channel => {
                 self.channel_last_heard = Some(self.now);
@@ -508,7 +530,9 @@ impl PairCore {
         } else {
             // Something may still run: staying active is the only honest state.
             self.set_phase(Phase::Active, Reason::StopFailed);
-            self.notice("stopping resources failed; staying active. Fix the resource, then retry".into());
+            self.notice(
+                "stopping resources failed; staying active. Fix the resource, then retry".into(),
+            );
         }
     }
 
@@ -522,10 +546,15 @@ impl PairCore {
         match self.phase {
             Phase::Active => {
                 if peer.phase != Phase::Passive {
-                    return Err(Refusal(format!("the peer is {}, not passive", peer.phase.as_str())));
+                    return Err(Refusal(format!(
+                        "the peer is {}, not passive",
+                        peer.phase.as_str()
+                    )));
                 }
                 if !peer.eligible {
-                    return Err(Refusal("the peer may not become active (a recent start failed)".into()));
+                    return Err(Refusal(
+                        "the peer may not become active (a recent start failed)".into(),
+                    ));
                 }
                 if !peer.public_ok {
                     return Err(Refusal("the peer does not reach the public network".into()));
@@ -538,16 +567,24 @@ impl PairCore {
             }
             Phase::Passive => {
                 if peer.phase != Phase::Active {
-                    return Err(Refusal(format!("the peer is {}, not active", peer.phase.as_str())));
+                    return Err(Refusal(format!(
+                        "the peer is {}, not active",
+                        peer.phase.as_str()
+                    )));
                 }
                 if !self.eligible() {
-                    return Err(Refusal("this node may not become active (a recent start failed)".into()));
+                    return Err(Refusal(
+                        "this node may not become active (a recent start failed)".into(),
+                    ));
                 }
                 if !self.public_ok() {
-                    return Err(Refusal("this node does not reach the public network".into()));
+                    return Err(Refusal(
+                        "this node does not reach the public network".into(),
+                    ));
                 }
                 // Ask the active to hand over; it validates and runs the switchover.
-                self.requesting_switchover_until = Some(self.now.plus_ms(self.cfg.failover_timeout_ms));
+                self.requesting_switchover_until =
+                    Some(self.now.plus_ms(self.cfg.failover_timeout_ms));
                 self.send_status();
                 Ok(())
             }
@@ -560,7 +597,10 @@ impl PairCore {
 
     fn cmd_force_failover(&mut self) -> Result<(), Refusal> {
         if self.phase != Phase::Passive {
-            return Err(Refusal(format!("this node is already {}", self.phase.as_str())));
+            return Err(Refusal(format!(
+                "this node is already {}",
+                self.phase.as_str()
+            )));
         }
         if let Some(peer) = self.fresh_peer() {
             if peer.phase.is_running() {
@@ -641,11 +681,18 @@ impl PairCore {
     /// When a failover waits only on fresh public-network evidence, ask for it now rather
     /// than at the next scheduled round.
     fn request_public_check_if_needed(&mut self) {
-        if !self.cfg.public_check_enabled || self.channel_silence_ms() < self.cfg.failover_timeout_ms {
+        if !self.cfg.public_check_enabled
+            || self.channel_silence_ms() < self.cfg.failover_timeout_ms
+        {
             return;
         }
-        let Some(probe) = self.last_probe.filter(|p| !p.answered) else { return };
-        if self.public_last_ok.is_some_and(|ok| ok >= probe.completed_at) {
+        let Some(probe) = self.last_probe.filter(|p| !p.answered) else {
+            return;
+        };
+        if self
+            .public_last_ok
+            .is_some_and(|ok| ok >= probe.completed_at)
+        {
             return;
         }
         if self.public_check_requested_after != Some(probe.sent_at) {
@@ -666,8 +713,12 @@ impl PairCore {
             self.begin_demote(Reason::Isolation, AfterStop::BePassive);
             return;
         }
+        // A handover needs a channel that is working now, not merely one that has not yet
+        // timed out: otherwise the "handover" goes into a dead link and isolation applies.
+        let channel_fresh = self.channel_last_heard.is_some()
+            && self.channel_silence_ms() <= 3 * self.cfg.heartbeat_interval_ms;
         if let Some(peer) = self.peer_channel {
-            if self.channel_alive() && peer.phase == Phase::Passive && peer.eligible && !peer.leaving {
+            if channel_fresh && peer.phase == Phase::Passive && peer.eligible && !peer.leaving {
                 if self.public_lost() && peer.public_ok {
                     self.begin_demote(Reason::PublicNetworkLost, AfterStop::HandOver);
                 } else if peer.requests_switchover && peer.public_ok {
@@ -689,7 +740,8 @@ impl PairCore {
         let peer_was_serving = peer.phase.is_running() || peer.leaving;
         // After its own isolation a node knows it was the last active, and the peer could
         // only have taken over by probing it, which the checks below repeat.
-        let i_was_last_active = self.last_active_epoch > Epoch(0) && peer.epoch < self.last_active_epoch;
+        let i_was_last_active =
+            self.last_active_epoch > Epoch(0) && peer.epoch < self.last_active_epoch;
         if !peer_was_serving && !i_was_last_active {
             return Some("the peer was not serving when last seen");
         }
@@ -703,8 +755,12 @@ impl PairCore {
         };
         // The failed probe proves nothing if our own public link is what failed: every
         // public check from before the probe was sent until after it completed succeeded.
-        let public_held = self.public_ok_since.is_some_and(|since| since <= probe.sent_at)
-            && self.public_last_ok.is_some_and(|ok| ok >= probe.completed_at);
+        let public_held = self
+            .public_ok_since
+            .is_some_and(|since| since <= probe.sent_at)
+            && self
+                .public_last_ok
+                .is_some_and(|ok| ok >= probe.completed_at);
         if !self.public_ok() || !public_held {
             return Some("waiting for proof that this node reaches the public network");
         }
@@ -727,24 +783,39 @@ impl PairCore {
         self.failover_blocker()
     }
 
+    /// The key holds only attributes that change rarely and deliberately, so both nodes
+    /// compute the same winner from slightly stale views of each other. Public-network
+    /// reachability flips as checks complete, so it is not in the key: the winner only
+    /// promotes if it reaches the public network, and the loser takes over only once the
+    /// winner has reported no public network for a whole failover timeout.
     fn wins_election(&self, peer: &NodeStatus) -> bool {
         let me = self.my_status();
+        if !me.eligible || me.leaving || !me.public_ok {
+            return false;
+        }
         let key = |s: &NodeStatus| {
             (
                 s.eligible && !s.leaving,
-                s.public_ok,
                 !s.yielding,
                 s.last_active_epoch,
                 Reverse(s.node),
             )
         };
-        me.eligible && !me.leaving && key(&me) > key(peer)
+        if key(&me) > key(peer) {
+            return true;
+        }
+        self.peer_public_bad_since
+            .is_some_and(|since| self.now.ms_since(since) >= self.cfg.failover_timeout_ms)
     }
 
     // ---- transitions ------------------------------------------------------------------
 
     fn promote(&mut self, reason: Reason) {
-        invariant!(self.phase == Phase::Passive, "promote from {:?}", self.phase);
+        invariant!(
+            self.phase == Phase::Passive,
+            "promote from {:?}",
+            self.phase
+        );
         let epoch = Epoch::next_for(self.cfg.me, self.max_seen_epoch);
         self.epoch = epoch;
         self.max_seen_epoch = epoch;
@@ -778,7 +849,11 @@ impl PairCore {
     }
 
     fn exit_cleanly(&mut self) {
-        invariant!(self.phase == Phase::Passive, "clean exit while {:?}", self.phase);
+        invariant!(
+            self.phase == Phase::Passive,
+            "clean exit while {:?}",
+            self.phase
+        );
         self.leaving = true;
         self.push(Output::Persist(self.persisted(true)));
         self.send_status();
@@ -875,11 +950,13 @@ impl PairCore {
     }
 
     fn channel_silence_ms(&self) -> u64 {
-        self.now.ms_since(self.channel_last_heard.unwrap_or(self.started_at))
+        self.now
+            .ms_since(self.channel_last_heard.unwrap_or(self.started_at))
     }
 
     fn channel_alive(&self) -> bool {
-        self.channel_last_heard.is_some() && self.channel_silence_ms() < self.cfg.failover_timeout_ms
+        self.channel_last_heard.is_some()
+            && self.channel_silence_ms() < self.cfg.failover_timeout_ms
     }
 
     /// The peer's current status if we know it: over a live channel, or from the
@@ -932,9 +1009,18 @@ impl PairCore {
                 "running in epoch {} that belongs to the other node",
                 self.epoch
             );
-            invariant!(self.last_active_epoch == self.epoch, "running, but last_active_epoch is stale");
+            invariant!(
+                self.last_active_epoch == self.epoch,
+                "running, but last_active_epoch is stale"
+            );
         }
-        invariant!(self.max_seen_epoch >= self.epoch, "epoch above the maximum seen");
-        invariant!(!(self.leaving && self.phase.is_running()), "leaving while running");
+        invariant!(
+            self.max_seen_epoch >= self.epoch,
+            "epoch above the maximum seen"
+        );
+        invariant!(
+            !(self.leaving && self.phase.is_running()),
+            "leaving while running"
+        );
     }
 }

@@ -3,8 +3,8 @@
 //! They drive a single `PairCore` by hand with explicit times and assert on its outputs.
 
 use understudy_core::{
-    Command, CoreConfig, Epoch, Event, Input, NodeIndex, NodeStatus, Output, PairCore, Phase,
-    PersistedState, ProbeId, Reason, Time, Via,
+    Command, CoreConfig, Epoch, Event, Input, NodeIndex, NodeStatus, Output, PairCore,
+    PersistedState, Phase, ProbeId, Reason, Time, Via,
 };
 
 const HB: u64 = 100;
@@ -38,7 +38,11 @@ impl Node {
 
     fn with(cfg: CoreConfig, persisted: PersistedState) -> Node {
         let core = PairCore::new(cfg, persisted, Time(0)).expect("valid config");
-        let mut node = Node { core, now: 0, log: Vec::new() };
+        let mut node = Node {
+            core,
+            now: 0,
+            log: Vec::new(),
+        };
         node.drain();
         node
     }
@@ -107,7 +111,11 @@ fn peer(node: u8, phase: Phase, epoch: u64) -> NodeStatus {
         node: NodeIndex(node),
         phase,
         epoch: Epoch(epoch),
-        last_active_epoch: if phase.is_running() { Epoch(epoch) } else { Epoch(0) },
+        last_active_epoch: if phase.is_running() {
+            Epoch(epoch)
+        } else {
+            Epoch(0)
+        },
         public_ok: true,
         eligible: true,
         yielding: false,
@@ -117,7 +125,10 @@ fn peer(node: u8, phase: Phase, epoch: u64) -> NodeStatus {
 }
 
 fn channel(status: NodeStatus) -> Input {
-    Input::PeerStatus { via: Via::Channel, status }
+    Input::PeerStatus {
+        via: Via::Channel,
+        status,
+    }
 }
 
 /// Node 1 passive, having followed node 0 active in epoch 2, channel last heard at `t`.
@@ -162,7 +173,11 @@ fn starts_passive_and_persists_unclean_marker_first() {
 fn last_active_node_restarted_alone_stays_passive() {
     // "It takes the active role on its own only if it knows nothing newer exists": alone,
     // it cannot know that, because the peer may have failed over while it was down.
-    let persisted = PersistedState { epoch: Epoch(4), last_active_epoch: Epoch(4), clean_shutdown: false };
+    let persisted = PersistedState {
+        epoch: Epoch(4),
+        last_active_epoch: Epoch(4),
+        clean_shutdown: false,
+    };
     let mut n = Node::with(cfg(0), persisted);
     fail_probes_until(&mut n, 0, 5000);
     assert_eq!(n.core.phase(), Phase::Passive);
@@ -183,9 +198,45 @@ fn fresh_pair_elects_first_node() {
 }
 
 #[test]
+fn election_ignores_public_flaps_of_the_first_check() {
+    // At start-up each node's first public check completes at a different moment; a key
+    // that included it let both nodes win from each other's stale status.
+    let mut a = Node::new(0);
+    let mut b = Node::new(1);
+    b.public_ok(0);
+    let stale_a = a.core.my_status(); // public_ok false: its first check has not run yet
+    a.public_ok(5);
+    let stale_b = b.core.my_status();
+    b.at(10, channel(stale_a));
+    a.at(10, channel(stale_b));
+    assert_eq!(a.core.phase(), Phase::Promoting);
+    assert_eq!(b.core.phase(), Phase::Passive, "node 1 must not also win");
+}
+
+#[test]
+fn election_loser_steps_in_when_the_winner_lacks_public_network() {
+    // The chosen node cannot serve clients; after a failover timeout the other one does.
+    let mut b = Node::new(1);
+    let mut a_status = peer(0, Phase::Passive, 0);
+    a_status.public_ok = false;
+    for t in (0..=FAILOVER + 100).step_by(100) {
+        b.public_ok(t);
+        b.at(t, channel(a_status));
+        if t < FAILOVER {
+            assert_eq!(b.core.phase(), Phase::Passive, "at {t}");
+        }
+    }
+    assert_eq!(b.core.phase(), Phase::Promoting);
+}
+
+#[test]
 fn election_prefers_the_most_recently_active_node() {
     // The node that was active last holds the freshest data.
-    let persisted = PersistedState { epoch: Epoch(5), last_active_epoch: Epoch(5), clean_shutdown: false };
+    let persisted = PersistedState {
+        epoch: Epoch(5),
+        last_active_epoch: Epoch(5),
+        clean_shutdown: false,
+    };
     let mut b = Node::with(cfg(1), persisted);
     b.public_ok(0);
     let mut a_status = peer(0, Phase::Passive, 4);
@@ -200,13 +251,26 @@ fn failover_after_silence_and_failed_probe() {
     // The active died: the channel is silent and its management address does not answer.
     let mut b = passive_following_active(0);
     fail_probes_until(&mut b, 200, FAILOVER - 1);
-    assert_eq!(b.core.phase(), Phase::Passive, "not before failover_timeout");
+    assert_eq!(
+        b.core.phase(),
+        Phase::Passive,
+        "not before failover_timeout"
+    );
     fail_probes_until(&mut b, FAILOVER, FAILOVER + 100);
     assert_eq!(b.core.phase(), Phase::Promoting);
-    assert_eq!(b.reasons().last(), Some(&(Phase::Promoting, Reason::Failover)));
+    assert_eq!(
+        b.reasons().last(),
+        Some(&(Phase::Promoting, Reason::Failover))
+    );
     // The new epoch was persisted before the resources were started.
-    let persist = b.log.iter().rposition(|o| matches!(o, Output::Persist(p) if p.epoch == b.core.epoch()));
-    let start = b.log.iter().rposition(|o| matches!(o, Output::StartResources));
+    let persist = b
+        .log
+        .iter()
+        .rposition(|o| matches!(o, Output::Persist(p) if p.epoch == b.core.epoch()));
+    let start = b
+        .log
+        .iter()
+        .rposition(|o| matches!(o, Output::StartResources));
     assert!(persist.expect("persisted") < start.expect("started"));
     assert_eq!(b.core.epoch(), Epoch(3));
 }
@@ -217,7 +281,10 @@ fn failover_happens_at_the_timeout_not_later() {
     let mut b = passive_following_active(0);
     fail_probes_until(&mut b, 200, 950);
     let next = b.core.next_timeout();
-    assert!(next <= Time(FAILOVER), "wakes at the failover deadline, got {next:?}");
+    assert!(
+        next <= Time(FAILOVER),
+        "wakes at the failover deadline, got {next:?}"
+    );
     b.public_ok(FAILOVER);
     assert_eq!(b.core.phase(), Phase::Promoting);
 }
@@ -230,7 +297,13 @@ fn channel_only_partition_does_not_fail_over() {
     while t <= 10_000 {
         b.public_ok(t);
         if let Some(p) = b.pending_probe() {
-            b.at(t, Input::ProbeAnswered { probe: p, status: peer(0, Phase::Active, 2) });
+            b.at(
+                t,
+                Input::ProbeAnswered {
+                    probe: p,
+                    status: peer(0, Phase::Active, 2),
+                },
+            );
         }
         t += HB / 2;
     }
@@ -242,10 +315,12 @@ fn probe_failure_must_be_newer_than_last_contact() {
     // A probe that failed before the active was last heard says nothing about now.
     let mut b = passive_following_active(0);
     b.public_ok(250);
-    let p = b.pending_probe().expect("probing after 2 heartbeats of silence");
+    let p = b
+        .pending_probe()
+        .expect("probing after 2 heartbeats of silence");
     b.at(260, Input::ProbeFailed { probe: p });
     b.at(300, channel(peer(0, Phase::Active, 2))); // heard again
-    // Silence again, but no newer probe has completed: stay passive past the timeout.
+                                                   // Silence again, but no newer probe has completed: stay passive past the timeout.
     b.public_ok(1350);
     let p2 = b.pending_probe().expect("probes again");
     assert!(p2 > p);
@@ -269,7 +344,11 @@ fn probe_failure_during_own_public_outage_is_not_evidence() {
     let p = b.pending_probe().expect("probing");
     b.at(1100, Input::ProbeFailed { probe: p });
     b.public_ok(1110);
-    assert_eq!(b.core.phase(), Phase::Passive, "the public network was down when the probe was sent");
+    assert_eq!(
+        b.core.phase(),
+        Phase::Passive,
+        "the public network was down when the probe was sent"
+    );
     // A probe sent once the public network is back, and failing, is evidence.
     fail_probes_until(&mut b, 1200, 1400);
     assert_eq!(b.core.phase(), Phase::Promoting);
@@ -333,7 +412,10 @@ fn isolated_active_demotes_before_the_passive_may_promote() {
     assert!(t <= ISOLATION + 20, "demoted at {t}");
     a.finish_resources(t);
     assert_eq!(a.core.phase(), Phase::Passive);
-    assert_eq!(a.reasons().last(), Some(&(Phase::Passive, Reason::Isolation)));
+    assert_eq!(
+        a.reasons().last(),
+        Some(&(Phase::Passive, Reason::Isolation))
+    );
 }
 
 #[test]
@@ -363,7 +445,10 @@ fn active_losing_public_network_hands_over_to_healthy_passive() {
     a.finish_resources(t);
     let me = a.core.my_status();
     assert!(me.yielding, "a handing-over node yields the election");
-    assert_eq!(a.reasons().last(), Some(&(Phase::Passive, Reason::PublicNetworkLost)));
+    assert_eq!(
+        a.reasons().last(),
+        Some(&(Phase::Passive, Reason::PublicNetworkLost))
+    );
 }
 
 #[test]
@@ -384,7 +469,10 @@ fn active_demotes_on_seeing_active_peer_with_higher_epoch() {
     a.public_ok(10);
     a.at(20, channel(peer(1, Phase::Active, 3)));
     assert_eq!(a.core.phase(), Phase::Demoting);
-    assert_eq!(a.reasons().last(), Some(&(Phase::Demoting, Reason::PeerActiveHigherEpoch)));
+    assert_eq!(
+        a.reasons().last(),
+        Some(&(Phase::Demoting, Reason::PeerActiveHigherEpoch))
+    );
 }
 
 #[test]
@@ -402,8 +490,16 @@ fn higher_epoch_learnt_through_a_probe_also_demotes() {
     // tells it that its peer took over.
     let mut a = active_node();
     a.public_ok(3000);
-    let p = a.pending_probe().expect("probes when the channel is silent");
-    a.at(3001, Input::ProbeAnswered { probe: p, status: peer(1, Phase::Active, 3) });
+    let p = a
+        .pending_probe()
+        .expect("probes when the channel is silent");
+    a.at(
+        3001,
+        Input::ProbeAnswered {
+            probe: p,
+            status: peer(1, Phase::Active, 3),
+        },
+    );
     assert_eq!(a.core.phase(), Phase::Demoting);
 }
 
@@ -420,7 +516,10 @@ fn switchover_hands_over_and_peer_promotes() {
     assert_eq!(a.core.phase(), Phase::Passive);
     b.at(31, channel(a.core.my_status()));
     assert_eq!(b.core.phase(), Phase::Promoting);
-    assert_eq!(b.reasons().last(), Some(&(Phase::Promoting, Reason::Switchover)));
+    assert_eq!(
+        b.reasons().last(),
+        Some(&(Phase::Promoting, Reason::Switchover))
+    );
     assert!(b.core.epoch() > a.core.epoch() || b.core.epoch() > Epoch(2));
     // The old active does not fight back in the election while it yields.
     b.finish_resources(40);
@@ -475,7 +574,10 @@ fn force_failover_promotes_a_lone_node() {
     let mut n = Node::new(0);
     assert_eq!(n.cmd(5000, Command::ForceFailover), Ok(()));
     assert_eq!(n.core.phase(), Phase::Promoting);
-    assert_eq!(n.reasons().last(), Some(&(Phase::Promoting, Reason::Forced)));
+    assert_eq!(
+        n.reasons().last(),
+        Some(&(Phase::Promoting, Reason::Forced))
+    );
 }
 
 #[test]
@@ -511,7 +613,10 @@ fn clean_shutdown_of_active_stops_resources_then_hands_over() {
     a.cmd(20, Command::Shutdown).expect("accepted");
     assert_eq!(a.core.phase(), Phase::Demoting);
     a.finish_resources(30);
-    assert!(a.log.iter().any(|o| matches!(o, Output::Persist(p) if p.clean_shutdown)));
+    assert!(a
+        .log
+        .iter()
+        .any(|o| matches!(o, Output::Persist(p) if p.clean_shutdown)));
     assert!(matches!(a.log.last(), Some(Output::Exit)));
     let leaving = a.core.my_status();
     assert!(leaving.leaving);
@@ -521,7 +626,10 @@ fn clean_shutdown_of_active_stops_resources_then_hands_over() {
     b.at(0, channel(peer(0, Phase::Active, 2)));
     b.at(31, channel(leaving));
     assert_eq!(b.core.phase(), Phase::Promoting);
-    assert_eq!(b.reasons().last(), Some(&(Phase::Promoting, Reason::PeerLeft)));
+    assert_eq!(
+        b.reasons().last(),
+        Some(&(Phase::Promoting, Reason::PeerLeft))
+    );
 }
 
 #[test]

@@ -16,7 +16,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
 use understudy_core::{
-    Command, CoreConfig, Input, NodeIndex, NodeStatus, Output, PairCore, Phase, PersistedState,
+    Command, CoreConfig, Input, NodeIndex, NodeStatus, Output, PairCore, PersistedState, Phase,
     ProbeId, Time, Via,
 };
 
@@ -99,16 +99,41 @@ impl Rng {
 
 #[derive(Clone, Debug)]
 enum EventKind {
-    Timer { node: usize, token: u64 },
-    Deliver { to: usize, via: Via, status: NodeStatus },
-    ProbeArrive { to: usize, from: usize, probe: ProbeId, status: NodeStatus },
-    ProbeResult { to: usize, probe: ProbeId, answer: Option<NodeStatus> },
-    ResourcesDone { to: usize, start: bool },
-    PublicCheck { node: usize },
+    Timer {
+        node: usize,
+        token: u64,
+    },
+    Deliver {
+        to: usize,
+        via: Via,
+        status: NodeStatus,
+    },
+    ProbeArrive {
+        to: usize,
+        from: usize,
+        probe: ProbeId,
+        status: NodeStatus,
+    },
+    ProbeResult {
+        to: usize,
+        probe: ProbeId,
+        answer: Option<NodeStatus>,
+    },
+    ResourcesDone {
+        to: usize,
+        start: bool,
+    },
+    PublicCheck {
+        node: usize,
+    },
     /// An extra check round the core asked for; does not reschedule the periodic one.
-    PublicCheckNow { node: usize },
+    PublicCheckNow {
+        node: usize,
+    },
     Fault,
-    Heal { fault: Fault },
+    Heal {
+        fault: Fault,
+    },
     HealAll,
     End,
 }
@@ -242,7 +267,13 @@ impl Sim {
         // Nodes boot at slightly different times, as real ones do.
         for i in 0..2 {
             let at = sim.rng.range(0, 300);
-            sim.schedule(at, None, EventKind::Heal { fault: Fault::Crash(i) });
+            sim.schedule(
+                at,
+                None,
+                EventKind::Heal {
+                    fault: Fault::Crash(i),
+                },
+            );
         }
         let first_fault = sim.rng.range(1000, 3000);
         sim.schedule(first_fault, None, EventKind::Fault);
@@ -291,7 +322,12 @@ impl Sim {
     fn schedule(&mut self, at: u64, node: Option<usize>, kind: EventKind) {
         self.seq += 1;
         let incarnation = node.map(|n| (n, self.nodes[n].incarnation));
-        self.queue.push(Reverse(Event { at, seq: self.seq, incarnation, kind }));
+        self.queue.push(Reverse(Event {
+            at,
+            seq: self.seq,
+            incarnation,
+            kind,
+        }));
     }
 
     fn target(kind: &EventKind) -> Option<usize> {
@@ -325,8 +361,15 @@ impl Sim {
                     self.feed(node, Input::Tick);
                 }
             }
-            EventKind::Deliver { to, via, status } => self.feed(to, Input::PeerStatus { via, status }),
-            EventKind::ProbeArrive { to, from, probe, status } => self.probe_arrive(to, from, probe, status),
+            EventKind::Deliver { to, via, status } => {
+                self.feed(to, Input::PeerStatus { via, status })
+            }
+            EventKind::ProbeArrive {
+                to,
+                from,
+                probe,
+                status,
+            } => self.probe_arrive(to, from, probe, status),
             EventKind::ProbeResult { to, probe, answer } => {
                 let input = match answer {
                     Some(status) => Input::ProbeAnswered { probe, status },
@@ -365,7 +408,9 @@ impl Sim {
 
     fn feed(&mut self, node: usize, input: Input) {
         let now = self.local_now(node);
-        let Some(core) = self.nodes[node].core.as_mut() else { return };
+        let Some(core) = self.nodes[node].core.as_mut() else {
+            return;
+        };
         core.handle(now, input);
         self.drain(node);
     }
@@ -373,18 +418,32 @@ impl Sim {
     fn drain(&mut self, node: usize) {
         let peer = 1 - node;
         loop {
-            let Some(core) = self.nodes[node].core.as_mut() else { return };
-            let Some(output) = core.poll_output() else { break };
+            let Some(core) = self.nodes[node].core.as_mut() else {
+                return;
+            };
+            let Some(output) = core.poll_output() else {
+                break;
+            };
             match output {
                 Output::SendStatus(status) => {
                     for link in 0..self.links.len() {
-                        if !self.links[link][node] || self.rng.chance_per_mille(self.cfg.loss_per_mille) {
+                        if !self.links[link][node]
+                            || self.rng.chance_per_mille(self.cfg.loss_per_mille)
+                        {
                             continue;
                         }
                         let delay = self.rng.range(self.cfg.delay_min_ms, self.cfg.delay_max_ms);
                         let at = (self.now + delay).max(self.link_clear_at[link][node]);
                         self.link_clear_at[link][node] = at;
-                        self.schedule(at, Some(peer), EventKind::Deliver { to: peer, via: Via::Channel, status });
+                        self.schedule(
+                            at,
+                            Some(peer),
+                            EventKind::Deliver {
+                                to: peer,
+                                via: Via::Channel,
+                                status,
+                            },
+                        );
                     }
                 }
                 Output::Probe { probe, status } => {
@@ -394,11 +453,24 @@ impl Sim {
                         self.schedule(
                             self.now + delay,
                             None,
-                            EventKind::ProbeArrive { to: peer, from: node, probe, status },
+                            EventKind::ProbeArrive {
+                                to: peer,
+                                from: node,
+                                probe,
+                                status,
+                            },
                         );
                     } else {
                         let at = self.now + self.cfg.probe_timeout_ms;
-                        self.schedule(at, Some(node), EventKind::ProbeResult { to: node, probe, answer: None });
+                        self.schedule(
+                            at,
+                            Some(node),
+                            EventKind::ProbeResult {
+                                to: node,
+                                probe,
+                                answer: None,
+                            },
+                        );
                     }
                 }
                 Output::Persist(state) => self.nodes[node].persisted = state,
@@ -412,20 +484,32 @@ impl Sim {
                     self.schedule(at, Some(node), EventKind::ResourcesDone { to: node, start });
                 }
                 Output::Event(event) => {
-                    if let understudy_core::Event::RoleChange { to: Phase::Promoting, reason, .. } = &event {
+                    if let understudy_core::Event::RoleChange {
+                        to: Phase::Promoting,
+                        reason,
+                        ..
+                    } = &event
+                    {
                         if *reason == understudy_core::Reason::Failover {
                             self.failovers += 1;
                         }
                     }
                     if self.keep_trace {
-                        self.trace.push(format!("{:>6} node{node}: {event:?}", self.now));
+                        self.trace
+                            .push(format!("{:>6} node{node}: {event:?}", self.now));
                     }
                 }
                 Output::Exit => {
                     self.nodes[node].core = None;
                     self.nodes[node].incarnation += 1;
                     let at = self.now + self.rng.range(100, 2000);
-                    self.schedule(at, None, EventKind::Heal { fault: Fault::CleanRestart(node) });
+                    self.schedule(
+                        at,
+                        None,
+                        EventKind::Heal {
+                            fault: Fault::CleanRestart(node),
+                        },
+                    );
                     return;
                 }
             }
@@ -434,9 +518,13 @@ impl Sim {
     }
 
     fn arm_timer(&mut self, node: usize) {
-        let Some(core) = self.nodes[node].core.as_ref() else { return };
+        let Some(core) = self.nodes[node].core.as_ref() else {
+            return;
+        };
         let local = core.next_timeout().0;
-        let global = local.saturating_sub(self.nodes[node].clock_offset_ms).max(self.now);
+        let global = local
+            .saturating_sub(self.nodes[node].clock_offset_ms)
+            .max(self.now);
         self.nodes[node].timer_token += 1;
         let token = self.nodes[node].timer_token;
         self.schedule(global, Some(node), EventKind::Timer { node, token });
@@ -447,20 +535,54 @@ impl Sim {
         let target = &self.nodes[to];
         let answer = if !target.alive() {
             // Host up, daemon dead: the connection is refused at once.
-            self.schedule(self.now + 1, Some(from), EventKind::ProbeResult { to: from, probe, answer: None });
+            self.schedule(
+                self.now + 1,
+                Some(from),
+                EventKind::ProbeResult {
+                    to: from,
+                    probe,
+                    answer: None,
+                },
+            );
             return;
         } else if target.paused {
             // Hung: the TCP handshake completes in the kernel, TLS never does.
-            self.schedule(timeout_at, Some(from), EventKind::ProbeResult { to: from, probe, answer: None });
+            self.schedule(
+                timeout_at,
+                Some(from),
+                EventKind::ProbeResult {
+                    to: from,
+                    probe,
+                    answer: None,
+                },
+            );
             return;
         } else {
-            self.feed(to, Input::PeerStatus { via: Via::Management, status });
+            self.feed(
+                to,
+                Input::PeerStatus {
+                    via: Via::Management,
+                    status,
+                },
+            );
             self.nodes[to].status()
         };
         let delay = self.rng.range(self.cfg.delay_min_ms, self.cfg.delay_max_ms);
         let back_ok = self.nodes[to].public_up && self.nodes[from].public_up;
-        let (at, answer) = if back_ok { (self.now + delay, answer) } else { (timeout_at, None) };
-        self.schedule(at, Some(from), EventKind::ProbeResult { to: from, probe, answer });
+        let (at, answer) = if back_ok {
+            (self.now + delay, answer)
+        } else {
+            (timeout_at, None)
+        };
+        self.schedule(
+            at,
+            Some(from),
+            EventKind::ProbeResult {
+                to: from,
+                probe,
+                answer,
+            },
+        );
     }
 
     fn boot(&mut self, node: usize) {
@@ -621,15 +743,23 @@ impl Sim {
     }
 
     fn reachable(&self) -> bool {
-        self.nodes.iter().all(|n| n.alive() && !n.paused && n.public_up)
+        self.nodes
+            .iter()
+            .all(|n| n.alive() && !n.paused && n.public_up)
     }
 
     fn check_invariants(&mut self) {
         let [a, b] = &self.nodes;
         if a.running() && b.running() {
-            let (ea, eb) = (a.core.as_ref().map(|c| c.epoch()), b.core.as_ref().map(|c| c.epoch()));
+            let (ea, eb) = (
+                a.core.as_ref().map(|c| c.epoch()),
+                b.core.as_ref().map(|c| c.epoch()),
+            );
             if ea == eb {
-                self.violation = Some(format!("two actives in the same epoch {ea:?} at {}", self.now));
+                self.violation = Some(format!(
+                    "two actives in the same epoch {ea:?} at {}",
+                    self.now
+                ));
                 return;
             }
             if self.reachable() {
@@ -648,10 +778,16 @@ impl Sim {
     }
 
     fn check_settled(&mut self) {
-        let phases: Vec<Option<Phase>> =
-            self.nodes.iter().map(|n| n.core.as_ref().map(|c| c.phase())).collect();
+        let phases: Vec<Option<Phase>> = self
+            .nodes
+            .iter()
+            .map(|n| n.core.as_ref().map(|c| c.phase()))
+            .collect();
         let active = phases.iter().filter(|p| **p == Some(Phase::Active)).count();
-        let passive = phases.iter().filter(|p| **p == Some(Phase::Passive)).count();
+        let passive = phases
+            .iter()
+            .filter(|p| **p == Some(Phase::Passive))
+            .count();
         if active != 1 || passive != 1 {
             self.violation = Some(format!(
                 "{} ms after healing, phases are {phases:?}: expected exactly one active",

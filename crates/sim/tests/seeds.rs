@@ -6,7 +6,10 @@
 use understudy_sim::{run_seed, trace_seed, SimConfig};
 
 fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 #[test]
@@ -18,7 +21,11 @@ fn invariants_hold_across_seeds() {
         for line in trace {
             eprintln!("{line}");
         }
-        assert!(outcome.violation.is_none(), "seed {seed}: {:?}", outcome.violation);
+        assert!(
+            outcome.violation.is_none(),
+            "seed {seed}: {:?}",
+            outcome.violation
+        );
         return;
     }
     let count = env_u64("SIM_SEEDS", 10_000);
@@ -38,7 +45,10 @@ fn invariants_hold_across_seeds() {
         started.elapsed().as_secs_f64()
     );
     // The fault mix must actually exercise failover, or the run proves little.
-    assert!(failovers > count / 10, "only {failovers} failovers in {count} seeds");
+    assert!(
+        failovers > count / 10,
+        "only {failovers} failovers in {count} seeds"
+    );
 }
 
 #[test]

@@ -1,0 +1,277 @@
+//! The status report behind `understudy status` and `understudy status --json`.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use understudy_core::{Event, PairCore, Time};
+
+use crate::runtime::Daemon;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub pair: String,
+    pub node: String,
+    /// passive, promoting, active or demoting.
+    pub role: String,
+    pub epoch: u64,
+    pub last_active_epoch: u64,
+    pub auto_failover: bool,
+    pub public_ok: bool,
+    pub eligible: bool,
+    /// Why the current role was taken.
+    pub reason: Option<String>,
+    /// Why a passive is not taking over, when it is not.
+    pub waiting_for: Option<String>,
+    pub peer: PeerReport,
+    pub last_heartbeat_ms_ago: Option<u64>,
+    pub resources: Vec<ResourceReport>,
+    pub events: Vec<EventReport>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PeerReport {
+    pub name: String,
+    pub connected: bool,
+    pub role: Option<String>,
+    pub epoch: Option<u64>,
+    pub public_ok: Option<bool>,
+    pub links: Vec<LinkReport>,
+    pub last_probe: Option<ProbeReport>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LinkReport {
+    pub address: String,
+    pub up: bool,
+    pub rtt_ms: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ProbeReport {
+    pub answered: bool,
+    pub ms_ago: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ResourceReport {
+    pub name: String,
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EventReport {
+    /// Wall-clock time, milliseconds since the Unix epoch.
+    pub at_unix_ms: u64,
+    /// The same, as UTC text.
+    pub at: String,
+    /// Daemon-monotonic milliseconds, for measuring intervals between events exactly.
+    pub at_mono_ms: u64,
+    pub kind: String,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub epoch: Option<u64>,
+    pub reason: Option<String>,
+    pub text: Option<String>,
+}
+
+impl EventReport {
+    pub fn from_event(event: &Event, wall: SystemTime, _now: Time) -> EventReport {
+        let at_unix_ms = wall
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let base = EventReport {
+            at_unix_ms,
+            at: utc_text(at_unix_ms),
+            at_mono_ms: 0,
+            kind: String::new(),
+            from: None,
+            to: None,
+            epoch: None,
+            reason: None,
+            text: None,
+        };
+        match event {
+            Event::RoleChange {
+                at,
+                from,
+                to,
+                epoch,
+                reason,
+            } => EventReport {
+                at_mono_ms: at.0,
+                kind: "role-change".into(),
+                from: Some(from.as_str().into()),
+                to: Some(to.as_str().into()),
+                epoch: Some(epoch.0),
+                reason: Some(reason.as_str().into()),
+                ..base
+            },
+            Event::Notice { at, text } => EventReport {
+                at_mono_ms: at.0,
+                kind: "notice".into(),
+                text: Some(text.clone()),
+                ..base
+            },
+        }
+    }
+}
+
+pub fn build(core: &PairCore, daemon: &Daemon) -> StatusReport {
+    let now = Time(u64::try_from(daemon.origin.elapsed().as_millis()).unwrap_or(u64::MAX));
+    let status = core.status();
+    let peer_cfg = &daemon.cfg.nodes[1 - daemon.me];
+    let links: Vec<LinkReport> = daemon
+        .links()
+        .into_iter()
+        .map(|(addr, s)| LinkReport {
+            address: addr.to_string(),
+            up: s.up,
+            rtt_ms: s.rtt_ms,
+        })
+        .collect();
+    let last_heartbeat_ms_ago = status.channel_last_heard.map(|t| now.ms_since(t));
+    let connected = last_heartbeat_ms_ago
+        .is_some_and(|ago| ago < daemon.cfg.pair.failover_timeout_ms)
+        && links.iter().any(|l| l.up);
+    StatusReport {
+        pair: daemon.cfg.pair.name.clone(),
+        node: daemon.cfg.nodes[daemon.me].name.clone(),
+        role: status.me.phase.as_str().into(),
+        epoch: status.me.epoch.0,
+        last_active_epoch: status.me.last_active_epoch.0,
+        auto_failover: daemon.cfg.pair.auto_failover,
+        public_ok: status.me.public_ok,
+        eligible: status.me.eligible,
+        reason: status.reason.map(|r| r.as_str().into()),
+        waiting_for: status.waiting_for.map(str::to_string),
+        peer: PeerReport {
+            name: peer_cfg.name.clone(),
+            connected,
+            role: status.peer.map(|p| p.phase.as_str().into()),
+            epoch: status.peer.map(|p| p.epoch.0),
+            public_ok: status.peer.map(|p| p.public_ok),
+            links,
+            last_probe: status.last_probe.map(|p| ProbeReport {
+                answered: p.answered,
+                ms_ago: now.ms_since(p.completed_at),
+            }),
+        },
+        last_heartbeat_ms_ago,
+        resources: daemon
+            .resources
+            .states()
+            .into_iter()
+            .map(|(name, state)| ResourceReport {
+                name,
+                state: format!("{state:?}").to_lowercase(),
+            })
+            .collect(),
+        events: daemon.events.iter().cloned().collect(),
+    }
+}
+
+/// Formats Unix milliseconds as `YYYY-MM-DDTHH:MM:SS.mmmZ` (proleptic Gregorian, UTC).
+pub fn utc_text(unix_ms: u64) -> String {
+    let secs = unix_ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        unix_ms % 1000
+    )
+}
+
+/// A short human summary for `understudy status`.
+pub fn human(r: &StatusReport) -> String {
+    let mut out = String::new();
+    let peer_role = r.peer.role.as_deref().unwrap_or("unknown");
+    out.push_str(&format!(
+        "pair {}: {} is {} (epoch {})",
+        r.pair,
+        r.node,
+        r.role.to_uppercase(),
+        r.epoch
+    ));
+    if let Some(reason) = &r.reason {
+        out.push_str(&format!(", by {reason}"));
+    }
+    out.push('\n');
+    out.push_str(&format!(
+        "peer {}: {} ({}), last heartbeat {}\n",
+        r.peer.name,
+        if r.peer.connected {
+            "connected"
+        } else {
+            "NOT connected"
+        },
+        peer_role,
+        r.last_heartbeat_ms_ago
+            .map_or("never".to_string(), |ms| format!("{ms} ms ago"))
+    ));
+    for l in &r.peer.links {
+        let rtt = l.rtt_ms.map_or("-".to_string(), |ms| format!("{ms:.2} ms"));
+        out.push_str(&format!(
+            "  link {:<24} {:<4} rtt {rtt}\n",
+            l.address,
+            if l.up { "up" } else { "DOWN" }
+        ));
+    }
+    out.push_str(&format!(
+        "public network: {}   auto-failover: {}\n",
+        if r.public_ok {
+            "reachable"
+        } else {
+            "NOT reachable"
+        },
+        if r.auto_failover { "on" } else { "off" }
+    ));
+    if let Some(w) = &r.waiting_for {
+        out.push_str(&format!("not taking over because: {w}\n"));
+    }
+    if !r.resources.is_empty() {
+        out.push_str("resources:\n");
+        for res in &r.resources {
+            out.push_str(&format!("  {:<20} {}\n", res.name, res.state));
+        }
+    }
+    let recent: Vec<&EventReport> = r.events.iter().rev().take(5).collect();
+    if !recent.is_empty() {
+        out.push_str("recent events:\n");
+        for e in recent.into_iter().rev() {
+            match (&e.from, &e.to, &e.reason) {
+                (Some(f), Some(t), Some(why)) => out.push_str(&format!(
+                    "  {} {f} -> {t} (epoch {}, {why})\n",
+                    e.at,
+                    e.epoch.unwrap_or(0)
+                )),
+                _ => out.push_str(&format!("  {} {}\n", e.at, e.text.as_deref().unwrap_or(""))),
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_text_formats_known_instants() {
+        assert_eq!(super::utc_text(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            super::utc_text(1_795_000_000_123),
+            "2026-11-18T06:13:20.123Z"
+        );
+    }
+}

@@ -1,0 +1,362 @@
+//! The daemon: one task owns the sans-IO `PairCore` and carries out its outputs in order;
+//! network, resource and control tasks talk to it through a bounded queue.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tracing::{error, info, warn};
+use understudy_config::Config;
+use understudy_core::{
+    Command, CoreConfig, Event, Input, NodeIndex, NodeStatus, Output, PairCore, Phase, ProbeId,
+    Time, Via,
+};
+use understudy_resources::ResourceSet;
+
+use crate::net::{self, LinkStats, NetCtx};
+use crate::report::{EventReport, StatusReport};
+use crate::state::StateFile;
+use crate::{control, report};
+
+/// Messages into the core task.
+pub enum ToCore {
+    PeerStatus {
+        via: Via,
+        status: NodeStatus,
+    },
+    /// The peer probed us; answer with our status after taking theirs into account.
+    Probed {
+        status: NodeStatus,
+        reply: oneshot::Sender<NodeStatus>,
+    },
+    ProbeDone {
+        probe: ProbeId,
+        answer: Option<NodeStatus>,
+    },
+    Public {
+        reachable: bool,
+    },
+    ResourcesDone {
+        start: bool,
+        ok: bool,
+    },
+    Command {
+        command: Command,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    Status {
+        reply: oneshot::Sender<StatusReport>,
+    },
+}
+
+/// Bound on the core's inbox: senders wait (backpressure) rather than grow it.
+const INBOX_MAX: usize = 1024;
+/// Recent events kept for `understudy status`.
+const EVENTS_MAX: usize = 200;
+
+/// Everything the status report needs besides the core.
+pub struct Daemon {
+    pub cfg: Config,
+    pub me: usize,
+    pub origin: Instant,
+    pub net: Arc<NetCtx>,
+    pub resources: Arc<ResourceSet>,
+    pub events: VecDeque<EventReport>,
+}
+
+impl Daemon {
+    fn now(&self) -> Time {
+        Time(u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub fn links(&self) -> Vec<(SocketAddr, LinkStats)> {
+        let peer = &self.cfg.nodes[1 - self.me];
+        peer.channel
+            .iter()
+            .zip(self.net.links.iter())
+            .map(|(addr, stats)| (*addr, stats.lock().map(|s| s.clone()).unwrap_or_default()))
+            .collect()
+    }
+
+    fn record(&mut self, event: &Event) {
+        let peer_name = &self.cfg.nodes[1 - self.me].name;
+        let entry = EventReport::from_event(event, SystemTime::now(), self.now());
+        match event {
+            Event::RoleChange {
+                from,
+                to,
+                epoch,
+                reason,
+                ..
+            } => {
+                info!(from = from.as_str(), to = to.as_str(), epoch = epoch.0, reason = reason.as_str(), peer = %peer_name, "role change")
+            }
+            Event::Notice { text, .. } => warn!(notice = %text, "pair notice"),
+        }
+        if self.events.len() == EVENTS_MAX {
+            self.events.pop_front();
+        }
+        self.events.push_back(entry);
+    }
+}
+
+pub fn core_config(cfg: &Config, me: usize) -> CoreConfig {
+    CoreConfig {
+        me: NodeIndex(me as u8),
+        heartbeat_interval_ms: cfg.pair.heartbeat_interval_ms,
+        failover_timeout_ms: cfg.pair.failover_timeout_ms,
+        isolation_timeout_ms: cfg.pair.isolation_timeout_ms,
+        probe_timeout_ms: cfg.pair.probe_timeout_ms,
+        auto_failover: cfg.pair.auto_failover,
+        public_check_enabled: !cfg.public_check.targets.is_empty(),
+        start_failure_backoff_ms: 60_000,
+    }
+}
+
+/// Runs the daemon for node `node_name` until a clean shutdown.
+pub async fn run(cfg: Config, node_name: &str) -> Result<()> {
+    let (me, _) = cfg.node(node_name).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let peer = cfg.nodes[1 - me].clone();
+    let my = cfg.nodes[me].clone();
+    for warning in cfg.warnings() {
+        warn!("{warning}");
+    }
+    let tls = understudy_tls::load_node_tls(&cfg.pair.tls_dir, &my.name, &peer.name)
+        .with_context(|| format!("loading TLS material from {}", cfg.pair.tls_dir.display()))?;
+    let state = StateFile::new(&cfg.pair.state_dir, &cfg.pair.name)?;
+    let persisted = state.load()?;
+    info!(node = %my.name, peer = %peer.name, epoch = persisted.epoch.0, clean = persisted.clean_shutdown, state = %state.path().display(), "starting");
+
+    let origin = Instant::now();
+    let core_cfg = core_config(&cfg, me);
+    let (to_core, mut inbox) = mpsc::channel::<ToCore>(INBOX_MAX);
+    let (status_tx, status_rx) = watch::channel::<Option<NodeStatus>>(None);
+    let hb = Duration::from_millis(cfg.pair.heartbeat_interval_ms);
+    let net = Arc::new(NetCtx {
+        tls,
+        origin,
+        heartbeat_interval: hb,
+        link_idle_timeout: (hb * 3).max(Duration::from_millis(cfg.pair.failover_timeout_ms / 2)),
+        probe_timeout: Duration::from_millis(cfg.pair.probe_timeout_ms),
+        to_core: to_core.clone(),
+        status_rx,
+        links: my
+            .channel
+            .iter()
+            .map(|_| Mutex::new(LinkStats::default()))
+            .collect(),
+    });
+
+    // Listeners first: a bad address fails the start loudly, before any role decision.
+    let mgmt = TcpListener::bind(my.management)
+        .await
+        .with_context(|| format!("cannot listen on management address {}", my.management))?;
+    tokio::spawn(net::serve_management(net.clone(), mgmt));
+    for (link, (mine, theirs)) in my.channel.iter().zip(peer.channel.iter()).enumerate() {
+        if me == 0 {
+            // One connection per link: the first node dials, the second accepts.
+            tokio::spawn(net::dial_link(net.clone(), link, *theirs));
+        } else {
+            let listener = TcpListener::bind(mine)
+                .await
+                .with_context(|| format!("cannot listen on channel address {mine}"))?;
+            tokio::spawn(net::accept_link(net.clone(), link, listener));
+        }
+    }
+    let public_now = Arc::new(Notify::new());
+    if !cfg.public_check.targets.is_empty() {
+        tokio::spawn(net::public_check(
+            cfg.public_check.targets.clone(),
+            Duration::from_millis(cfg.public_check.interval_ms),
+            Duration::from_millis(cfg.public_check.timeout_ms),
+            public_now.clone(),
+            to_core.clone(),
+        ));
+    }
+    let control_listener = control::bind(&cfg.pair.control_socket)?;
+    tokio::spawn(control::serve(
+        control_listener,
+        to_core.clone(),
+        net.clone(),
+        peer.management,
+    ));
+
+    let resources = Arc::new(ResourceSet::new(
+        cfg.resources
+            .iter()
+            .map(|r| understudy_resources::build(r, &cfg.pair.name))
+            .collect(),
+    ));
+    let mut daemon = Daemon {
+        cfg,
+        me,
+        origin,
+        net: net.clone(),
+        resources: resources.clone(),
+        events: VecDeque::new(),
+    };
+    let mut core =
+        PairCore::new(core_cfg, persisted, daemon.now()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let running = Arc::new(watch::channel(false).0);
+    tokio::spawn(monitor_resources(resources.clone(), running.subscribe()));
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut signals = 0u32;
+    loop {
+        if !carry_out(
+            &mut core,
+            &mut daemon,
+            &state,
+            &status_tx,
+            &to_core,
+            &public_now,
+            peer.management,
+        )? {
+            break;
+        }
+        running.send_replace(core.phase() == Phase::Active);
+        let deadline = origin + Duration::from_millis(core.next_timeout().0);
+        tokio::select! {
+            msg = inbox.recv() => {
+                let Some(msg) = msg else { break };
+                handle(&mut core, &daemon, msg);
+            }
+            _ = tokio::time::sleep_until(deadline.into()) => core.handle(daemon.now(), Input::Tick),
+            _ = sigterm.recv() => signals += on_signal(&mut core, &daemon, signals),
+            _ = sigint.recv() => signals += on_signal(&mut core, &daemon, signals),
+        }
+    }
+    // Let the links carry the final "leaving" status before the process ends.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    info!("stopped cleanly");
+    Ok(())
+}
+
+fn on_signal(core: &mut PairCore, daemon: &Daemon, earlier: u32) -> u32 {
+    if earlier > 0 {
+        error!("second signal: exiting at once; resources may still be running");
+        std::process::exit(1);
+    }
+    info!("shutting down: stopping resources, then telling the peer");
+    let _ = core.command(daemon.now(), Command::Shutdown);
+    1
+}
+
+fn handle(core: &mut PairCore, daemon: &Daemon, msg: ToCore) {
+    let now = daemon.now();
+    match msg {
+        ToCore::PeerStatus { via, status } => core.handle(now, Input::PeerStatus { via, status }),
+        ToCore::Probed { status, reply } => {
+            core.handle(
+                now,
+                Input::PeerStatus {
+                    via: Via::Management,
+                    status,
+                },
+            );
+            let _ = reply.send(core.my_status());
+        }
+        ToCore::ProbeDone { probe, answer } => match answer {
+            Some(status) => core.handle(now, Input::ProbeAnswered { probe, status }),
+            None => core.handle(now, Input::ProbeFailed { probe }),
+        },
+        ToCore::Public { reachable } => core.handle(now, Input::PublicCheck { reachable }),
+        ToCore::ResourcesDone { start: true, ok } => {
+            core.handle(now, Input::ResourcesStarted { ok })
+        }
+        ToCore::ResourcesDone { start: false, ok } => {
+            core.handle(now, Input::ResourcesStopped { ok })
+        }
+        ToCore::Command { command, reply } => {
+            let _ = reply.send(core.command(now, command).map_err(|r| r.0));
+        }
+        ToCore::Status { reply } => {
+            let _ = reply.send(report::build(core, daemon));
+        }
+    }
+}
+
+/// Carries out the core's outputs in order. Returns false once the core asked to exit.
+fn carry_out(
+    core: &mut PairCore,
+    daemon: &mut Daemon,
+    state: &StateFile,
+    status_tx: &watch::Sender<Option<NodeStatus>>,
+    to_core: &mpsc::Sender<ToCore>,
+    public_now: &Notify,
+    peer_management: SocketAddr,
+) -> Result<bool> {
+    while let Some(output) = core.poll_output() {
+        match output {
+            Output::SendStatus(status) => {
+                status_tx.send_replace(Some(status));
+            }
+            Output::Probe { probe, status } => {
+                net::spawn_probe(daemon.net.clone(), peer_management, probe, status)
+            }
+            // Synchronous on purpose: nothing after it may happen before it is durable.
+            Output::Persist(p) => state.save(&p).context("persisting the role state")?,
+            Output::StartResources | Output::StopResources => {
+                let start = matches!(output, Output::StartResources);
+                let resources = daemon.resources.clone();
+                let to_core = to_core.clone();
+                tokio::spawn(async move {
+                    let result = if start {
+                        resources.start_all().await
+                    } else {
+                        resources.stop_all().await
+                    };
+                    if let Err(e) = &result {
+                        error!(error = %e, "{} resources failed", if start { "starting" } else { "stopping" });
+                    }
+                    let _ = to_core
+                        .send(ToCore::ResourcesDone {
+                            start,
+                            ok: result.is_ok(),
+                        })
+                        .await;
+                });
+            }
+            Output::Event(event) => daemon.record(&event),
+            Output::CheckPublic => public_now.notify_one(),
+            Output::Exit => return Ok(false),
+        }
+    }
+    Ok(true)
+}
+
+/// Monitors each resource at its interval while this node is active. Failures are
+/// logged and shown in status; escalation (restart, switchover) comes with the
+/// application-modules work.
+async fn monitor_resources(resources: Arc<ResourceSet>, mut active: watch::Receiver<bool>) {
+    if resources.is_empty() {
+        return;
+    }
+    let tick = (0..resources.len())
+        .map(|i| resources.monitor_interval(i))
+        .min()
+        .unwrap_or(Duration::from_secs(10));
+    let mut last = vec![Instant::now(); resources.len()];
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(tick) => {}
+            _ = active.changed() => {}
+        }
+        if !*active.borrow() {
+            continue;
+        }
+        for (i, last_run) in last.iter_mut().enumerate() {
+            if last_run.elapsed() >= resources.monitor_interval(i) {
+                *last_run = Instant::now();
+                if let Err(e) = resources.monitor_once(i).await {
+                    warn!(error = %e, "resource monitor failed");
+                }
+            }
+        }
+    }
+}

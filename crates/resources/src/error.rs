@@ -1,0 +1,123 @@
+//! The actions a resource can be asked to do, and the error every action
+//! reports, always naming the resource and the action so a log line or a
+//! status message stands on its own.
+
+use std::fmt;
+use std::io;
+
+/// One of the three things a resource can be asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// Bring the resource up.
+    Start,
+    /// Take the resource down.
+    Stop,
+    /// Check the resource.
+    Monitor,
+}
+
+impl Action {
+    /// The action's name: `"start"`, `"stop"` or `"monitor"`. Also the value
+    /// of `UNDERSTUDY_ACTION` for exec commands.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Start => "start",
+            Self::Stop => "stop",
+            Self::Monitor => "monitor",
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a resource action did not succeed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ResourceError {
+    /// The action ran out of time. Everything it had started was killed.
+    #[error("resource {resource}: {action} timed out after {after_ms} ms and was killed")]
+    Timeout {
+        /// The resource's name.
+        resource: String,
+        /// The action that timed out.
+        action: Action,
+        /// The timeout that ran out, in milliseconds.
+        after_ms: u64,
+    },
+    /// The action ran to its end and reported failure (for an exec command:
+    /// a non-zero exit status, or death by a signal).
+    #[error(
+        "resource {resource}: {action} failed: {}{}",
+        describe_exit(.code, .signal),
+        describe_stderr(.stderr_tail)
+    )]
+    Failed {
+        /// The resource's name.
+        resource: String,
+        /// The action that failed.
+        action: Action,
+        /// The exit status, or `None` when the command was killed by a
+        /// signal.
+        code: Option<i32>,
+        /// The signal that killed the command, if one did.
+        signal: Option<i32>,
+        /// The last ~2 KiB of the command's standard error, trimmed; empty
+        /// when it wrote nothing there.
+        stderr_tail: String,
+    },
+    /// The action could not be carried out at all (for an exec command: the
+    /// shell could not be spawned or waited for).
+    #[error("resource {resource}: could not run {action}: {source}")]
+    Io {
+        /// The resource's name.
+        resource: String,
+        /// The action that could not be run.
+        action: Action,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl ResourceError {
+    /// The name of the resource the error is about.
+    pub fn resource(&self) -> &str {
+        match self {
+            Self::Timeout { resource, .. }
+            | Self::Failed { resource, .. }
+            | Self::Io { resource, .. } => resource,
+        }
+    }
+
+    /// The action that did not succeed.
+    pub fn action(&self) -> Action {
+        match self {
+            Self::Timeout { action, .. }
+            | Self::Failed { action, .. }
+            | Self::Io { action, .. } => *action,
+        }
+    }
+}
+
+/// "exit status 3" / "killed by signal 9", for [`ResourceError::Failed`].
+fn describe_exit(code: &Option<i32>, signal: &Option<i32>) -> String {
+    match (code, signal) {
+        (Some(code), _) => format!("exit status {code}"),
+        (None, Some(signal)) => format!("killed by signal {signal}"),
+        (None, None) => "ended without an exit status".to_owned(),
+    }
+}
+
+/// The stderr tail as a suffix of the message, or nothing when it is empty
+/// so the message does not end in a dangling "stderr:".
+fn describe_stderr(tail: &str) -> String {
+    if tail.is_empty() {
+        String::new()
+    } else {
+        format!("; stderr: {tail}")
+    }
+}

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Understudy's tests and demo need. Idempotent.
+set -euo pipefail
+need=()
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v ping >/dev/null 2>&1 || need+=(iputils-ping)
+command -v nft >/dev/null 2>&1 || need+=(nftables)
+if [ "${#need[@]}" -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: need root to install: ${need[*]}" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need[@]}" >/dev/null
+fi
