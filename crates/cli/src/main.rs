@@ -39,6 +39,9 @@ enum Cmd {
         /// A node, as NAME=CHANNEL_IP,MANAGEMENT_IP; give exactly two.
         #[arg(long = "node", num_args = 1, required = true)]
         nodes: Vec<String>,
+        /// Where to write the CA and node certificates (default /etc/understudy/<pair>).
+        #[arg(long)]
+        tls_dir: Option<PathBuf>,
         /// Overwrite an existing config and certificates.
         #[arg(long)]
         force: bool,
@@ -123,7 +126,13 @@ fn load(path: &Path) -> Result<understudy_config::Config> {
     understudy_config::load(path).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-fn init(path: &Path, pair: &str, nodes: &[String], force: bool) -> Result<()> {
+fn init(
+    path: &Path,
+    pair: &str,
+    nodes: &[String],
+    tls_dir: Option<&Path>,
+    force: bool,
+) -> Result<()> {
     if nodes.len() != 2 {
         bail!("give exactly two --node NAME=CHANNEL_IP,MANAGEMENT_IP");
     }
@@ -144,12 +153,21 @@ fn init(path: &Path, pair: &str, nodes: &[String], force: bool) -> Result<()> {
     if path.exists() && !force {
         bail!("{} exists; pass --force to overwrite it", path.display());
     }
-    let text = understudy_config::template(
+    let mut text = understudy_config::template(
         pair,
         [&parsed[0].0, &parsed[1].0],
         [&parsed[0].1, &parsed[1].1],
         [&parsed[0].2, &parsed[1].2],
     );
+    if let Some(dir) = tls_dir {
+        // Turn the template's commented default into a setting.
+        let commented = format!("# tls_dir = \"/etc/understudy/{pair}\"");
+        if !text.contains(&commented) {
+            bail!("the config template has no tls_dir line to set");
+        }
+        let value = serde_json::to_string(&dir.display().to_string())?; // a valid TOML basic string
+        text = text.replacen(&commented, &format!("tls_dir = {value}"), 1);
+    }
     // Validate before writing anything, so a typo leaves no half-made pair behind.
     let cfg = understudy_config::parse(&text, path).map_err(|e| anyhow::anyhow!("{e}"))?;
     if let Some(dir) = path.parent() {

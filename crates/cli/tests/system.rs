@@ -235,3 +235,85 @@ fn restarted_node_comes_back_passive() {
     let s = pair.status(active).expect("status");
     assert!(s.epoch < pair.status(1 - active).expect("status").epoch || s.role == "passive");
 }
+
+#[test]
+fn a_foreign_certificate_is_refused_and_logged() {
+    if !require_root("a_foreign_certificate_is_refused_and_logged") {
+        return;
+    }
+    let (pair, _active) = settled_pair("foreign-cert");
+    // Mallory holds a certificate named like the real peer, but from another pair's CA.
+    let dir = pair.dir().join("mallory-tls");
+    let material = understudy_tls::generate_pair("systest", &common::NAMES).expect("foreign CA");
+    understudy_tls::write_pair(&dir, &material, true).expect("write");
+    let mallory = understudy_tls::load_node_tls(&dir, "alpha", "beta").expect("load");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let target = std::net::SocketAddr::new(understudy_testbed::PairNet::public_addr(1), 7401);
+    // Dial beta's management address from inside alpha's namespace.
+    let ns =
+        std::fs::File::open(format!("/var/run/netns/{}", pair.net.node(0).name())).expect("netns");
+    // SAFETY: setns on this thread only; the thread is ours and ends with the test.
+    let joined = std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        assert_eq!(
+            unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
+            0,
+            "setns"
+        );
+        runtime.block_on(async {
+            match understudy_tls::connect(&mallory, target, Duration::from_secs(2)).await {
+                // TLS 1.3: the client may finish its side before the server refuses it.
+                Ok(mut stream) => {
+                    use tokio::io::AsyncReadExt;
+                    let mut byte = [0u8; 1];
+                    stream.read(&mut byte).await.map(|n| n > 0).unwrap_or(false)
+                }
+                Err(_) => false,
+            }
+        })
+    })
+    .join()
+    .expect("thread");
+    assert!(!joined, "a foreign certificate must not get an answer");
+    let logged =
+        understudy_testbed::wait_until(Duration::from_secs(3), Duration::from_millis(50), || {
+            pair.log(1).contains("refused").then_some(())
+        });
+    assert!(logged.is_some(), "beta logs the refusal:\n{}", pair.log(1));
+    assert!(pair.log(1).contains("CA"), "the log says why");
+}
+
+#[test]
+fn clean_shutdown_of_the_active_hands_over_at_once() {
+    if !require_root("clean_shutdown_of_the_active_hands_over_at_once") {
+        return;
+    }
+    let (pair, active) = settled_pair("sigterm");
+    let passive = 1 - active;
+    let pid = pair.proc(active).pid();
+    let asked = Instant::now();
+    // SAFETY: plain kill(2) on a pid we spawned.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
+    let seen = pair
+        .wait_role(passive, "active", Duration::from_secs(5))
+        .expect("took over");
+    // Well before failover_timeout: the leaving node said so.
+    assert!(
+        seen.duration_since(asked) < Duration::from_millis(900),
+        "{:?}",
+        seen.duration_since(asked)
+    );
+    assert!(pair
+        .role_changes(passive)
+        .iter()
+        .any(|c| c.1 == "peer-left"));
+    let state = std::fs::read_to_string(
+        pair.dir()
+            .join(format!("state-{}/systest.role.json", common::NAMES[active])),
+    )
+    .expect("state file");
+    assert!(state.contains("\"clean_shutdown\": true"), "{state}");
+}

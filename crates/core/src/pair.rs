@@ -897,13 +897,15 @@ impl PairCore {
         self.push(Output::Probe { probe, status });
     }
 
-    /// The runtime promises an answer within the probe timeout; if it never comes, count
-    /// the probe as failed rather than wait forever.
+    /// The runtime promises an answer within the probe timeout. If none comes (or our own
+    /// clock jumped), free the slot so a new probe can go out, but record no outcome: an
+    /// expired probe says nothing about the peer, so it must never count as a failure that
+    /// allows a failover.
     fn expire_stuck_probe(&mut self) {
-        if let Some((probe, sent)) = self.probe_in_flight {
+        if let Some((_, sent)) = self.probe_in_flight {
             if self.now.ms_since(sent) >= self.probe_watchdog_ms() {
-                self.notice("a probe outlived its timeout; counted as failed".into());
-                self.complete_probe(probe, false);
+                self.probe_in_flight = None;
+                self.notice("a probe outlived its timeout; sending a new one".into());
             }
         }
     }

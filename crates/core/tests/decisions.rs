@@ -673,3 +673,26 @@ fn heartbeats_are_sent_every_interval() {
     }
     assert!((10..=11).contains(&sent), "sent {sent}");
 }
+
+#[test]
+fn a_probe_lost_to_a_clock_jump_is_not_evidence() {
+    // The passive's clock leapt forward while a probe was in flight; the probe did not
+    // fail, time merely seemed to pass. Failing over on it would be a false failover.
+    let mut b = passive_following_active(0);
+    b.public_ok(250);
+    assert!(b.pending_probe().is_some());
+    b.public_ok(5000); // the jump: channel silence looks long, the probe looks overdue
+    b.public_ok(5010);
+    assert_eq!(b.core.phase(), Phase::Passive);
+    // A fresh probe goes out and is answered by the serving active: still no failover.
+    let p = b.pending_probe().expect("a new probe");
+    b.at(
+        5020,
+        Input::ProbeAnswered {
+            probe: p,
+            status: peer(0, Phase::Active, 2),
+        },
+    );
+    b.public_ok(5030);
+    assert_eq!(b.core.phase(), Phase::Passive);
+}

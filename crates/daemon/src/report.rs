@@ -75,7 +75,7 @@ pub struct EventReport {
 }
 
 impl EventReport {
-    pub fn from_event(event: &Event, wall: SystemTime, _now: Time) -> EventReport {
+    pub fn from_event(event: &Event, wall: SystemTime) -> EventReport {
         let at_unix_ms = wall
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
@@ -164,7 +164,7 @@ pub fn build(core: &PairCore, daemon: &Daemon) -> StatusReport {
             .into_iter()
             .map(|(name, state)| ResourceReport {
                 name,
-                state: format!("{state:?}").to_lowercase(),
+                state: state.to_string(),
             })
             .collect(),
         events: daemon.events.iter().cloned().collect(),

@@ -84,7 +84,7 @@ impl Daemon {
 
     fn record(&mut self, event: &Event) {
         let peer_name = &self.cfg.nodes[1 - self.me].name;
-        let entry = EventReport::from_event(event, SystemTime::now(), self.now());
+        let entry = EventReport::from_event(event, SystemTime::now());
         match event {
             Event::RoleChange {
                 from,

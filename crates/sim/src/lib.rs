@@ -8,6 +8,8 @@
 //!
 //! Invariants are checked after every event:
 //! - never two running nodes in the same epoch;
+//! - never a failover while the active serves and has been reachable on the public
+//!   network for a whole failover timeout (a false failover);
 //! - never both nodes running resources while each reaches the other's management
 //!   address for longer than `grace_ms` (the time it takes two nodes to notice each other);
 //! - once every fault has healed, exactly one node is active within `settle_ms`.
@@ -223,6 +225,8 @@ pub struct Sim {
     /// FIFO per link and direction: TCP never reorders.
     link_clear_at: Vec<[u64; 2]>,
     both_running_reachable_since: Option<u64>,
+    /// Since when both nodes have been up, unpaused and on the public network.
+    mutually_reachable_since: Option<u64>,
     healed: bool,
     violation: Option<String>,
     events: u64,
@@ -256,6 +260,7 @@ impl Sim {
             links: vec![[true, true]; links],
             link_clear_at: vec![[0, 0]; links],
             both_running_reachable_since: None,
+            mutually_reachable_since: None,
             healed: false,
             violation: None,
             events: 0,
@@ -492,6 +497,7 @@ impl Sim {
                     {
                         if *reason == understudy_core::Reason::Failover {
                             self.failovers += 1;
+                            self.check_failover_was_needed(node);
                         }
                     }
                     if self.keep_trace {
@@ -749,6 +755,11 @@ impl Sim {
     }
 
     fn check_invariants(&mut self) {
+        if self.reachable() {
+            self.mutually_reachable_since.get_or_insert(self.now);
+        } else {
+            self.mutually_reachable_since = None;
+        }
         let [a, b] = &self.nodes;
         if a.running() && b.running() {
             let (ea, eb) = (
@@ -775,6 +786,22 @@ impl Sim {
             }
         }
         self.both_running_reachable_since = None;
+    }
+
+    /// "Never fail over while the active is only cut off from the passive and still
+    /// serving": a failover while the peer runs resources and both nodes have reached each
+    /// other's management address for a whole failover timeout is a false failover.
+    fn check_failover_was_needed(&mut self, node: usize) {
+        let peer = &self.nodes[1 - node];
+        let reachable_long = self
+            .mutually_reachable_since
+            .is_some_and(|since| self.now - since >= self.cfg.failover_timeout_ms);
+        if peer.running() && reachable_long {
+            self.violation = Some(format!(
+                "false failover by node{node} at {}: the active was serving and reachable since {:?}",
+                self.now, self.mutually_reachable_since
+            ));
+        }
     }
 
     fn check_settled(&mut self) {

@@ -60,3 +60,21 @@ fn a_seed_replays_exactly() {
     assert_eq!(a.faults, b.faults);
     assert_eq!(a.failovers, b.failovers);
 }
+
+#[test]
+fn invariants_hold_on_a_hostile_network() {
+    // 10% loss and up to 150 ms of delay per message: heartbeats go missing in bursts.
+    let cfg = SimConfig {
+        loss_per_mille: 100,
+        delay_min_ms: 5,
+        delay_max_ms: 150,
+        ..SimConfig::default()
+    };
+    let count = env_u64("SIM_SEEDS", 10_000) / 5;
+    for seed in 1_000_000..1_000_000 + count {
+        let outcome = run_seed(seed, &cfg);
+        if let Some(v) = outcome.violation {
+            panic!("seed {seed} (hostile network) violated an invariant: {v}");
+        }
+    }
+}

@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# The demo pair: builds Understudy, puts two nodes (alpha, beta) and a client/gateway in
+# network namespaces on this machine, starts `understudy run` on both, kills the active
+# with kill -9, shows the takeover, then switches back. Cleans everything up on exit.
+# Run as root on Debian.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ "$(id -u)" -eq 0 ] || { echo "demo.sh: run as root (it creates network namespaces)" >&2; exit 1; }
+./scripts/setup.sh
+command -v cargo >/dev/null || { echo "demo.sh: needs Rust's cargo" >&2; exit 1; }
+echo "== building (release)"
+cargo build --release -q -p understudy
+BIN="$PWD/target/release/understudy"
+DIR="$(mktemp -d /tmp/understudy-demo.XXXXXX)"
+P="usdemo$$"
+SW="$P-sw" A="$P-a" B="$P-b" C="$P-c"
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+  for ns in "$A" "$B" "$C" "$SW"; do
+    for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
+    ip netns del "$ns" 2>/dev/null || true
+  done
+  echo "== cleaned up (logs kept in $DIR)"
+}
+trap cleanup EXIT
+bold() { printf '\033[1m%s\033[0m\n' "$*"; }
+
+# A switch namespace holds the bridges, so the root namespace stays untouched.
+for ns in "$SW" "$A" "$B" "$C"; do ip netns add "$ns"; ip -n "$ns" link set lo up; done
+for br in brch brpub; do ip -n "$SW" link add "$br" type bridge; ip -n "$SW" link set "$br" up; done
+# Each node's cable ends are named ch and pub inside its namespace.
+ip -n "$SW" link add a-ch type veth peer name ch netns "$A"; ip -n "$SW" link add b-ch type veth peer name ch netns "$B"
+ip -n "$SW" link add a-pub type veth peer name pub netns "$A"; ip -n "$SW" link add b-pub type veth peer name pub netns "$B"
+ip -n "$SW" link add c-pub type veth peer name pub netns "$C"
+for l in a-ch b-ch; do ip -n "$SW" link set "$l" master brch up; done
+for l in a-pub b-pub c-pub; do ip -n "$SW" link set "$l" master brpub up; done
+ip -n "$A" addr add 10.50.0.1/24 dev ch; ip -n "$B" addr add 10.50.0.2/24 dev ch
+ip -n "$A" addr add 10.60.0.11/24 dev pub; ip -n "$B" addr add 10.60.0.12/24 dev pub; ip -n "$C" addr add 10.60.0.100/24 dev pub
+for ns in "$A" "$B"; do ip -n "$ns" link set ch up; ip -n "$ns" link set pub up; done
+ip -n "$C" link set pub up
+
+cat > "$DIR/understudy.toml" <<TOML
+[pair]
+name = "demo"
+heartbeat_interval_ms = 100
+failover_timeout_ms = 1000
+isolation_timeout_ms = 600
+probe_timeout_ms = 250
+state_dir = "$DIR/state"
+control_socket = "$DIR/unused.sock"
+tls_dir = "$DIR/tls"
+
+[[node]]
+name = "alpha"
+channel = ["10.50.0.1:7400"]
+management = "10.60.0.11:7401"
+
+[[node]]
+name = "beta"
+channel = ["10.50.0.2:7400"]
+management = "10.60.0.12:7401"
+
+[public_check]
+targets = ["10.60.0.100"]
+interval_ms = 200
+timeout_ms = 150
+
+[[resource]]
+name = "web"
+kind = "exec"
+start = "echo started on \$UNDERSTUDY_NODE >> $DIR/web.log"
+stop = "echo stopped on \$UNDERSTUDY_NODE >> $DIR/web.log"
+TOML
+# `init` would write this template; here we only need the certificates.
+"$BIN" --config "$DIR/understudy.toml" check
+"$BIN" --config "$DIR/init.toml" init --pair demo --node alpha=10.50.0.1,10.60.0.11 --node beta=10.50.0.2,10.60.0.12 >/dev/null
+rm -rf "$DIR/tls"; mv "$(grep -E '^tls_dir' "$DIR/init.toml" | cut -d'"' -f2)" "$DIR/tls"
+
+start() { # index name ns
+  UNDERSTUDY_NODE="$2" ip netns exec "$3" "$BIN" --config "$DIR/understudy.toml" --socket "$DIR/$2.sock" \
+    run --node "$2" --state-dir "$DIR/state-$2" >"$DIR/$2.log" 2>&1 &
+  PIDS[$1]=$!
+}
+st() { "$BIN" --config "$DIR/understudy.toml" --socket "$DIR/$1.sock" status "${@:2}"; }
+role() { st "$1" --json 2>/dev/null | grep -m1 '"role"' | cut -d'"' -f4; }
+wait_role() { # name role timeout_ms
+  local t=0; while [ "$(role "$1")" != "$2" ]; do sleep 0.01; t=$((t+10)); [ $t -lt "$3" ] || return 1; done
+}
+
+bold "== starting alpha and beta"
+start 0 alpha "$A"; start 1 beta "$B"
+for i in $(seq 100); do
+  [ "$(role alpha)/$(role beta)" = "active/passive" ] || [ "$(role alpha)/$(role beta)" = "passive/active" ] && break
+  sleep 0.1
+done
+sleep 0.5
+st alpha; echo; st beta
+if [ "$(role alpha)" = active ]; then act=alpha; pas=beta; idx=0; else act=beta; pas=alpha; idx=1; fi
+echo
+bold "== kill -9 the active ($act)"
+t0=$(date +%s%N)
+kill -9 "${PIDS[$idx]}"
+wait_role "$pas" active 5000 && t1=$(date +%s%N) || { echo "takeover failed; see $DIR"; exit 1; }
+bold "== $pas is active $(( (t1 - t0) / 1000000 )) ms after the kill (failover_timeout 1000 ms)"
+st "$pas"
+echo
+bold "== restarting $act: it comes back passive"
+if [ $idx -eq 0 ]; then start 0 alpha "$A"; else start 1 beta "$B"; fi
+wait_role "$act" passive 10000
+sleep 1.5
+bold "== understudy switchover (planned move back to $act)"
+t0=$(date +%s%N)
+st "$pas" >/dev/null; "$BIN" --config "$DIR/understudy.toml" --socket "$DIR/$pas.sock" switchover
+wait_role "$act" active 5000 && t1=$(date +%s%N)
+bold "== $act is active again after $(( (t1 - t0) / 1000000 )) ms"
+st "$act"
+echo; cat "$DIR/web.log"
