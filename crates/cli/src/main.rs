@@ -90,8 +90,13 @@ fn main() -> ExitCode {
 
 fn real_main(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Cmd::Init { pair, nodes, force } => {
-            init(&cli.config, &pair, &nodes, force).map(|()| ExitCode::SUCCESS)
+        Cmd::Init {
+            pair,
+            nodes,
+            tls_dir,
+            force,
+        } => {
+            init(&cli.config, &pair, &nodes, tls_dir.as_deref(), force).map(|()| ExitCode::SUCCESS)
         }
         Cmd::Check => check(&cli.config).map(|()| ExitCode::SUCCESS),
         Cmd::Run {

@@ -710,11 +710,8 @@ impl Sim {
 
     fn heal(&mut self, fault: Fault) {
         match fault {
-            Fault::Crash(n) | Fault::CleanRestart(n) => {
-                if !self.healed || fault == Fault::Crash(n) || !self.nodes[n].alive() {
-                    self.boot(n);
-                }
-            }
+            // Booting a live node does nothing, so a late heal is harmless.
+            Fault::Crash(n) | Fault::CleanRestart(n) => self.boot(n),
             Fault::Pause(n) => self.resume(n),
             Fault::CutLink { link, .. } => self.links[link] = [true, true],
             Fault::CutPublic(n) => self.nodes[n].public_up = true,
