@@ -675,37 +675,29 @@ impl Sim {
                     self.feed(n, Input::Tick);
                 }
             }
-            Fault::CleanRestart(n) => {
-                if !self.nodes[n].paused {
-                    let now = self.local_now(n);
-                    if let Some(core) = self.nodes[n].core.as_mut() {
-                        let _ = core.command(now, Command::Shutdown);
-                        self.drain(n);
-                    }
-                }
-            }
-            Fault::Switchover(n) => {
-                if !self.nodes[n].paused {
-                    let now = self.local_now(n);
-                    if let Some(core) = self.nodes[n].core.as_mut() {
-                        let _ = core.command(now, Command::Switchover);
-                        self.drain(n);
-                    }
-                }
-            }
+            Fault::CleanRestart(n) => self.operator(n, Command::Shutdown),
+            Fault::Switchover(n) => self.operator(n, Command::Switchover),
             Fault::ForceFailoverWhilePeerDown(n) => {
                 // An operator forces only when the peer is really gone.
-                if !self.nodes[1 - n].alive() && !self.nodes[n].paused {
-                    let now = self.local_now(n);
-                    if let Some(core) = self.nodes[n].core.as_mut() {
-                        let _ = core.command(now, Command::ForceFailover);
-                        self.drain(n);
-                    }
+                if !self.nodes[1 - n].alive() {
+                    self.operator(n, Command::ForceFailover);
                 }
             }
         }
         let next = self.now + self.rng.range(100, 2500);
         self.schedule(next, None, EventKind::Fault);
+    }
+
+    /// An operator command to a running, unpaused node; refusals are part of the game.
+    fn operator(&mut self, n: usize, command: Command) {
+        if self.nodes[n].paused {
+            return;
+        }
+        let now = self.local_now(n);
+        if let Some(core) = self.nodes[n].core.as_mut() {
+            let _ = core.command(now, command);
+            self.drain(n);
+        }
     }
 
     fn heal(&mut self, fault: Fault) {
