@@ -43,8 +43,9 @@ use std::path::Path;
 
 pub use error::ConfigError;
 pub use model::{
-    defaults, Config, ExecResourceConfig, NodeConfig, PairConfig, PublicCheckConfig,
-    ResourceConfig, ResourceKind,
+    defaults, Config, DnsResourceConfig, ExecResourceConfig, FailureAction, HooksConfig,
+    NodeConfig, OcfResourceConfig, PairConfig, PublicCheckConfig, ResourceConfig, ResourceKind,
+    SystemdResourceConfig, VipResourceConfig,
 };
 pub use template::{template, TEMPLATE};
 

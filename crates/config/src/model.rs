@@ -69,6 +69,48 @@ pub mod defaults {
     /// Longest accepted `pair.control_socket` path in bytes (Linux
     /// `sun_path` holds 108 bytes including the terminating NUL).
     pub const CONTROL_SOCKET_LEN_MAX: usize = 107;
+    /// Default `pair.auto_move_limit`.
+    pub const AUTO_MOVE_LIMIT: u32 = 2;
+    /// Largest accepted `pair.auto_move_limit`.
+    pub const AUTO_MOVE_LIMIT_MAX: u32 = 100;
+    /// Default `resource.failure_window_ms`: 10 minutes.
+    pub const FAILURE_WINDOW_MS: u64 = 600_000;
+    /// Largest number of `resource.on_failure` entries.
+    pub const ON_FAILURE_MAX: usize = 10;
+    /// Default `vip.gratuitous_arp_count`.
+    pub const GRATUITOUS_ARP_COUNT: u32 = 5;
+    /// Largest accepted `vip.gratuitous_arp_count`.
+    pub const GRATUITOUS_ARP_COUNT_MAX: u32 = 100;
+    /// Default `vip.gratuitous_arp_interval_ms`.
+    pub const GRATUITOUS_ARP_INTERVAL_MS: u64 = 200;
+    /// Smallest accepted `vip.gratuitous_arp_interval_ms`.
+    pub const GRATUITOUS_ARP_INTERVAL_MS_MIN: u64 = 10;
+    /// Largest accepted `vip.gratuitous_arp_interval_ms`.
+    pub const GRATUITOUS_ARP_INTERVAL_MS_MAX: u64 = 10_000;
+    /// Default `vip.conflict_probe_ms`.
+    pub const CONFLICT_PROBE_MS: u64 = 500;
+    /// Longest accepted `vip.interface` name in bytes (Linux `IFNAMSIZ`
+    /// is 16 including the terminating NUL).
+    pub const INTERFACE_LEN_MAX: usize = 15;
+    /// Default `ocf.ocf_root`.
+    pub const OCF_ROOT: &str = "/usr/lib/ocf";
+    /// Unit suffixes accepted by `systemd.unit`.
+    pub const SYSTEMD_UNIT_SUFFIXES: &[&str] =
+        &[".service", ".socket", ".target", ".mount", ".timer", ".path"];
+    /// Longest accepted `systemd.unit` name (systemd's own limit).
+    pub const SYSTEMD_UNIT_LEN_MAX: usize = 255;
+    /// Port used for a `dns.server` written without one.
+    pub const DNS_PORT: u16 = 53;
+    /// Default `dns.ttl`.
+    pub const DNS_TTL: u32 = 30;
+    /// Largest accepted `dns.ttl`.
+    pub const DNS_TTL_MAX: u32 = 86_400;
+    /// Default `dns.tsig_algorithm`.
+    pub const TSIG_ALGORITHM: &str = "hmac-sha256";
+    /// Accepted values of `dns.tsig_algorithm`.
+    pub const TSIG_ALGORITHMS: &[&str] = &["hmac-sha256", "hmac-sha512"];
+    /// Default `hooks.timeout_ms`.
+    pub const HOOK_TIMEOUT_MS: u64 = 10_000;
 }
 
 /// A validated configuration: the `[pair]` settings, the two nodes, the
@@ -84,6 +126,9 @@ pub struct Config {
     /// `[[resource]]` entries in file order: started in this order, stopped
     /// in reverse.
     pub resources: Vec<ResourceConfig>,
+    /// `[hooks]`; no hooks (and the default timeout) when the table is
+    /// absent.
+    pub hooks: HooksConfig,
     /// The file this configuration was read from (as given to
     /// [`load`](crate::load) or [`parse`](crate::parse)).
     pub source: PathBuf,
@@ -127,6 +172,13 @@ pub struct PairConfig {
     /// `management_port`: port used for management addresses written without
     /// one. Default 7401.
     pub management_port: u16,
+    /// `auto_move_limit`: how many automatic switchovers caused by resource
+    /// failures (an [`FailureAction::Switchover`] escalation) are allowed
+    /// within the failure window before automatic moves stop and the pair
+    /// waits for an operator. 0 disables such moves altogether. Default 2,
+    /// range 0..=100. It does not limit failover on a dead peer
+    /// ([`auto_failover`](Self::auto_failover)).
+    pub auto_move_limit: u32,
 }
 
 impl PairConfig {
@@ -209,23 +261,92 @@ pub struct ResourceConfig {
     /// `monitor_interval_ms`: time between monitor runs. Default 10000, at
     /// least 100.
     pub monitor_interval_ms: u64,
+    /// `on_failure`: the action for the 1st, 2nd, 3rd... monitor failure
+    /// within [`failure_window_ms`](Self::failure_window_ms); the last entry
+    /// repeats for every further failure. 1..=10 entries. Default
+    /// `["restart", "restart", "switchover"]`. See
+    /// [`failure_action`](Self::failure_action).
+    pub on_failure: Vec<FailureAction>,
+    /// `failure_window_ms`: monitor failures older than this are forgotten
+    /// when counting for [`on_failure`](Self::on_failure). Default 600000
+    /// (10 minutes); at least `monitor_interval_ms`.
+    pub failure_window_ms: u64,
+}
+
+impl ResourceConfig {
+    /// The action for the `n`th monitor failure within the failure window,
+    /// counted from 1: `on_failure[n - 1]`, or the last entry when `n` is
+    /// past the end (`n = 0` is treated as 1).
+    pub fn failure_action(&self, n: usize) -> &FailureAction {
+        let index = n.saturating_sub(1).min(self.on_failure.len().saturating_sub(1));
+        // `on_failure` is never empty after validation; fall back to the
+        // default first action for hand-built values.
+        self.on_failure.get(index).unwrap_or(&FailureAction::Restart)
+    }
+
+    /// The default `on_failure`: restart, restart, switchover.
+    pub fn default_on_failure() -> Vec<FailureAction> {
+        vec![
+            FailureAction::Restart,
+            FailureAction::Restart,
+            FailureAction::Switchover,
+        ]
+    }
+}
+
+/// What to do when a resource's monitor fails (one `on_failure` entry).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FailureAction {
+    /// `"restart"`: stop and start the resource on the same node.
+    Restart,
+    /// `"switchover"`: move all resources to the peer (subject to
+    /// [`PairConfig::auto_move_limit`]).
+    Switchover,
+    /// `"alert"`: leave the resource as it is and only report the failure.
+    Alert,
+    /// `{ run = "..." }`: run this command line with `/bin/sh -c`.
+    Run(String),
+}
+
+impl FailureAction {
+    /// How the action is written in the file (`"restart"`, ..., `"run"`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Restart => "restart",
+            Self::Switchover => "switchover",
+            Self::Alert => "alert",
+            Self::Run(_) => "run",
+        }
+    }
 }
 
 /// What kind of resource it is, with the settings specific to that kind.
-///
-/// Only `exec` exists today; `vip`, `systemd`, `ocf` and `dns` are planned
-/// and are refused by the parser with "not supported yet (planned)".
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ResourceKind {
     /// `kind = "exec"`: shell command lines run with `/bin/sh -c`.
     Exec(ExecResourceConfig),
+    /// `kind = "vip"`: a virtual IP address moved between the nodes.
+    Vip(VipResourceConfig),
+    /// `kind = "ocf"`: an OCF resource agent (as used by Pacemaker).
+    Ocf(OcfResourceConfig),
+    /// `kind = "systemd"`: a systemd unit started and stopped via the
+    /// system or user manager.
+    Systemd(SystemdResourceConfig),
+    /// `kind = "dns"`: a DNS record pointed at the active node with
+    /// TSIG-signed dynamic updates (RFC 2136).
+    Dns(DnsResourceConfig),
 }
 
 impl ResourceKind {
-    /// The value of `kind` in the file (`"exec"`, ...).
+    /// The value of `kind` in the file (`"exec"`, `"vip"`, `"ocf"`,
+    /// `"systemd"`, `"dns"`).
     pub fn name(&self) -> &'static str {
         match self {
             Self::Exec(_) => "exec",
+            Self::Vip(_) => "vip",
+            Self::Ocf(_) => "ocf",
+            Self::Systemd(_) => "systemd",
+            Self::Dns(_) => "dns",
         }
     }
 }
@@ -242,6 +363,129 @@ pub struct ExecResourceConfig {
     /// `monitor`: optional command line that checks the resource (`/bin/sh
     /// -c`); exit status 0 means healthy.
     pub monitor: Option<String>,
+}
+
+/// Settings of a `vip` resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VipResourceConfig {
+    /// The address part of `address = "10.60.0.50/24"` (IPv4 or IPv6).
+    /// Required. Never unspecified, multicast or broadcast, never one of the
+    /// nodes' channel or management addresses, and unique among `vip`
+    /// resources.
+    pub address: std::net::IpAddr,
+    /// The prefix length part of `address`: 1..=32 for IPv4, 1..=128 for
+    /// IPv6.
+    pub prefix_len: u8,
+    /// `interface`: the network interface to add the address to, e.g.
+    /// `eth0`. Required; 1..=15 bytes, no `/`, `:`, whitespace or control
+    /// characters, not `.` or `..`.
+    pub interface: String,
+    /// `gratuitous_arp_count`: how many gratuitous ARPs (IPv4) or unsolicited
+    /// neighbour advertisements (IPv6) to send after adding the address.
+    /// Default 5, range 0..=100 (0 sends none).
+    pub gratuitous_arp_count: u32,
+    /// `gratuitous_arp_interval_ms`: time between two of them. Default 200,
+    /// range 10..=10000.
+    pub gratuitous_arp_interval_ms: u64,
+    /// `conflict_probe_ms`: how long to listen for another host answering
+    /// for the address before taking it. Default 500; 0 skips the probe;
+    /// less than `start_timeout_ms`.
+    pub conflict_probe_ms: u64,
+}
+
+/// Settings of an `ocf` resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OcfResourceConfig {
+    /// The provider part of `agent = "ocf:heartbeat:Dummy"` (`heartbeat`).
+    /// Required; `[A-Za-z0-9_.-]+`, not `.` or `..`.
+    pub provider: String,
+    /// The type part of `agent` (`Dummy`): the agent is
+    /// `<ocf_root>/resource.d/<provider>/<agent_type>`. Same rules as the
+    /// provider.
+    pub agent_type: String,
+    /// `params`: instance parameters, passed to the agent as
+    /// `OCF_RESKEY_<name>=<value>`, in file order. Names are
+    /// `[A-Za-z0-9_]+` and unique; values are strings without NUL.
+    /// Default: none.
+    pub params: Vec<(String, String)>,
+    /// `ocf_root`: absolute OCF root directory (`OCF_ROOT`).
+    /// Default `/usr/lib/ocf`.
+    pub ocf_root: std::path::PathBuf,
+}
+
+/// Settings of a `systemd` resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SystemdResourceConfig {
+    /// `unit`: the unit name, e.g. `nginx.service`. Required; ends in
+    /// `.service`, `.socket`, `.target`, `.mount`, `.timer` or `.path`;
+    /// made of `A-Za-z0-9:_.@\-` (so no `/`); at most 255 characters; not
+    /// an uninstantiated template (`name@.service`).
+    pub unit: String,
+    /// `user`: `false` (default) for the system manager, `true` for the
+    /// user manager of the user running the daemon (`systemctl --user`).
+    pub user: bool,
+}
+
+/// Settings of a `dns` resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsResourceConfig {
+    /// `server`: the DNS server that accepts the updates, written "IP" or
+    /// "IP:PORT" (port default 53). Required.
+    pub server: std::net::SocketAddr,
+    /// `zone`: the zone to update, e.g. `example.com.`. Required; always
+    /// ends with a dot here (added when the file omits it), case as
+    /// written; not the root zone.
+    pub zone: String,
+    /// `record`: the record's owner name, e.g. `www.example.com.`; inside
+    /// `zone` (or the zone apex itself, compared case-insensitively).
+    /// Required; always ends with a dot here.
+    pub record: String,
+    /// `ttl`: the record's TTL in seconds. Default 30, range 1..=86400.
+    pub ttl: u32,
+    /// `addresses`: the address the record points at while each node is
+    /// active, indexed like [`Config::nodes`]: an A record for IPv4, AAAA
+    /// for IPv6. Required, with exactly the two node names as keys; both
+    /// addresses use the same family.
+    pub addresses: [std::net::IpAddr; 2],
+    /// `tsig_key_name`: name of the TSIG key, as written (a domain name,
+    /// trailing dot optional). Required.
+    pub tsig_key_name: String,
+    /// `tsig_algorithm`: `hmac-sha256` (default) or `hmac-sha512`.
+    pub tsig_algorithm: String,
+    /// `tsig_secret_file`: absolute path of a file holding the base64 TSIG
+    /// secret. Required. Not read (or checked to exist) when parsing.
+    pub tsig_secret_file: std::path::PathBuf,
+}
+
+/// Pair-wide hook commands (`[hooks]`), each a command line run with
+/// `/bin/sh -c`; all optional.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HooksConfig {
+    /// `pre_start`: run before the resources are started on this node.
+    pub pre_start: Option<String>,
+    /// `post_start`: run after the resources have been started.
+    pub post_start: Option<String>,
+    /// `pre_stop`: run before the resources are stopped on this node.
+    pub pre_stop: Option<String>,
+    /// `post_stop`: run after the resources have been stopped.
+    pub post_stop: Option<String>,
+    /// `role_change`: run whenever this node's role changes.
+    pub role_change: Option<String>,
+    /// `timeout_ms`: how long one hook may run. Default 10000.
+    pub timeout_ms: u64,
+}
+
+impl Default for HooksConfig {
+    fn default() -> Self {
+        Self {
+            pre_start: None,
+            post_start: None,
+            pre_stop: None,
+            post_stop: None,
+            role_change: None,
+            timeout_ms: defaults::HOOK_TIMEOUT_MS,
+        }
+    }
 }
 
 impl Config {
@@ -289,6 +533,17 @@ impl Config {
                  peer; consider a second, independent link"
                     .to_owned(),
             );
+        }
+        if self.pair.auto_move_limit == 0 {
+            for resource in &self.resources {
+                if resource.on_failure.contains(&FailureAction::Switchover) {
+                    warnings.push(format!(
+                        "resource {:?} escalates to \"switchover\" on failure, but \
+                         pair.auto_move_limit is 0, so it will never move the pair",
+                        resource.name
+                    ));
+                }
+            }
         }
         warnings
     }

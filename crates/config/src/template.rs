@@ -7,8 +7,10 @@
 //! `format!` placeholders, so both always say the same thing.
 
 /// The template text with its variable parts given as string literals, each
-/// already a complete TOML value (quoted). Must contain no braces, so the
-/// result is also a valid `format!` string.
+/// already a complete TOML value (quoted), or a TOML key for `node_key*`.
+/// The text itself contains no braces: they are the `lbrace`/`rbrace`
+/// parameters (`"{"`/`"}"` for the constant, `"{{"`/`"}}"` when the result
+/// is a `format!` string).
 macro_rules! template_text {
     (
         pair = $pair:literal,
@@ -19,7 +21,11 @@ macro_rules! template_text {
         channel0 = $c0:literal,
         channel1 = $c1:literal,
         management0 = $m0:literal,
-        management1 = $m1:literal $(,)?
+        management1 = $m1:literal,
+        node_key0 = $k0:literal,
+        node_key1 = $k1:literal,
+        lbrace = $lb:literal,
+        rbrace = $rb:literal $(,)?
     ) => {
         concat!(
             "# Understudy configuration.
@@ -83,6 +89,13 @@ name = ",
 # Port used for management addresses written without one. Default 7401.
 # management_port = 7401
 
+# How many automatic switchovers caused by resource failures (an on_failure
+# \"switchover\", see the resources below) are allowed within the failure
+# window (failure_window_ms of the failing resource) before automatic moves
+# stop and the pair waits for an operator. 0 disables such moves. Failover
+# after a failed peer is not limited by this. Default 2; allowed 0 to 100.
+# auto_move_limit = 2
+
 # Exactly two [[node]] entries, one per machine.
 #
 # name:       the node's name (required), same rules as the pair name, and
@@ -135,22 +148,60 @@ targets = []
 # How long one check may take. Default 500; at most interval_ms.
 # timeout_ms = 500
 
+# Hook commands (the whole table is optional): command lines run with
+# /bin/sh -c on the node where the event happens. Each is optional and none
+# is set by default; the commands below are only examples.
+#
+# pre_start:   run before the node starts its resources.
+# post_start:  run after the node has started its resources.
+# pre_stop:    run before the node stops its resources.
+# post_stop:   run after the node has stopped its resources.
+# role_change: run whenever the node's role changes.
+# timeout_ms:  how long one hook may run. Default 10000.
+#
+# [hooks]
+# pre_start = \"/usr/local/bin/understudy-hook pre-start\"
+# post_start = \"/usr/local/bin/understudy-hook post-start\"
+# pre_stop = \"/usr/local/bin/understudy-hook pre-stop\"
+# post_stop = \"/usr/local/bin/understudy-hook post-stop\"
+# role_change = \"/usr/local/bin/understudy-hook role-change\"
+# timeout_ms = 10000
+
 # Resources: 0 to 64 [[resource]] entries, started in file order and stopped
-# in reverse order. Uncomment and edit the example below.
+# in reverse order. Below is a commented example of each kind; uncomment and
+# edit the ones you need.
+#
+# Keys of every kind:
 #
 # name:                unique resource name (required), same rules as the
 #                      pair name.
-# kind:                \"exec\" (required), the only kind supported so far.
-# start:               command line that starts the resource, run with
-#                      /bin/sh -c (required).
-# stop:                command line that stops the resource, run with
-#                      /bin/sh -c (required).
-# monitor:             command line that checks the resource, run with
-#                      /bin/sh -c; exit status 0 means healthy (optional).
+# kind:                \"exec\", \"vip\", \"ocf\", \"systemd\" or \"dns\" (required).
 # start_timeout_ms:    how long start may take. Default 20000.
 # stop_timeout_ms:     how long stop may take. Default 20000.
 # monitor_timeout_ms:  how long one monitor run may take. Default 10000.
 # monitor_interval_ms: time between monitor runs. Default 10000; at least 100.
+# on_failure:          what to do on the 1st, 2nd, 3rd... monitor failure
+#                      within failure_window_ms; the last entry repeats for
+#                      every further failure. 1 to 10 entries, each
+#                      \"restart\" (stop and start the resource again on this
+#                      node), \"switchover\" (move the resources to the peer,
+#                      within pair.auto_move_limit), \"alert\" (only report
+#                      the failure) or ",
+            $lb,
+            " run = \"COMMAND\" ",
+            $rb,
+            " (run a command
+#                      line with /bin/sh -c). Default
+#                      [\"restart\", \"restart\", \"switchover\"].
+# failure_window_ms:   failures older than this are forgotten. Default
+#                      600000 (10 minutes); at least monitor_interval_ms.
+#
+# An \"exec\" resource runs shell command lines with /bin/sh -c.
+#
+# start:   command line that starts the resource (required).
+# stop:    command line that stops the resource (required).
+# monitor: command line that checks the resource; exit status 0 means
+#          healthy (optional).
 #
 # [[resource]]
 # name = \"app\"
@@ -162,6 +213,113 @@ targets = []
 # stop_timeout_ms = 20000
 # monitor_timeout_ms = 10000
 # monitor_interval_ms = 10000
+# on_failure = [\"restart\", \"restart\", \"switchover\"]
+# failure_window_ms = 600000
+
+# A \"vip\" resource is a virtual IP address: the active node adds it to an
+# interface and announces it with gratuitous ARP (IPv4) or unsolicited
+# neighbour advertisements (IPv6).
+#
+# address:                    \"IP/PREFIX\" (required): IPv4 with a prefix of
+#                             1 to 32, or IPv6 with 1 to 128. Not an address
+#                             of either node, nor of another vip resource.
+# interface:                  the interface to add it to (required): 1 to 15
+#                             characters, without \"/\", \":\" or whitespace.
+# gratuitous_arp_count:       announcements sent after adding the address.
+#                             Default 5; allowed 0 to 100.
+# gratuitous_arp_interval_ms: time between two announcements. Default 200;
+#                             allowed 10 to 10000.
+# conflict_probe_ms:          how long to listen for another host answering
+#                             for the address before taking it. Default 500;
+#                             0 skips the probe; less than start_timeout_ms.
+#
+# [[resource]]
+# name = \"vip\"
+# kind = \"vip\"
+# address = \"203.0.113.50/24\"
+# interface = \"eth0\"
+# gratuitous_arp_count = 5
+# gratuitous_arp_interval_ms = 200
+# conflict_probe_ms = 500
+
+# An \"ocf\" resource runs an OCF resource agent (as used by Pacemaker),
+# <ocf_root>/resource.d/<provider>/<type>.
+#
+# agent:    \"ocf:PROVIDER:TYPE\" or \"PROVIDER:TYPE\" (required); provider and
+#           type use A-Z, a-z, 0-9, \"_\", \".\" and \"-\".
+# params:   the agent's parameters, passed as OCF_RESKEY_<name>, in order:
+#           an inline table as below, or a [resource.params] table after the
+#           resource's other keys. Names use A-Z, a-z, 0-9 and \"_\"; values
+#           are strings. Default: none.
+# ocf_root: absolute OCF root directory. Default \"/usr/lib/ocf\".
+#
+# [[resource]]
+# name = \"dummy\"
+# kind = \"ocf\"
+# agent = \"ocf:heartbeat:Dummy\"
+# params = ",
+            $lb,
+            " state = \"/run/understudy-dummy.state\", fake = \"1\" ",
+            $rb,
+            "
+# ocf_root = \"/usr/lib/ocf\"
+
+# A \"systemd\" resource starts, stops and checks a systemd unit.
+#
+# unit: the unit's name (required), ending in .service, .socket, .target,
+#       .mount, .timer or .path; a name, not a path.
+# user: false for the system manager, true for the user manager of the user
+#       running Understudy (systemctl --user). Default false.
+#
+# [[resource]]
+# name = \"web-server\"
+# kind = \"systemd\"
+# unit = \"nginx.service\"
+# user = false
+# on_failure = [\"restart\", ",
+            $lb,
+            " run = \"/usr/local/bin/page-oncall\" ",
+            $rb,
+            ", \"switchover\"]
+
+# A \"dns\" resource points a DNS record at the active node, with dynamic
+# updates (RFC 2136) signed with a TSIG key.
+#
+# server:           the DNS server accepting the updates, \"IP\" or \"IP:PORT\"
+#                   (required); the default port is 53.
+# zone:             the zone to update (required), e.g. \"example.com.\".
+# record:           the record's name (required), inside the zone. The
+#                   trailing dot is optional on both.
+# ttl:              the record's TTL in seconds. Default 30; allowed 1 to
+#                   86400.
+# addresses:        for each node, by name, the address the record points
+#                   at while that node is active (required): both IPv4 (an
+#                   A record) or both IPv6 (an AAAA record).
+# tsig_key_name:    the TSIG key's name (required).
+# tsig_algorithm:   \"hmac-sha256\" or \"hmac-sha512\". Default \"hmac-sha256\".
+# tsig_secret_file: absolute path of the file holding the key's base64
+#                   secret (required). It is read when the record is
+#                   updated, not when the configuration is loaded.
+#
+# [[resource]]
+# name = \"www-dns\"
+# kind = \"dns\"
+# server = \"192.0.2.53:53\"
+# zone = \"example.com.\"
+# record = \"www.example.com.\"
+# ttl = 30
+# addresses = ",
+            $lb,
+            " ",
+            $k0,
+            " = \"198.51.100.11\", ",
+            $k1,
+            " = \"198.51.100.12\" ",
+            $rb,
+            "
+# tsig_key_name = \"understudy-key.\"
+# tsig_algorithm = \"hmac-sha256\"
+# tsig_secret_file = \"/etc/understudy/dns-tsig.key\"
 "
         )
     };
@@ -181,6 +339,10 @@ pub const TEMPLATE: &str = template_text!(
     channel1 = "\"192.168.50.2\"",
     management0 = "\"203.0.113.11\"",
     management1 = "\"203.0.113.12\"",
+    node_key0 = "alpha",
+    node_key1 = "beta",
+    lbrace = "{",
+    rbrace = "}",
 );
 
 /// [`TEMPLATE`] filled in for the pair `pair` with nodes `nodes`, each with
@@ -202,6 +364,10 @@ pub fn template(pair: &str, nodes: [&str; 2], channel: [&str; 2], management: [&
             channel1 = "{channel1}",
             management0 = "{management0}",
             management1 = "{management1}",
+            node_key0 = "{node_key0}",
+            node_key1 = "{node_key1}",
+            lbrace = "{{",
+            rbrace = "}}",
         ),
         pair = toml_string(pair),
         control_socket = toml_string(&format!("/run/understudy/{pair}.sock")),
@@ -212,7 +378,22 @@ pub fn template(pair: &str, nodes: [&str; 2], channel: [&str; 2], management: [&
         channel1 = toml_string(channel[1]),
         management0 = toml_string(management[0]),
         management1 = toml_string(management[1]),
+        node_key0 = toml_key(nodes[0]),
+        node_key1 = toml_key(nodes[1]),
     )
+}
+
+/// `text` as a TOML key: bare when it can be, quoted otherwise.
+fn toml_key(text: &str) -> String {
+    let bare = !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if bare {
+        text.to_owned()
+    } else {
+        toml_string(text)
+    }
 }
 
 /// `text` as a TOML basic string, quoted and escaped (never spans lines).
@@ -236,10 +417,17 @@ fn toml_string(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::toml_string;
+    use super::{toml_key, toml_string};
 
     #[test]
     fn toml_string_escapes_quotes_backslashes_and_controls() {
         assert_eq!(toml_string("a\"b\\c\nd\u{7}"), "\"a\\\"b\\\\c\\nd\\u0007\"");
+    }
+
+    #[test]
+    fn toml_key_is_bare_when_possible() {
+        assert_eq!(toml_key("alpha-1_x"), "alpha-1_x");
+        assert_eq!(toml_key("a b"), "\"a b\"");
+        assert_eq!(toml_key(""), "\"\"");
     }
 }

@@ -15,8 +15,9 @@ use toml_edit::{ImDocument, Item, TableLike, Value};
 
 use crate::error::ConfigError;
 use crate::model::{
-    defaults, Config, ExecResourceConfig, NodeConfig, PairConfig, PublicCheckConfig,
-    ResourceConfig, ResourceKind,
+    defaults, Config, DnsResourceConfig, ExecResourceConfig, FailureAction, HooksConfig,
+    NodeConfig, OcfResourceConfig, PairConfig, PublicCheckConfig, ResourceConfig, ResourceKind,
+    SystemdResourceConfig, VipResourceConfig,
 };
 
 type Result<T> = std::result::Result<T, ConfigError>;
@@ -24,7 +25,7 @@ type Result<T> = std::result::Result<T, ConfigError>;
 /// A byte range in the text, when the parser knows one.
 type Span = Option<Range<usize>>;
 
-const ROOT_KEYS: &[&str] = &["pair", "node", "public_check", "resource"];
+const ROOT_KEYS: &[&str] = &["pair", "node", "public_check", "resource", "hooks"];
 const PAIR_KEYS: &[&str] = &[
     "name",
     "heartbeat_interval_ms",
@@ -37,22 +38,49 @@ const PAIR_KEYS: &[&str] = &[
     "tls_dir",
     "channel_port",
     "management_port",
+    "auto_move_limit",
 ];
 const NODE_KEYS: &[&str] = &["name", "channel", "management"];
 const PUBLIC_CHECK_KEYS: &[&str] = &["targets", "interval_ms", "timeout_ms"];
-const EXEC_RESOURCE_KEYS: &[&str] = &[
+/// Keys every `[[resource]]` accepts, whatever its kind.
+const COMMON_RESOURCE_KEYS: &[&str] = &[
     "name",
     "kind",
-    "start",
-    "stop",
-    "monitor",
     "start_timeout_ms",
     "stop_timeout_ms",
     "monitor_timeout_ms",
     "monitor_interval_ms",
+    "on_failure",
+    "failure_window_ms",
 ];
-/// Resource kinds that are designed but not implemented yet.
-const PLANNED_KINDS: &[&str] = &["vip", "systemd", "ocf", "dns"];
+const EXEC_KEYS: &[&str] = &["start", "stop", "monitor"];
+const VIP_KEYS: &[&str] = &[
+    "address",
+    "interface",
+    "gratuitous_arp_count",
+    "gratuitous_arp_interval_ms",
+    "conflict_probe_ms",
+];
+const OCF_KEYS: &[&str] = &["agent", "params", "ocf_root"];
+const SYSTEMD_KEYS: &[&str] = &["unit", "user"];
+const DNS_KEYS: &[&str] = &[
+    "server",
+    "zone",
+    "record",
+    "ttl",
+    "addresses",
+    "tsig_key_name",
+    "tsig_algorithm",
+    "tsig_secret_file",
+];
+const HOOKS_KEYS: &[&str] = &[
+    "pre_start",
+    "post_start",
+    "pre_stop",
+    "post_stop",
+    "role_change",
+    "timeout_ms",
+];
 
 /// Parse and validate `text`, attributing errors to `source`.
 pub(crate) fn parse(text: &str, source: &Path) -> Result<Config> {
@@ -68,12 +96,14 @@ pub(crate) fn parse(text: &str, source: &Path) -> Result<Config> {
     let pair = read_pair(&root)?;
     let nodes = read_nodes(&root, &pair)?;
     let public_check = read_public_check(&root)?;
-    let resources = read_resources(&root)?;
+    let resources = read_resources(&root, &nodes)?;
+    let hooks = read_hooks(&root)?;
     Ok(Config {
         pair,
         nodes,
         public_check,
         resources,
+        hooks,
         source: source.to_path_buf(),
     })
 }
@@ -190,6 +220,12 @@ fn read_pair(root: &Tbl<'_>) -> Result<PairConfig> {
 
     let channel_port = t.port("channel_port", defaults::CHANNEL_PORT)?;
     let management_port = t.port("management_port", defaults::MANAGEMENT_PORT)?;
+    let auto_move_limit = t.u32_or(
+        "auto_move_limit",
+        0,
+        defaults::AUTO_MOVE_LIMIT_MAX,
+        defaults::AUTO_MOVE_LIMIT,
+    )?;
 
     Ok(PairConfig {
         name: name.value,
@@ -203,6 +239,7 @@ fn read_pair(root: &Tbl<'_>) -> Result<PairConfig> {
         tls_dir: tls_dir.value,
         channel_port,
         management_port,
+        auto_move_limit,
     })
 }
 
@@ -384,7 +421,42 @@ fn read_public_check(root: &Tbl<'_>) -> Result<PublicCheckConfig> {
     })
 }
 
-fn read_resources(root: &Tbl<'_>) -> Result<Vec<ResourceConfig>> {
+/// The resource kinds, with the keys each accepts besides
+/// [`COMMON_RESOURCE_KEYS`].
+#[derive(Clone, Copy)]
+enum Kind {
+    Exec,
+    Vip,
+    Ocf,
+    Systemd,
+    Dns,
+}
+
+impl Kind {
+    const ALL: [Kind; 5] = [Kind::Exec, Kind::Vip, Kind::Ocf, Kind::Systemd, Kind::Dns];
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Exec => "exec",
+            Kind::Vip => "vip",
+            Kind::Ocf => "ocf",
+            Kind::Systemd => "systemd",
+            Kind::Dns => "dns",
+        }
+    }
+
+    fn keys(self) -> &'static [&'static str] {
+        match self {
+            Kind::Exec => EXEC_KEYS,
+            Kind::Vip => VIP_KEYS,
+            Kind::Ocf => OCF_KEYS,
+            Kind::Systemd => SYSTEMD_KEYS,
+            Kind::Dns => DNS_KEYS,
+        }
+    }
+}
+
+fn read_resources(root: &Tbl<'_>, nodes: &[NodeConfig; 2]) -> Result<Vec<ResourceConfig>> {
     let tables = root.tables("resource")?.unwrap_or_default();
     if let Some(extra) = tables.get(defaults::RESOURCES_MAX) {
         return Err(root.cx.invalid(
@@ -401,22 +473,20 @@ fn read_resources(root: &Tbl<'_>) -> Result<Vec<ResourceConfig>> {
     let mut resources: Vec<ResourceConfig> = Vec::with_capacity(tables.len());
     for t in &tables {
         let kind_entry = t.require("kind")?;
-        let kind = kind_entry.str()?;
-        match kind {
-            "exec" => {}
-            planned if PLANNED_KINDS.contains(&planned) => {
-                return Err(
-                    kind_entry.error(format!("kind {planned:?} is not supported yet (planned)"))
-                );
-            }
-            other => {
-                return Err(kind_entry.error(format!(
-                    "unknown kind {other:?} (supported: exec; planned: {})",
-                    PLANNED_KINDS.join(", ")
-                )));
-            }
-        }
-        t.deny_unknown(EXEC_RESOURCE_KEYS)?;
+        let kind_text = kind_entry.str()?;
+        let Some(kind) = Kind::ALL.into_iter().find(|k| k.name() == kind_text) else {
+            let supported: Vec<&str> = Kind::ALL.iter().map(|k| k.name()).collect();
+            return Err(kind_entry.error(format!(
+                "unknown kind {kind_text:?} (supported: {})",
+                supported.join(", ")
+            )));
+        };
+        let allowed: Vec<&str> = COMMON_RESOURCE_KEYS
+            .iter()
+            .chain(kind.keys())
+            .copied()
+            .collect();
+        t.deny_unknown_for(&allowed, &format!(" (kind {kind_text:?})"))?;
 
         let name = t.require("name")?.name()?;
         if let Some(other) = resources.iter().position(|r| r.name == name.value) {
@@ -429,13 +499,6 @@ fn read_resources(root: &Tbl<'_>) -> Result<Vec<ResourceConfig>> {
                 ),
             ));
         }
-
-        let start = t.require("start")?.command()?;
-        let stop = t.require("stop")?.command()?;
-        let monitor = match t.get("monitor") {
-            Some(entry) => Some(entry.command()?),
-            None => None,
-        };
 
         let start_timeout = t.ms(
             "start_timeout_ms",
@@ -462,20 +525,430 @@ fn read_resources(root: &Tbl<'_>) -> Result<Vec<ResourceConfig>> {
             defaults::MONITOR_INTERVAL_MS,
         )?;
 
+        let on_failure = read_on_failure(t)?;
+        let failure_window = t.ms(
+            "failure_window_ms",
+            1,
+            defaults::DURATION_MS_MAX,
+            defaults::FAILURE_WINDOW_MS,
+        )?;
+        if failure_window.value < monitor_interval.value {
+            return Err(t.blame(
+                &failure_window,
+                &monitor_interval,
+                format!(
+                    "failure_window_ms ({}) must be at least monitor_interval_ms ({}), or \
+                     successive monitor failures never fall in one window",
+                    failure_window.shown(),
+                    monitor_interval.shown()
+                ),
+            ));
+        }
+
+        let kind = match kind {
+            Kind::Exec => ResourceKind::Exec(read_exec(t)?),
+            Kind::Vip => ResourceKind::Vip(read_vip(t, &start_timeout, nodes, &resources)?),
+            Kind::Ocf => ResourceKind::Ocf(read_ocf(t)?),
+            Kind::Systemd => ResourceKind::Systemd(read_systemd(t)?),
+            Kind::Dns => ResourceKind::Dns(read_dns(t, nodes)?),
+        };
+
         resources.push(ResourceConfig {
             name: name.value,
-            kind: ResourceKind::Exec(ExecResourceConfig {
-                start,
-                stop,
-                monitor,
-            }),
+            kind,
             start_timeout_ms: start_timeout.value,
             stop_timeout_ms: stop_timeout.value,
             monitor_timeout_ms: monitor_timeout.value,
             monitor_interval_ms: monitor_interval.value,
+            on_failure,
+            failure_window_ms: failure_window.value,
         });
     }
     Ok(resources)
+}
+
+/// `on_failure`: 1..=10 of "restart", "switchover", "alert" or
+/// `{ run = "COMMAND" }`.
+fn read_on_failure(t: &Tbl<'_>) -> Result<Vec<FailureAction>> {
+    let Some(entry) = t.get("on_failure") else {
+        return Ok(ResourceConfig::default_on_failure());
+    };
+    let items = entry.array()?;
+    if items.is_empty() || items.len() > defaults::ON_FAILURE_MAX {
+        return Err(entry.error(format!(
+            "expected 1 to {} actions, found {}",
+            defaults::ON_FAILURE_MAX,
+            items.len()
+        )));
+    }
+    let mut actions = Vec::with_capacity(items.len());
+    for item in &items {
+        let action = match item.value {
+            Some(Value::String(word)) => match word.value().as_str() {
+                "restart" => FailureAction::Restart,
+                "switchover" => FailureAction::Switchover,
+                "alert" => FailureAction::Alert,
+                other => {
+                    return Err(item.error(format!(
+                        "unknown action {other:?} (expected \"restart\", \"switchover\", \
+                         \"alert\" or {{ run = \"COMMAND\" }})"
+                    )))
+                }
+            },
+            Some(Value::InlineTable(table)) => {
+                let sub = Tbl {
+                    cx: t.cx,
+                    inner: table,
+                    path: item.path.clone(),
+                    span: item.span.clone(),
+                };
+                sub.deny_unknown(&["run"])?;
+                FailureAction::Run(sub.require("run")?.command()?)
+            }
+            _ => {
+                return Err(item.wrong_type(
+                    "\"restart\", \"switchover\", \"alert\" or an inline table { run = \"COMMAND\" }",
+                ))
+            }
+        };
+        actions.push(action);
+    }
+    Ok(actions)
+}
+
+fn read_exec(t: &Tbl<'_>) -> Result<ExecResourceConfig> {
+    let start = t.require("start")?.command()?;
+    let stop = t.require("stop")?.command()?;
+    let monitor = match t.get("monitor") {
+        Some(entry) => Some(entry.command()?),
+        None => None,
+    };
+    Ok(ExecResourceConfig {
+        start,
+        stop,
+        monitor,
+    })
+}
+
+fn read_vip(
+    t: &Tbl<'_>,
+    start_timeout: &Field<u64>,
+    nodes: &[NodeConfig; 2],
+    earlier: &[ResourceConfig],
+) -> Result<VipResourceConfig> {
+    let address_entry = t.require("address")?;
+    let (address, prefix_len) = address_entry.ip_with_prefix()?;
+    for (i, node) in nodes.iter().enumerate() {
+        let used = node
+            .channel
+            .iter()
+            .enumerate()
+            .map(|(j, a)| (a.ip(), format!("node[{i}].channel[{j}]")))
+            .chain(std::iter::once((
+                node.management.ip(),
+                format!("node[{i}].management"),
+            )));
+        for (ip, key) in used {
+            if ip == address {
+                return Err(address_entry.error(format!(
+                    "{address} is also {key} (node {:?}); a virtual address must not be one \
+                     of the nodes' own addresses",
+                    node.name
+                )));
+            }
+        }
+    }
+    for (i, other) in earlier.iter().enumerate() {
+        if let ResourceKind::Vip(vip) = &other.kind {
+            if vip.address == address {
+                return Err(address_entry.error(format!(
+                    "{address} is already the address of resource[{i}] ({:?})",
+                    other.name
+                )));
+            }
+        }
+    }
+
+    let interface = t.require("interface")?.interface_name()?;
+    let gratuitous_arp_count = t.u32_or(
+        "gratuitous_arp_count",
+        0,
+        defaults::GRATUITOUS_ARP_COUNT_MAX,
+        defaults::GRATUITOUS_ARP_COUNT,
+    )?;
+    let interval = t.ms(
+        "gratuitous_arp_interval_ms",
+        defaults::GRATUITOUS_ARP_INTERVAL_MS_MIN,
+        defaults::GRATUITOUS_ARP_INTERVAL_MS_MAX,
+        defaults::GRATUITOUS_ARP_INTERVAL_MS,
+    )?;
+    let probe = t.ms(
+        "conflict_probe_ms",
+        0,
+        defaults::DURATION_MS_MAX,
+        defaults::CONFLICT_PROBE_MS,
+    )?;
+    if probe.value >= start_timeout.value {
+        return Err(t.blame(
+            &probe,
+            start_timeout,
+            format!(
+                "conflict_probe_ms ({}) must be less than start_timeout_ms ({}), since the \
+                 probe is part of starting",
+                probe.shown(),
+                start_timeout.shown()
+            ),
+        ));
+    }
+
+    Ok(VipResourceConfig {
+        address,
+        prefix_len,
+        interface,
+        gratuitous_arp_count,
+        gratuitous_arp_interval_ms: interval.value,
+        conflict_probe_ms: probe.value,
+    })
+}
+
+fn read_ocf(t: &Tbl<'_>) -> Result<OcfResourceConfig> {
+    let agent = t.require("agent")?;
+    let text = agent.str()?;
+    let parts: Vec<&str> = text.split(':').collect();
+    let (provider, agent_type) = match parts.as_slice() {
+        ["ocf", provider, agent_type] | [provider, agent_type] => (*provider, *agent_type),
+        [class, _, _] => {
+            return Err(agent.error(format!(
+                "only OCF agents are supported: the class must be \"ocf\", found {class:?}"
+            )))
+        }
+        _ => {
+            return Err(agent.error(format!(
+                "expected \"ocf:PROVIDER:TYPE\" or \"PROVIDER:TYPE\" (e.g. \
+                 \"ocf:heartbeat:Dummy\"), found {text:?}"
+            )))
+        }
+    };
+    for (what, part) in [("provider", provider), ("type", agent_type)] {
+        let valid = !part.is_empty()
+            && part != "."
+            && part != ".."
+            && part
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        if !valid {
+            return Err(agent.error(format!(
+                "invalid agent {what} {part:?}: use characters from A-Z, a-z, 0-9, '_', '.' \
+                 and '-' (not \".\" or \"..\")"
+            )));
+        }
+    }
+
+    let mut params: Vec<(String, String)> = Vec::new();
+    if let Some(table) = t.table("params")? {
+        for (key, _) in table.inner.iter() {
+            let valid = !key.is_empty()
+                && key
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return Err(table.cx.invalid(
+                    table.key_span(key),
+                    table.key_path(key),
+                    format!(
+                        "invalid parameter name {key:?}: use characters from A-Z, a-z, 0-9 \
+                         and '_' (it becomes the variable OCF_RESKEY_<name>)"
+                    ),
+                ));
+            }
+            let Some(entry) = table.get(key) else {
+                continue;
+            };
+            let value = entry.str()?;
+            if value.contains('\0') {
+                return Err(entry.error("must not contain a NUL character"));
+            }
+            params.push((key.to_owned(), value.to_owned()));
+        }
+    }
+
+    let ocf_root = t.absolute_path("ocf_root", || PathBuf::from(defaults::OCF_ROOT))?;
+    Ok(OcfResourceConfig {
+        provider: provider.to_owned(),
+        agent_type: agent_type.to_owned(),
+        params,
+        ocf_root: ocf_root.value,
+    })
+}
+
+fn read_systemd(t: &Tbl<'_>) -> Result<SystemdResourceConfig> {
+    let entry = t.require("unit")?;
+    let unit = entry.str()?;
+    if unit.contains('/') {
+        return Err(entry.error(format!(
+            "{unit:?} is a path: give the unit name, e.g. \"nginx.service\""
+        )));
+    }
+    let Some(stem) = defaults::SYSTEMD_UNIT_SUFFIXES
+        .iter()
+        .find_map(|suffix| unit.strip_suffix(suffix))
+        .filter(|stem| !stem.is_empty())
+    else {
+        return Err(entry.error(format!(
+            "{unit:?} is not a unit name ending in {}",
+            defaults::SYSTEMD_UNIT_SUFFIXES.join(", ")
+        )));
+    };
+    if let Some(bad) = unit
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, ':' | '-' | '_' | '.' | '\\' | '@')))
+    {
+        return Err(entry.error(format!(
+            "invalid character {bad:?} in unit name {unit:?} (allowed: A-Z, a-z, 0-9, ':', \
+             '-', '_', '.', '\\' and '@')"
+        )));
+    }
+    if unit.len() > defaults::SYSTEMD_UNIT_LEN_MAX {
+        return Err(entry.error(format!(
+            "unit name is {} characters long; at most {} are allowed",
+            unit.len(),
+            defaults::SYSTEMD_UNIT_LEN_MAX
+        )));
+    }
+    if stem.ends_with('@') {
+        return Err(entry.error(format!(
+            "{unit:?} is a template unit: name an instance, e.g. \"{stem}instance{}\"",
+            &unit[stem.len()..]
+        )));
+    }
+    let user = match t.get("user") {
+        Some(entry) => entry.bool()?,
+        None => false,
+    };
+    Ok(SystemdResourceConfig {
+        unit: unit.to_owned(),
+        user,
+    })
+}
+
+fn read_dns(t: &Tbl<'_>, nodes: &[NodeConfig; 2]) -> Result<DnsResourceConfig> {
+    let server = t.require("server")?.socket_addr(defaults::DNS_PORT)?;
+
+    let zone = t.require("zone")?.domain_name()?;
+    let record_entry = t.require("record")?;
+    let record = record_entry.domain_name()?;
+    let (zone_lc, record_lc) = (zone.to_ascii_lowercase(), record.to_ascii_lowercase());
+    if record_lc != zone_lc && !record_lc.ends_with(&format!(".{zone_lc}")) {
+        return Err(record_entry.error(format!(
+            "record {record:?} is not inside zone {zone:?}"
+        )));
+    }
+
+    let ttl = t.u32_or("ttl", 1, defaults::DNS_TTL_MAX, defaults::DNS_TTL)?;
+
+    let table = t
+        .table("addresses")?
+        .ok_or_else(|| t.missing("addresses"))?;
+    let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+    let mut found: [Option<(IpAddr, Entry<'_>)>; 2] = [None, None];
+    for (key, _) in table.inner.iter() {
+        let Some(index) = names.iter().position(|n| *n == key) else {
+            return Err(table.cx.invalid(
+                table.key_span(key),
+                table.key_path(key),
+                format!(
+                    "{key:?} is not a node of this pair; the keys of addresses are the node \
+                     names ({})",
+                    names.join(", ")
+                ),
+            ));
+        };
+        let Some(entry) = table.get(key) else {
+            continue;
+        };
+        let ip = entry.record_ip()?;
+        found[index] = Some((ip, entry));
+    }
+    let [Some((first, _)), Some((second, second_entry))] = found else {
+        let missing = found
+            .iter()
+            .position(Option::is_none)
+            .and_then(|i| names.get(i))
+            .copied()
+            .unwrap_or_default();
+        return Err(table.error_at_table(
+            missing,
+            format!(
+                "no address for node {missing:?}: addresses needs one for each node ({})",
+                names.join(", ")
+            ),
+        ));
+    };
+    if first.is_ipv4() != second.is_ipv4() {
+        return Err(second_entry.error(format!(
+            "{first} and {second} are of different address families; both must be IPv4 (an A \
+             record) or both IPv6 (an AAAA record)"
+        )));
+    }
+
+    let key_entry = t.require("tsig_key_name")?;
+    key_entry.domain_name()?;
+    let tsig_key_name = key_entry.str()?.to_owned();
+
+    let tsig_algorithm = match t.get("tsig_algorithm") {
+        Some(entry) => {
+            let text = entry.str()?;
+            if !defaults::TSIG_ALGORITHMS.contains(&text) {
+                return Err(entry.error(format!(
+                    "unsupported TSIG algorithm {text:?} (supported: {})",
+                    defaults::TSIG_ALGORITHMS.join(", ")
+                )));
+            }
+            text.to_owned()
+        }
+        None => defaults::TSIG_ALGORITHM.to_owned(),
+    };
+
+    let tsig_secret_file = t.require("tsig_secret_file")?.absolute_path()?;
+
+    Ok(DnsResourceConfig {
+        server,
+        zone,
+        record,
+        ttl,
+        addresses: [first, second],
+        tsig_key_name,
+        tsig_algorithm,
+        tsig_secret_file,
+    })
+}
+
+fn read_hooks(root: &Tbl<'_>) -> Result<HooksConfig> {
+    let Some(t) = root.table("hooks")? else {
+        return Ok(HooksConfig::default());
+    };
+    t.deny_unknown(HOOKS_KEYS)?;
+    let command = |key: &str| -> Result<Option<String>> {
+        match t.get(key) {
+            Some(entry) => Ok(Some(entry.command()?)),
+            None => Ok(None),
+        }
+    };
+    Ok(HooksConfig {
+        pre_start: command("pre_start")?,
+        post_start: command("post_start")?,
+        pre_stop: command("pre_stop")?,
+        post_stop: command("post_stop")?,
+        role_change: command("role_change")?,
+        timeout_ms: t
+            .ms(
+                "timeout_ms",
+                1,
+                defaults::DURATION_MS_MAX,
+                defaults::HOOK_TIMEOUT_MS,
+            )?
+            .value,
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -599,25 +1072,35 @@ impl<'a> Tbl<'a> {
             .invalid(self.span.clone(), self.key_path(key), message)
     }
 
+    /// Where `key` itself is written (falling back to its value, then to
+    /// the table header).
+    fn key_span(&self, key: &str) -> Span {
+        self.inner.get_key_value(key).and_then(|(k, item)| {
+            k.span()
+                .or_else(|| item.span())
+                .or_else(|| self.span.clone())
+        })
+    }
+
     /// Refuse the first key (in file order) not in `allowed`.
     fn deny_unknown(&self, allowed: &[&str]) -> Result<()> {
-        for (key, item) in self.inner.iter() {
+        self.deny_unknown_for(allowed, "")
+    }
+
+    /// [`deny_unknown`](Self::deny_unknown), with `note` appended to the
+    /// table's name in the message.
+    fn deny_unknown_for(&self, allowed: &[&str], note: &str) -> Result<()> {
+        for (key, _) in self.inner.iter() {
             if allowed.contains(&key) {
                 continue;
             }
-            let span = self
-                .inner
-                .get_key_value(key)
-                .and_then(|(k, _)| k.span())
-                .or_else(|| item.span())
-                .or_else(|| self.span.clone());
             let place = if self.path.is_empty() {
                 "at the top level".to_owned()
             } else {
-                format!("in {}", self.path)
+                format!("in {}{note}", self.path)
             };
             return Err(self.cx.invalid(
-                span,
+                self.key_span(key),
                 self.key_path(key),
                 format!(
                     "unknown key {place} (expected one of: {})",
@@ -650,14 +1133,17 @@ impl<'a> Tbl<'a> {
     }
 
     fn require(&self, key: &str) -> Result<Entry<'a>> {
-        self.get(key).ok_or_else(|| {
-            let what = if self.path.is_empty() {
-                "the document".to_owned()
-            } else {
-                format!("[{}]", self.path)
-            };
-            self.error_at_table(key, format!("required key is missing from {what}"))
-        })
+        self.get(key).ok_or_else(|| self.missing(key))
+    }
+
+    /// The error for a required `key` this table lacks.
+    fn missing(&self, key: &str) -> ConfigError {
+        let what = if self.path.is_empty() {
+            "the document".to_owned()
+        } else {
+            format!("[{}]", self.path)
+        };
+        self.error_at_table(key, format!("required key is missing from {what}"))
     }
 
     /// The sub-table `key`, if present.
@@ -785,6 +1271,18 @@ impl<'a> Tbl<'a> {
         }
     }
 
+    /// An integer within `min..=max`, or `default`.
+    fn u32_or(&self, key: &str, min: u32, max: u32, default: u32) -> Result<u32> {
+        match self.get(key) {
+            Some(entry) => {
+                let value = entry.uint(u64::from(min), u64::from(max))?;
+                u32::try_from(value)
+                    .map_err(|_| entry.error(format!("must be between {min} and {max}")))
+            }
+            None => Ok(default),
+        }
+    }
+
     /// An absolute path, or `default()`.
     fn absolute_path(
         &self,
@@ -792,24 +1290,12 @@ impl<'a> Tbl<'a> {
         default: impl FnOnce() -> PathBuf,
     ) -> Result<Field<PathBuf>> {
         match self.get(key) {
-            Some(entry) => {
-                let text = entry.str()?;
-                if text.contains('\0') {
-                    return Err(entry.error("must not contain a NUL character"));
-                }
-                let path = PathBuf::from(text);
-                if !path.is_absolute() {
-                    return Err(entry.error(format!(
-                        "must be an absolute path (starting with /), found {text:?}"
-                    )));
-                }
-                Ok(Field {
-                    value: path,
-                    span: entry.span,
-                    path: entry.path,
-                    explicit: true,
-                })
-            }
+            Some(entry) => Ok(Field {
+                value: entry.absolute_path()?,
+                span: entry.span,
+                path: entry.path,
+                explicit: true,
+            }),
             None => Ok(self.defaulted(key, default())),
         }
     }
@@ -934,6 +1420,138 @@ impl<'a> Entry<'a> {
             path: self.path.clone(),
             explicit: true,
         })
+    }
+
+    /// An absolute path.
+    fn absolute_path(&self) -> Result<PathBuf> {
+        let text = self.str()?;
+        if text.contains('\0') {
+            return Err(self.error("must not contain a NUL character"));
+        }
+        let path = PathBuf::from(text);
+        if !path.is_absolute() {
+            return Err(self.error(format!(
+                "must be an absolute path (starting with /), found {text:?}"
+            )));
+        }
+        Ok(path)
+    }
+
+    /// An address with its prefix length, "IP/PREFIX".
+    fn ip_with_prefix(&self) -> Result<(IpAddr, u8)> {
+        let text = self.str()?;
+        let Some((ip_text, prefix_text)) = text.split_once('/') else {
+            return Err(self.error(format!(
+                "{text:?} has no prefix length: write \"IP/PREFIX\", e.g. \"10.60.0.50/24\" \
+                 or \"2001:db8::50/64\""
+            )));
+        };
+        let ip = ip_text.parse::<IpAddr>().map_err(|_| {
+            self.error(format!(
+                "{ip_text:?} is not an IP address; write \"IP/PREFIX\", e.g. \"10.60.0.50/24\""
+            ))
+        })?;
+        check_reachable_ip(ip).map_err(|m| self.error(m))?;
+        let max: u8 = if ip.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix_text
+            .parse::<u8>()
+            .ok()
+            .filter(|p| (1..=max).contains(p) && prefix_text.chars().all(|c| c.is_ascii_digit()))
+            .ok_or_else(|| {
+                self.error(format!(
+                    "prefix length {prefix_text:?} must be between 1 and {max} for an {} address",
+                    if ip.is_ipv4() { "IPv4" } else { "IPv6" }
+                ))
+            })?;
+        if let IpAddr::V4(v4) = ip {
+            if prefix <= 30 {
+                let host_mask = u32::MAX >> prefix;
+                let host = u32::from(v4) & host_mask;
+                if host == 0 || host == host_mask {
+                    let which = if host == 0 { "network" } else { "broadcast" };
+                    return Err(self.error(format!(
+                        "{ip} is the {which} address of {text}; choose a host address"
+                    )));
+                }
+            }
+        }
+        Ok((ip, prefix))
+    }
+
+    /// A network interface name as Linux accepts it.
+    fn interface_name(&self) -> Result<String> {
+        let text = self.str()?;
+        if text.is_empty() || text.len() > defaults::INTERFACE_LEN_MAX {
+            return Err(self.error(format!(
+                "interface name must be 1 to {} bytes long, found {}",
+                defaults::INTERFACE_LEN_MAX,
+                text.len()
+            )));
+        }
+        if text == "." || text == ".." {
+            return Err(self.error(format!("{text:?} is not a valid interface name")));
+        }
+        if let Some(bad) = text
+            .chars()
+            .find(|c| *c == '/' || *c == ':' || c.is_whitespace() || c.is_control())
+        {
+            return Err(self.error(format!(
+                "invalid character {bad:?} in interface name {text:?} (no '/', ':', \
+                 whitespace or control characters)"
+            )));
+        }
+        Ok(text.to_owned())
+    }
+
+    /// A domain name, returned with a trailing dot (the root is refused).
+    fn domain_name(&self) -> Result<String> {
+        let text = self.str()?;
+        let bare = text.strip_suffix('.').unwrap_or(text);
+        if bare.is_empty() {
+            return Err(self.error(format!(
+                "{text:?} is not a domain name; write one such as \"example.com.\" (the root \
+                 zone is not accepted)"
+            )));
+        }
+        if bare.len() > 253 {
+            return Err(self.error(format!(
+                "domain name is {} characters long; at most 253 are allowed",
+                bare.len()
+            )));
+        }
+        for label in bare.split('.') {
+            if label.is_empty() {
+                return Err(self.error(format!("{text:?} has an empty label (\"..\")")));
+            }
+            if label.len() > 63 {
+                return Err(self.error(format!(
+                    "label {label:?} is {} characters long; at most 63 are allowed",
+                    label.len()
+                )));
+            }
+            if let Some(bad) = label
+                .chars()
+                .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+            {
+                return Err(self.error(format!(
+                    "invalid character {bad:?} in domain name {text:?} (allowed: A-Z, a-z, \
+                     0-9, '-' and '_')"
+                )));
+            }
+        }
+        Ok(format!("{bare}."))
+    }
+
+    /// A DNS record's address: a bare IP address.
+    fn record_ip(&self) -> Result<IpAddr> {
+        let text = self.str()?;
+        let ip = text.parse::<IpAddr>().map_err(|_| {
+            self.error(format!(
+                "{text:?} is not an IP address (no port; host names are not accepted)"
+            ))
+        })?;
+        check_reachable_ip(ip).map_err(|m| self.error(m))?;
+        Ok(ip)
     }
 
     /// A shell command line.

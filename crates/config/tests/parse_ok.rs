@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use common::{config, edit, ok, BASE, FILE};
-use understudy_config::{defaults, ConfigError, ResourceKind};
+use understudy_config::{defaults, ConfigError, FailureAction, HooksConfig, ResourceKind};
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().expect("test address")
@@ -28,6 +28,10 @@ fn minimal_config_gets_every_default() {
     assert_eq!(c.pair.tls_dir, Path::new("/etc/understudy/web"));
     assert_eq!(c.pair.channel_port, 7400);
     assert_eq!(c.pair.management_port, 7401);
+    assert_eq!(c.pair.auto_move_limit, 2);
+    assert_eq!(c.hooks, HooksConfig::default());
+    assert_eq!(c.hooks.timeout_ms, 10_000);
+    assert_eq!(c.hooks.pre_start, None);
 
     assert_eq!(c.nodes[0].name, "alpha");
     assert_eq!(c.nodes[0].channel, vec![addr("192.168.50.1:7400")]);
@@ -116,7 +120,9 @@ stop = "/usr/local/bin/app-stop"
     let db = &c.resources[0];
     assert_eq!(db.name, "db");
     assert_eq!(db.kind.name(), "exec");
-    let ResourceKind::Exec(exec) = &db.kind;
+    let ResourceKind::Exec(exec) = &db.kind else {
+        panic!("db is not exec: {:?}", db.kind)
+    };
     assert_eq!(exec.start, "systemctl start postgresql");
     assert_eq!(exec.stop, "systemctl stop postgresql");
     assert_eq!(exec.monitor.as_deref(), Some("pg_isready"));
@@ -127,12 +133,23 @@ stop = "/usr/local/bin/app-stop"
 
     let app = &c.resources[1];
     assert_eq!(app.name, "app");
-    let ResourceKind::Exec(exec) = &app.kind;
+    let ResourceKind::Exec(exec) = &app.kind else {
+        panic!("app is not exec: {:?}", app.kind)
+    };
     assert_eq!(exec.monitor, None);
     assert_eq!(app.start_timeout_ms, defaults::START_TIMEOUT_MS);
     assert_eq!(app.stop_timeout_ms, defaults::STOP_TIMEOUT_MS);
     assert_eq!(app.monitor_timeout_ms, defaults::MONITOR_TIMEOUT_MS);
     assert_eq!(app.monitor_interval_ms, defaults::MONITOR_INTERVAL_MS);
+    assert_eq!(
+        app.on_failure,
+        [
+            FailureAction::Restart,
+            FailureAction::Restart,
+            FailureAction::Switchover
+        ]
+    );
+    assert_eq!(app.failure_window_ms, 600_000);
 }
 
 #[test]

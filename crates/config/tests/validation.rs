@@ -630,26 +630,30 @@ stop = "/usr/local/bin/app-stop"
 "#;
 
 #[test]
-fn planned_kinds_are_not_supported_yet() {
+fn every_kind_is_supported_and_checks_its_own_keys() {
+    // Switching an exec resource to another kind keeps the common keys valid
+    // but makes start/stop unknown for that kind.
     for kind in ["vip", "systemd", "ocf", "dns"] {
         let text = config("", &edit(RESOURCE, "\"exec\"", &format!("\"{kind}\"")));
         let e = refused(
             &text,
-            "resource[0].kind",
-            "kind",
-            "is not supported yet (planned)",
+            "resource[0].start",
+            "start =",
+            &format!("unknown key in resource[0] (kind \"{kind}\")"),
         );
-        assert_eq!(
-            e.message(),
-            format!("kind \"{kind}\" is not supported yet (planned)")
-        );
+        assert!(e.message().contains("on_failure"), "{e}");
     }
 }
 
 #[test]
 fn unknown_kind() {
     let text = config("", &edit(RESOURCE, "\"exec\"", "\"docker\""));
-    refused(&text, "resource[0].kind", "kind", "unknown kind \"docker\"");
+    let e = refused(&text, "resource[0].kind", "kind", "unknown kind \"docker\"");
+    assert!(
+        e.message()
+            .contains("(supported: exec, vip, ocf, systemd, dns)"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -8,9 +8,11 @@
 //! deterministically (see the `understudy-sim` crate), and the tokio runtime in
 //! `understudy-daemon` drives it for real.
 
+pub mod escalation;
 pub mod pair;
 pub mod types;
 
+pub use escalation::{Escalation, EscalationPolicy, FailureStep};
 pub use pair::{
     Command, CoreConfig, CoreConfigError, CoreStatus, Event, Input, Output, PairCore, ProbeId,
     ProbeRecord, Refusal, Via,

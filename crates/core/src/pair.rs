@@ -22,6 +22,7 @@
 use std::cmp::Reverse;
 use std::collections::VecDeque;
 
+use crate::escalation::{Escalation, EscalationPolicy, FailureStep};
 use crate::invariant;
 use crate::types::{Epoch, NodeIndex, NodeStatus, PersistedState, Phase, Reason, Time};
 
@@ -40,6 +41,11 @@ pub struct CoreConfig {
     pub public_check_enabled: bool,
     /// After a failed start, the node does not try to become active again for this long.
     pub start_failure_backoff_ms: u64,
+    /// One failure ladder per resource, in resource order.
+    pub escalation: Vec<EscalationPolicy>,
+    /// Automatic moves allowed within `auto_move_window_ms` (0: never move automatically).
+    pub auto_move_limit: u32,
+    pub auto_move_window_ms: u64,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -70,6 +76,11 @@ impl CoreConfig {
         if self.isolation_timeout_ms >= self.failover_timeout_ms {
             return Err(CoreConfigError(
                 "isolation_timeout_ms must be shorter than failover_timeout_ms",
+            ));
+        }
+        if self.escalation.iter().any(|p| p.steps.is_empty()) {
+            return Err(CoreConfigError(
+                "every resource needs at least one failure step",
             ));
         }
         if self.probe_timeout_ms == 0 || self.probe_timeout_ms >= self.failover_timeout_ms {
@@ -109,6 +120,10 @@ pub enum Input {
     ResourcesStarted { ok: bool },
     /// The runtime finished stopping resources.
     ResourcesStopped { ok: bool },
+    /// A resource's monitor reported a failure (only acted on while active).
+    ResourceFailed { resource: usize },
+    /// The runtime finished restarting one resource.
+    ResourceRestarted { resource: usize, ok: bool },
 }
 
 /// Operator commands, from the control socket.
@@ -140,6 +155,10 @@ pub enum Output {
     StartResources,
     /// Stop every resource in reverse order; report `ResourcesStopped`.
     StopResources,
+    /// Stop then start one resource; report `ResourceRestarted`.
+    RestartResource(usize),
+    /// Run the resource's n-th configured failure command.
+    RunFailureCommand { resource: usize, step: u8 },
     /// Something worth logging and showing in status.
     Event(Event),
     /// Run a round of public-network checks now and report it with `PublicCheck`.
@@ -162,6 +181,13 @@ pub enum Event {
     Notice {
         at: Time,
         text: String,
+    },
+    /// A resource failure and the step its ladder took.
+    ResourceFailure {
+        at: Time,
+        resource: usize,
+        failures: usize,
+        action: String,
     },
 }
 
@@ -208,7 +234,11 @@ pub struct PairCore {
     reason: Option<Reason>,
     after_stop: AfterStop,
     shutdown_requested: bool,
-    yielding: bool,
+    /// Handed the role over and waits for the peer to take it; until this deadline.
+    yielding_until: Option<Time>,
+    /// The status last sent to the peer: any change is sent at once, so the peer never
+    /// decides on a flag we have already dropped.
+    last_sent: Option<NodeStatus>,
     leaving: bool,
     exited: bool,
     /// This passive asked its active peer to hand over; until then (a deadline).
@@ -234,6 +264,7 @@ pub struct PairCore {
     next_probe_id: u64,
     last_probe: Option<ProbeRecord>,
 
+    escalation: Escalation,
     public_last_ok: Option<Time>,
     /// The outcome of the latest public-check round.
     public_last_reachable: Option<bool>,
@@ -252,7 +283,13 @@ impl PairCore {
         now: Time,
     ) -> Result<Self, CoreConfigError> {
         cfg.validate()?;
+        let escalation = Escalation::new(
+            cfg.escalation.clone(),
+            cfg.auto_move_limit,
+            cfg.auto_move_window_ms,
+        );
         let mut core = PairCore {
+            escalation,
             cfg,
             now,
             started_at: now,
@@ -263,7 +300,8 @@ impl PairCore {
             reason: None,
             after_stop: AfterStop::BePassive,
             shutdown_requested: false,
-            yielding: false,
+            yielding_until: None,
+            last_sent: None,
             leaving: false,
             exited: false,
             requesting_switchover_until: None,
@@ -317,7 +355,6 @@ impl PairCore {
                 }
             }
             Input::PublicCheck { reachable } => {
-                let was_ok = self.public_ok();
                 self.public_last_reachable = Some(reachable);
                 if reachable {
                     self.public_last_ok = Some(self.now);
@@ -325,13 +362,16 @@ impl PairCore {
                 } else {
                     self.public_ok_since = None;
                 }
-                // The peer's switchover and election checks read this flag: tell it now.
-                if self.public_ok() != was_ok {
-                    self.send_status();
-                }
             }
             Input::ResourcesStarted { ok } => self.on_started(ok),
             Input::ResourcesStopped { ok } => self.on_stopped(ok),
+            Input::ResourceFailed { resource } => self.on_resource_failed(resource),
+            Input::ResourceRestarted { resource, ok } => {
+                if !ok && self.phase == Phase::Active {
+                    // A failed restart is one more failure: climb the ladder.
+                    self.on_resource_failed(resource);
+                }
+            }
         }
         self.evaluate();
     }
@@ -383,6 +423,9 @@ impl PairCore {
         if let Some(until) = self.requesting_switchover_until {
             deadlines.push(until);
         }
+        if let Some(until) = self.yielding_until {
+            deadlines.push(until);
+        }
         deadlines.push(self.ineligible_until);
         deadlines
             .into_iter()
@@ -422,9 +465,13 @@ impl PairCore {
             last_active_epoch: self.last_active_epoch,
             public_ok: self.public_ok(),
             eligible: self.eligible(),
-            yielding: self.yielding,
+            yielding: self.yielding_until.is_some(),
             leaving: self.leaving,
             requests_switchover: self.requesting_switchover_until.is_some(),
+            auto_moves: self
+                .escalation
+                .recent_moves(self.now)
+                .min(u32::from(u8::MAX)) as u8,
         }
     }
 
@@ -467,7 +514,7 @@ impl PairCore {
         }
         if status.phase.is_running() {
             // The handover (or our request for one) is done.
-            self.yielding = false;
+            self.yielding_until = None;
         }
         if status.phase == Phase::Demoting || status.yielding || !status.phase.is_running() {
             self.requesting_switchover_until = None;
@@ -533,6 +580,69 @@ impl PairCore {
             self.notice(
                 "stopping resources failed; staying active. Fix the resource, then retry".into(),
             );
+        }
+    }
+
+    fn on_resource_failed(&mut self, resource: usize) {
+        if self.phase != Phase::Active {
+            return; // Failures while starting or stopping are handled by those paths.
+        }
+        let Some((step, failures)) = self.escalation.on_failure(self.now, resource) else {
+            self.notice(format!("failure reported for unknown resource {resource}"));
+            return;
+        };
+        let action = match step {
+            FailureStep::Restart => {
+                self.push(Output::RestartResource(resource));
+                "restart".to_string()
+            }
+            FailureStep::Alert => "alert".to_string(),
+            FailureStep::Run(n) => {
+                self.push(Output::RunFailureCommand { resource, step: n });
+                format!("run #{n}")
+            }
+            FailureStep::Switchover => match self.auto_switchover_blocker() {
+                None => {
+                    self.escalation.record_move(self.now);
+                    "switchover".to_string()
+                }
+                // The role cannot move: keep the service up here and say why.
+                Some(why) => {
+                    self.push(Output::RestartResource(resource));
+                    format!("restart (switchover not possible: {why})")
+                }
+            },
+        };
+        self.push(Output::Event(Event::ResourceFailure {
+            at: self.now,
+            resource,
+            failures,
+            action: action.clone(),
+        }));
+        if action == "switchover" {
+            self.begin_demote(Reason::ResourceFailed, AfterStop::HandOver);
+        }
+    }
+
+    /// Why an automatic switchover cannot happen now, if it cannot.
+    fn auto_switchover_blocker(&self) -> Option<&'static str> {
+        if !self.escalation.move_allowed(self.now) {
+            return Some("the automatic move limit is reached");
+        }
+        let channel_fresh = self.channel_last_heard.is_some()
+            && self.channel_silence_ms() <= 3 * self.cfg.heartbeat_interval_ms;
+        match self.peer_channel {
+            Some(p)
+                if channel_fresh
+                    && p.phase == Phase::Passive
+                    && p.eligible
+                    && p.public_ok
+                    && !p.leaving =>
+            {
+                None
+            }
+            Some(_) if channel_fresh => Some("the peer is not a healthy passive"),
+            _ => Some("the peer is not connected"),
         }
     }
 
@@ -639,6 +749,12 @@ impl PairCore {
                 self.notice("the switchover request expired without a handover".into());
             }
         }
+        if let Some(until) = self.yielding_until {
+            if self.now >= until {
+                self.yielding_until = None;
+                self.notice("the peer did not take the role over; no longer yielding".into());
+            }
+        }
         self.expire_stuck_probe();
         match self.phase {
             Phase::Passive => self.evaluate_passive(),
@@ -646,7 +762,8 @@ impl PairCore {
             Phase::Promoting | Phase::Demoting => {}
         }
         self.schedule_probe();
-        if self.now >= self.next_heartbeat_at {
+        // Heartbeat on schedule, and at once whenever anything the peer decides on changed.
+        if self.now >= self.next_heartbeat_at || self.last_sent != Some(self.my_status()) {
             self.send_status();
         }
         self.check_invariants();
@@ -790,7 +907,9 @@ impl PairCore {
     /// winner has reported no public network for a whole failover timeout.
     fn wins_election(&self, peer: &NodeStatus) -> bool {
         let me = self.my_status();
-        if !me.eligible || me.leaving || !me.public_ok {
+        // A node that just handed over waits for its peer instead of taking the role back
+        // on a status of the peer's that predates the handover.
+        if !me.eligible || me.leaving || !me.public_ok || me.yielding {
             return false;
         }
         let key = |s: &NodeStatus| {
@@ -820,8 +939,13 @@ impl PairCore {
         self.epoch = epoch;
         self.max_seen_epoch = epoch;
         self.last_active_epoch = epoch;
-        self.yielding = false;
+        self.yielding_until = None;
         self.requesting_switchover_until = None;
+        self.escalation.reset_failures();
+        if let Some(peer) = self.peer_last_known {
+            self.escalation
+                .adopt_moves(self.now, u32::from(peer.auto_moves));
+        }
         // Durable before the change takes effect: a crash mid-start must not reuse the epoch.
         self.push(Output::Persist(self.persisted(false)));
         self.set_phase(Phase::Promoting, reason);
@@ -840,7 +964,8 @@ impl PairCore {
         let epoch = Epoch::next_for(self.cfg.me, self.max_seen_epoch);
         self.epoch = epoch;
         self.max_seen_epoch = epoch;
-        self.yielding = after == AfterStop::HandOver;
+        self.yielding_until =
+            (after == AfterStop::HandOver).then(|| self.now.plus_ms(self.cfg.failover_timeout_ms));
         self.push(Output::Persist(self.persisted(false)));
         self.set_phase(Phase::Passive, reason);
         if after == AfterStop::Exit {
@@ -928,6 +1053,7 @@ impl PairCore {
     fn send_status(&mut self) {
         self.next_heartbeat_at = self.now.plus_ms(self.cfg.heartbeat_interval_ms);
         let status = self.my_status();
+        self.last_sent = Some(status);
         self.push(Output::SendStatus(status));
     }
 

@@ -127,6 +127,10 @@ pub struct NodeStatus {
     /// This passive asks its active peer to hand the role over (`understudy switchover`
     /// run on the passive).
     pub requests_switchover: bool,
+    /// Automatic moves of the role caused by resource failures within the failure
+    /// window. The node taking over adopts it, so a resource failing on both nodes
+    /// cannot make the role ping-pong past the limit.
+    pub auto_moves: u8,
 }
 
 /// What was persisted to disk about this node's role. Written before a promotion takes
@@ -173,6 +177,8 @@ pub enum Reason {
     PeerLeft,
     /// The daemon is shutting down cleanly.
     Shutdown,
+    /// A resource kept failing and its ladder reached a switchover.
+    ResourceFailed,
 }
 
 impl Reason {
@@ -189,6 +195,7 @@ impl Reason {
             Reason::StopFailed => "stop-failed",
             Reason::PeerLeft => "peer-left",
             Reason::Shutdown => "shutdown",
+            Reason::ResourceFailed => "resource-failed",
         }
     }
 }

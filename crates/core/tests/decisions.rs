@@ -3,8 +3,8 @@
 //! They drive a single `PairCore` by hand with explicit times and assert on its outputs.
 
 use understudy_core::{
-    Command, CoreConfig, Epoch, Event, Input, NodeIndex, NodeStatus, Output, PairCore,
-    PersistedState, Phase, ProbeId, Reason, Time, Via,
+    Command, CoreConfig, Epoch, EscalationPolicy, Event, FailureStep, Input, NodeIndex, NodeStatus,
+    Output, PairCore, PersistedState, Phase, ProbeId, Reason, Time, Via,
 };
 
 const HB: u64 = 100;
@@ -21,6 +21,16 @@ fn cfg(me: u8) -> CoreConfig {
         auto_failover: true,
         public_check_enabled: true,
         start_failure_backoff_ms: 60_000,
+        escalation: vec![EscalationPolicy {
+            steps: vec![
+                FailureStep::Restart,
+                FailureStep::Restart,
+                FailureStep::Switchover,
+            ],
+            window_ms: 600_000,
+        }],
+        auto_move_limit: 2,
+        auto_move_window_ms: 600_000,
     }
 }
 
@@ -121,6 +131,7 @@ fn peer(node: u8, phase: Phase, epoch: u64) -> NodeStatus {
         yielding: false,
         leaving: false,
         requests_switchover: false,
+        auto_moves: 0,
     }
 }
 
@@ -695,4 +706,132 @@ fn a_probe_lost_to_a_clock_jump_is_not_evidence() {
     );
     b.public_ok(5030);
     assert_eq!(b.core.phase(), Phase::Passive);
+}
+
+fn failure_actions(n: &Node) -> Vec<String> {
+    n.log
+        .iter()
+        .filter_map(|o| match o {
+            Output::Event(Event::ResourceFailure { action, .. }) => Some(action.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn resource_failures_climb_the_ladder_restart_restart_switchover() {
+    // Like Neverfail's 1st/2nd/3rd failure actions: try to heal in place before moving.
+    let mut a = active_node();
+    a.public_ok(10);
+    a.at(10, channel(peer(1, Phase::Passive, 0)));
+    let out = a.at(20, Input::ResourceFailed { resource: 0 });
+    assert!(out.contains(&Output::RestartResource(0)));
+    a.at(30, Input::ResourceFailed { resource: 0 });
+    assert_eq!(a.core.phase(), Phase::Active);
+    a.at(40, channel(peer(1, Phase::Passive, 0)));
+    a.at(50, Input::ResourceFailed { resource: 0 });
+    assert_eq!(a.core.phase(), Phase::Demoting);
+    assert_eq!(
+        failure_actions(&a),
+        vec!["restart", "restart", "switchover"]
+    );
+    a.finish_resources(60);
+    assert!(a.core.my_status().yielding);
+    assert_eq!(a.core.my_status().auto_moves, 1);
+    assert_eq!(
+        a.reasons().last(),
+        Some(&(Phase::Passive, Reason::ResourceFailed))
+    );
+}
+
+#[test]
+fn failure_switchover_needs_a_healthy_peer_else_restarts() {
+    // Moving to a peer that cannot serve would turn a failing resource into an outage.
+    let mut a = active_node();
+    a.public_ok(2000); // the channel has gone silent by now
+    for t in [2010, 2020, 2030] {
+        a.at(t, Input::ResourceFailed { resource: 0 });
+    }
+    assert_eq!(a.core.phase(), Phase::Active);
+    let actions = failure_actions(&a);
+    assert!(
+        actions[2].starts_with("restart (switchover not possible"),
+        "{actions:?}"
+    );
+}
+
+#[test]
+fn a_resource_failing_on_both_nodes_stops_moving_at_the_limit() {
+    // The move count follows the role: the node taking over adopts it.
+    let mut a = active_node();
+    let mut b = Node::new(1);
+    b.public_ok(0);
+    a.public_ok(10);
+    a.at(10, channel(b.core.my_status()));
+    for t in [20, 30, 40] {
+        a.at(t, Input::ResourceFailed { resource: 0 });
+    }
+    a.finish_resources(50);
+    b.at(51, channel(a.core.my_status()));
+    assert_eq!(b.core.phase(), Phase::Promoting);
+    b.finish_resources(60);
+    assert_eq!(b.core.my_status().auto_moves, 1, "adopted the peer's move");
+    // B fails too: second move (limit 2) is allowed.
+    b.public_ok(60);
+    a.public_ok(60);
+    a.at(61, channel(b.core.my_status())); // A hears B serving: its handover is complete
+    b.at(61, channel(a.core.my_status()));
+    for t in [70, 80, 90] {
+        b.at(t, Input::ResourceFailed { resource: 0 });
+    }
+    assert_eq!(b.core.phase(), Phase::Demoting);
+    b.finish_resources(100);
+    a.at(101, channel(b.core.my_status()));
+    assert_eq!(a.core.phase(), Phase::Promoting);
+    a.finish_resources(110);
+    assert_eq!(a.core.my_status().auto_moves, 2);
+    // A fails again: the limit is reached, so it restarts in place instead of moving.
+    a.public_ok(110);
+    a.at(111, channel(b.core.my_status()));
+    for t in [120, 130, 140] {
+        a.at(t, Input::ResourceFailed { resource: 0 });
+    }
+    assert_eq!(a.core.phase(), Phase::Active);
+    let last = failure_actions(&a).pop().expect("an action");
+    assert!(last.contains("limit"), "{last}");
+}
+
+#[test]
+fn a_node_that_just_handed_over_does_not_take_the_role_back() {
+    // Found by the switchover benchmark: right after a handover, the peer's last status
+    // could still carry the "yielding" flag of an earlier switchover; both nodes yielded,
+    // and the election handed the role straight back. A yielding node never wins.
+    let mut a = active_node();
+    a.public_ok(10);
+    let mut stale = peer(1, Phase::Passive, 0);
+    stale.yielding = true;
+    a.at(10, channel(stale));
+    a.cmd(20, Command::Switchover).expect("accepted");
+    a.finish_resources(30);
+    a.at(31, channel(stale));
+    assert_eq!(a.core.phase(), Phase::Passive, "must wait for the peer");
+    // If the peer never takes over, yielding ends after a failover timeout.
+    let mut fresh = stale;
+    fresh.yielding = false;
+    a.public_ok(30 + FAILOVER + 10);
+    a.at(30 + FAILOVER + 20, channel(fresh));
+    assert!(!a.core.my_status().yielding);
+}
+
+#[test]
+fn a_changed_flag_is_sent_at_once() {
+    // The peer decides on these flags; waiting for the next heartbeat left it deciding on
+    // stale ones.
+    let mut n = Node::new(0);
+    let out = n.at(5, Input::PublicCheck { reachable: true });
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::SendStatus(s) if s.public_ok)),
+        "{out:?}"
+    );
 }

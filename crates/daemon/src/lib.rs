@@ -5,6 +5,7 @@
 //! nothing itself: every role decision comes from the core.
 
 pub mod control;
+pub mod hooks;
 pub mod net;
 pub mod report;
 pub mod runtime;

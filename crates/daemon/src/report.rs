@@ -113,6 +113,19 @@ impl EventReport {
                 text: Some(text.clone()),
                 ..base
             },
+            Event::ResourceFailure {
+                at,
+                resource,
+                failures,
+                action,
+            } => EventReport {
+                at_mono_ms: at.0,
+                kind: "resource-failure".into(),
+                text: Some(format!(
+                    "resource #{resource} failed ({failures} in its window): {action}"
+                )),
+                ..base
+            },
         }
     }
 }

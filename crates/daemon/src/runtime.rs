@@ -10,13 +10,14 @@ use anyhow::{Context, Result};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tracing::{error, info, warn};
-use understudy_config::Config;
+use understudy_config::{Config, FailureAction};
 use understudy_core::{
-    Command, CoreConfig, Event, Input, NodeIndex, NodeStatus, Output, PairCore, Phase, ProbeId,
-    Time, Via,
+    Command, CoreConfig, EscalationPolicy, Event, FailureStep, Input, NodeIndex, NodeStatus,
+    Output, PairCore, Phase, ProbeId, Time, Via,
 };
 use understudy_resources::ResourceSet;
 
+use crate::hooks::{HookPoint, Hooks};
 use crate::net::{self, LinkStats, NetCtx};
 use crate::report::{EventReport, StatusReport};
 use crate::state::StateFile;
@@ -44,6 +45,14 @@ pub enum ToCore {
         start: bool,
         ok: bool,
     },
+    /// A resource's monitor found it not running while this node is active.
+    ResourceFailed {
+        resource: usize,
+    },
+    ResourceRestarted {
+        resource: usize,
+        ok: bool,
+    },
     Command {
         command: Command,
         reply: oneshot::Sender<Result<(), String>>,
@@ -66,6 +75,7 @@ pub struct Daemon {
     pub net: Arc<NetCtx>,
     pub resources: Arc<ResourceSet>,
     pub events: VecDeque<EventReport>,
+    pub hooks: Arc<Hooks>,
 }
 
 impl Daemon {
@@ -84,7 +94,7 @@ impl Daemon {
 
     fn record(&mut self, event: &Event) {
         let peer_name = &self.cfg.nodes[1 - self.me].name;
-        let entry = EventReport::from_event(event, SystemTime::now());
+        let mut entry = EventReport::from_event(event, SystemTime::now());
         match event {
             Event::RoleChange {
                 from,
@@ -93,9 +103,34 @@ impl Daemon {
                 reason,
                 ..
             } => {
-                info!(from = from.as_str(), to = to.as_str(), epoch = epoch.0, reason = reason.as_str(), peer = %peer_name, "role change")
+                info!(from = from.as_str(), to = to.as_str(), epoch = epoch.0, reason = reason.as_str(), peer = %peer_name, "role change");
+                let hooks = self.hooks.clone();
+                let env = vec![
+                    ("UNDERSTUDY_FROM".to_string(), from.as_str().to_string()),
+                    ("UNDERSTUDY_ROLE".to_string(), to.as_str().to_string()),
+                    ("UNDERSTUDY_EPOCH".to_string(), epoch.0.to_string()),
+                    ("UNDERSTUDY_REASON".to_string(), reason.as_str().to_string()),
+                ];
+                // In the background: a hook must never hold up the core.
+                tokio::spawn(async move { hooks.run(HookPoint::RoleChange, &env).await });
             }
             Event::Notice { text, .. } => warn!(notice = %text, "pair notice"),
+            Event::ResourceFailure {
+                resource,
+                failures,
+                action,
+                ..
+            } => {
+                let name = self
+                    .cfg
+                    .resources
+                    .get(*resource)
+                    .map_or("?", |r| r.name.as_str());
+                warn!(resource = %name, failures, action = %action, "resource failure");
+                entry.text = Some(format!(
+                    "resource {name} failed ({failures} in its window): {action}"
+                ));
+            }
         }
         if self.events.len() == EVENTS_MAX {
             self.events.pop_front();
@@ -114,7 +149,54 @@ pub fn core_config(cfg: &Config, me: usize) -> CoreConfig {
         auto_failover: cfg.pair.auto_failover,
         public_check_enabled: !cfg.public_check.targets.is_empty(),
         start_failure_backoff_ms: 60_000,
+        escalation: cfg
+            .resources
+            .iter()
+            .map(|r| EscalationPolicy {
+                steps: failure_steps(&r.on_failure),
+                window_ms: r.failure_window_ms,
+            })
+            .collect(),
+        auto_move_limit: cfg.pair.auto_move_limit,
+        // One window for the pair's move limit: the longest of the resources' windows.
+        auto_move_window_ms: cfg
+            .resources
+            .iter()
+            .map(|r| r.failure_window_ms)
+            .max()
+            .unwrap_or(600_000),
     }
+}
+
+/// The config's failure actions as the core's steps; `run` commands are numbered in the
+/// order they appear, and the runtime looks them up again by that number.
+fn failure_steps(actions: &[FailureAction]) -> Vec<FailureStep> {
+    let mut runs = 0u8;
+    actions
+        .iter()
+        .map(|a| match a {
+            FailureAction::Restart => FailureStep::Restart,
+            FailureAction::Switchover => FailureStep::Switchover,
+            FailureAction::Alert => FailureStep::Alert,
+            FailureAction::Run(_) => {
+                runs = runs.saturating_add(1);
+                FailureStep::Run(runs - 1)
+            }
+        })
+        .collect()
+}
+
+/// The n-th `run` command of a resource's failure ladder.
+fn failure_command(cfg: &Config, resource: usize, step: u8) -> Option<String> {
+    cfg.resources
+        .get(resource)?
+        .on_failure
+        .iter()
+        .filter_map(|a| match a {
+            FailureAction::Run(cmd) => Some(cmd.clone()),
+            _ => None,
+        })
+        .nth(usize::from(step))
 }
 
 /// Runs the daemon for node `node_name` until a clean shutdown.
@@ -185,12 +267,13 @@ pub async fn run(cfg: Config, node_name: &str) -> Result<()> {
         peer.management,
     ));
 
-    let resources = Arc::new(ResourceSet::new(
-        cfg.resources
-            .iter()
-            .map(|r| understudy_resources::build(r, &cfg.pair.name))
-            .collect(),
-    ));
+    let built: Result<Vec<_>, String> = cfg
+        .resources
+        .iter()
+        .map(|r| understudy_resources::build(r, &cfg.pair.name))
+        .collect();
+    let resources = Arc::new(ResourceSet::new(built.map_err(|e| anyhow::anyhow!(e))?));
+    let hooks = Arc::new(Hooks::new(&cfg, me));
     let mut daemon = Daemon {
         cfg,
         me,
@@ -198,11 +281,16 @@ pub async fn run(cfg: Config, node_name: &str) -> Result<()> {
         net: net.clone(),
         resources: resources.clone(),
         events: VecDeque::new(),
+        hooks,
     };
     let mut core =
         PairCore::new(core_cfg, persisted, daemon.now()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let running = Arc::new(watch::channel(false).0);
-    tokio::spawn(monitor_resources(resources.clone(), running.subscribe()));
+    tokio::spawn(monitor_resources(
+        resources.clone(),
+        running.subscribe(),
+        to_core.clone(),
+    ));
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
@@ -272,6 +360,10 @@ fn handle(core: &mut PairCore, daemon: &Daemon, msg: ToCore) {
         ToCore::ResourcesDone { start: false, ok } => {
             core.handle(now, Input::ResourcesStopped { ok })
         }
+        ToCore::ResourceFailed { resource } => core.handle(now, Input::ResourceFailed { resource }),
+        ToCore::ResourceRestarted { resource, ok } => {
+            core.handle(now, Input::ResourceRestarted { resource, ok })
+        }
         ToCore::Command { command, reply } => {
             let _ = reply.send(core.command(now, command).map_err(|r| r.0));
         }
@@ -305,12 +397,23 @@ fn carry_out(
                 let start = matches!(output, Output::StartResources);
                 let resources = daemon.resources.clone();
                 let to_core = to_core.clone();
+                let hooks = daemon.hooks.clone();
                 tokio::spawn(async move {
+                    let (before, after) = if start {
+                        (HookPoint::PreStart, HookPoint::PostStart)
+                    } else {
+                        (HookPoint::PreStop, HookPoint::PostStop)
+                    };
+                    hooks.run(before, &[]).await;
                     let result = if start {
                         resources.start_all().await
                     } else {
                         resources.stop_all().await
                     };
+                    let outcome = if result.is_ok() { "ok" } else { "failed" };
+                    hooks
+                        .run(after, &[("UNDERSTUDY_RESULT".into(), outcome.into())])
+                        .await;
                     if let Err(e) = &result {
                         error!(error = %e, "{} resources failed", if start { "starting" } else { "stopping" });
                     }
@@ -321,6 +424,25 @@ fn carry_out(
                         })
                         .await;
                 });
+            }
+            Output::RestartResource(resource) => {
+                let resources = daemon.resources.clone();
+                let to_core = to_core.clone();
+                tokio::spawn(async move {
+                    let ok = resources.restart_one(resource).await.is_ok();
+                    let _ = to_core
+                        .send(ToCore::ResourceRestarted { resource, ok })
+                        .await;
+                });
+            }
+            Output::RunFailureCommand { resource, step } => {
+                if let Some(cmd) = failure_command(&daemon.cfg, resource, step) {
+                    let name = daemon.cfg.resources[resource].name.clone();
+                    tokio::spawn(crate::hooks::run_detached(
+                        cmd,
+                        vec![("UNDERSTUDY_RESOURCE".into(), name)],
+                    ));
+                }
             }
             Output::Event(event) => daemon.record(&event),
             Output::CheckPublic => public_now.notify_one(),
@@ -333,7 +455,11 @@ fn carry_out(
 /// Monitors each resource at its interval while this node is active. Failures are
 /// logged and shown in status; escalation (restart, switchover) comes with the
 /// application-modules work.
-async fn monitor_resources(resources: Arc<ResourceSet>, mut active: watch::Receiver<bool>) {
+async fn monitor_resources(
+    resources: Arc<ResourceSet>,
+    mut active: watch::Receiver<bool>,
+    to_core: mpsc::Sender<ToCore>,
+) {
     if resources.is_empty() {
         return;
     }
@@ -353,8 +479,26 @@ async fn monitor_resources(resources: Arc<ResourceSet>, mut active: watch::Recei
         for (i, last_run) in last.iter_mut().enumerate() {
             if last_run.elapsed() >= resources.monitor_interval(i) {
                 *last_run = Instant::now();
-                if let Err(e) = resources.monitor_once(i).await {
-                    warn!(error = %e, "resource monitor failed");
+                let healthy = match resources.monitor_once(i).await {
+                    Ok(understudy_resources::Health::Running) => true,
+                    Ok(other) => {
+                        warn!(resource = resources.resource(i).name(), health = ?other, "resource is not running");
+                        false
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "resource monitor failed");
+                        false
+                    }
+                };
+                // The core may have demoted meanwhile; it ignores failures unless active.
+                if !healthy
+                    && *active.borrow()
+                    && to_core
+                        .send(ToCore::ResourceFailed { resource: i })
+                        .await
+                        .is_err()
+                {
+                    return;
                 }
             }
         }

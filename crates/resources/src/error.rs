@@ -14,16 +14,20 @@ pub enum Action {
     Stop,
     /// Check the resource.
     Monitor,
+    /// A hook or failure command run around the resources (not one of the resource's
+    /// own actions).
+    Hook,
 }
 
 impl Action {
-    /// The action's name: `"start"`, `"stop"` or `"monitor"`. Also the value
+    /// The action's name: `"start"`, `"stop"`, `"monitor"` or `"hook"`. Also the value
     /// of `UNDERSTUDY_ACTION` for exec commands.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Start => "start",
             Self::Stop => "stop",
             Self::Monitor => "monitor",
+            Self::Hook => "hook",
         }
     }
 }

@@ -25,6 +25,7 @@
 mod command;
 mod error;
 mod exec;
+mod hook;
 mod set;
 
 use std::future::Future;
@@ -35,6 +36,7 @@ use understudy_config::{ResourceConfig, ResourceKind};
 
 pub use error::{Action, ResourceError};
 pub use exec::{ExecResource, MONITOR_NOT_RUNNING};
+pub use hook::run_hook;
 pub use set::{ResourceSet, ResourceState};
 
 /// A boxed, sendable future borrowing from `'a`: what [`Resource`] methods
@@ -90,10 +92,18 @@ pub trait Resource: Send + Sync {
 
 /// Build the resource described by `cfg` for the pair named `pair` (the pair
 /// name is handed to the resource's commands and agents).
-pub fn build(cfg: &ResourceConfig, pair: &str) -> Box<dyn Resource> {
+///
+/// Fails for a kind this build cannot run yet, so the daemon refuses to start rather than
+/// pretend to manage the resource.
+pub fn build(cfg: &ResourceConfig, pair: &str) -> Result<Box<dyn Resource>, String> {
     // Exhaustive on purpose: a new kind in the configuration does not
-    // compile until it has an implementation here.
+    // compile until it has an arm here.
     match &cfg.kind {
-        ResourceKind::Exec(exec) => Box::new(ExecResource::new(cfg, exec, pair)),
+        ResourceKind::Exec(exec) => Ok(Box::new(ExecResource::new(cfg, exec, pair))),
+        ResourceKind::Vip(_) | ResourceKind::Ocf(_) | ResourceKind::Systemd(_) | ResourceKind::Dns(_) => Err(format!(
+            "resource {}: kind {:?} is not available in this build yet",
+            cfg.name,
+            cfg.kind.name()
+        )),
     }
 }

@@ -133,29 +133,48 @@ impl ResourceSet {
     /// [`ResourceState::Starting`].
     pub async fn start_all(&self) -> Result<(), ResourceError> {
         let _serialised = self.transition.lock().await;
-        for (index, resource) in self.resources.iter().enumerate() {
-            self.set_state(index, ResourceState::Starting);
-            tracing::info!(
-                resource = resource.name(),
-                kind = resource.kind(),
-                "starting"
-            );
-            match resource.start().await {
-                Ok(()) => {
-                    tracing::info!(resource = resource.name(), "started");
-                    self.set_state(index, ResourceState::Running);
-                }
-                Err(err) => {
-                    tracing::error!(
-                        resource = resource.name(),
-                        error = %err,
-                        "start failed; stopping what was started"
-                    );
-                    self.roll_back(index, &err).await;
-                    return Err(err);
-                }
+        for index in 0..self.resources.len() {
+            if let Err(err) = self.start_one(index).await {
+                tracing::error!(
+                    resource = self.resources[index].name(),
+                    error = %err,
+                    "start failed; stopping what was started"
+                );
+                self.roll_back(index, &err).await;
+                return Err(err);
             }
         }
+        Ok(())
+    }
+
+    /// Restart the resource at `index` in place: escalation's "restart" step. A failed
+    /// stop does not end it: the start that follows tells whether the resource works.
+    ///
+    /// # Panics
+    ///
+    /// If `index >= self.len()`.
+    pub async fn restart_one(&self, index: usize) -> Result<(), ResourceError> {
+        let _serialised = self.transition.lock().await;
+        let _ = self.stop_one(index).await;
+        let result = self.start_one(index).await;
+        if let Err(err) = &result {
+            self.set_state(index, ResourceState::Failed(err.to_string()));
+        }
+        result
+    }
+
+    /// Start the resource at `index`, recording `Starting` and then `Running`.
+    async fn start_one(&self, index: usize) -> Result<(), ResourceError> {
+        let resource = &self.resources[index];
+        self.set_state(index, ResourceState::Starting);
+        tracing::info!(
+            resource = resource.name(),
+            kind = resource.kind(),
+            "starting"
+        );
+        resource.start().await?;
+        tracing::info!(resource = resource.name(), "started");
+        self.set_state(index, ResourceState::Running);
         Ok(())
     }
 

@@ -18,8 +18,8 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
 use understudy_core::{
-    Command, CoreConfig, Input, NodeIndex, NodeStatus, Output, PairCore, PersistedState, Phase,
-    ProbeId, Time, Via,
+    Command, CoreConfig, EscalationPolicy, FailureStep, Input, NodeIndex, NodeStatus, Output,
+    PairCore, PersistedState, Phase, ProbeId, Time, Via,
 };
 
 /// Knobs of one simulated run.
@@ -125,6 +125,10 @@ enum EventKind {
         to: usize,
         start: bool,
     },
+    ResourceRestarted {
+        to: usize,
+        resource: usize,
+    },
     PublicCheck {
         node: usize,
     },
@@ -144,12 +148,17 @@ enum EventKind {
 pub enum Fault {
     Crash(usize),
     Pause(usize),
-    CutLink { link: usize, from: usize },
+    CutLink {
+        link: usize,
+        from: usize,
+    },
     CutPublic(usize),
     ClockJump(usize, u64),
     CleanRestart(usize),
     Switchover(usize),
     ForceFailoverWhilePeerDown(usize),
+    /// The active's resource monitor reports a failure.
+    ResourceFails(usize),
 }
 
 struct Event {
@@ -342,7 +351,8 @@ impl Sim {
             | EventKind::PublicCheckNow { node } => Some(*node),
             EventKind::Deliver { to, .. }
             | EventKind::ProbeResult { to, .. }
-            | EventKind::ResourcesDone { to, .. } => Some(*to),
+            | EventKind::ResourcesDone { to, .. }
+            | EventKind::ResourceRestarted { to, .. } => Some(*to),
             EventKind::ProbeArrive { .. } => None, // handled specially: a hung peer times out
             _ => None,
         }
@@ -395,6 +405,9 @@ impl Sim {
                 self.feed(node, Input::PublicCheck { reachable });
                 let next = self.now + self.cfg.public_check_interval_ms;
                 self.schedule(next, Some(node), EventKind::PublicCheck { node });
+            }
+            EventKind::ResourceRestarted { to, resource } => {
+                self.feed(to, Input::ResourceRestarted { resource, ok: true });
             }
             EventKind::PublicCheckNow { node } => {
                 let reachable = self.nodes[node].public_up;
@@ -479,6 +492,16 @@ impl Sim {
                     }
                 }
                 Output::Persist(state) => self.nodes[node].persisted = state,
+                Output::RestartResource(resource) => {
+                    let at = self.now + self.rng.range(2, 2 * self.cfg.resource_max_ms);
+                    self.schedule(
+                        at,
+                        Some(node),
+                        EventKind::ResourceRestarted { to: node, resource },
+                    );
+                }
+                // A failure command changes nothing the pair decides on.
+                Output::RunFailureCommand { .. } => {}
                 Output::CheckPublic => {
                     let at = self.now + self.rng.range(1, 1 + self.cfg.delay_max_ms);
                     self.schedule(at, Some(node), EventKind::PublicCheckNow { node });
@@ -604,6 +627,12 @@ impl Sim {
             auto_failover: true,
             public_check_enabled: true,
             start_failure_backoff_ms: 5_000,
+            escalation: vec![EscalationPolicy {
+                steps: vec![FailureStep::Restart, FailureStep::Switchover],
+                window_ms: 5_000,
+            }],
+            auto_move_limit: 2,
+            auto_move_window_ms: 600_000,
         };
         let now = self.local_now(node);
         let persisted = self.nodes[node].persisted;
@@ -625,7 +654,7 @@ impl Sim {
             return;
         }
         let node = self.rng.range(0, 1) as usize;
-        let fault = match self.rng.range(0, 9) {
+        let fault = match self.rng.range(0, 10) {
             0 | 1 => Fault::Crash(node),
             2 => Fault::Pause(node),
             3 | 4 => Fault::CutLink {
@@ -636,6 +665,7 @@ impl Sim {
             6 => Fault::ClockJump(node, self.rng.range(100, 5000)),
             7 => Fault::CleanRestart(node),
             8 => Fault::Switchover(node),
+            9 => Fault::ResourceFails(node),
             _ => Fault::ForceFailoverWhilePeerDown(node),
         };
         self.faults.push((self.now, fault));
@@ -673,6 +703,11 @@ impl Sim {
                 self.nodes[n].clock_offset_ms += ms;
                 if !self.nodes[n].paused {
                     self.feed(n, Input::Tick);
+                }
+            }
+            Fault::ResourceFails(n) => {
+                if !self.nodes[n].paused && self.nodes[n].alive() {
+                    self.feed(n, Input::ResourceFailed { resource: 0 });
                 }
             }
             Fault::CleanRestart(n) => self.operator(n, Command::Shutdown),

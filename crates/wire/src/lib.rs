@@ -44,7 +44,8 @@ const TYPE_PING: u8 = 0x04;
 const TYPE_PONG: u8 = 0x05;
 
 /// node u8, phase u8, epoch u64, last_active_epoch u64, flags u8.
-const STATUS_BODY_LEN: usize = 1 + 1 + 8 + 8 + 1;
+// node, phase, epoch, last_active_epoch, flags, auto_moves
+const STATUS_BODY_LEN: usize = 1 + 1 + 8 + 8 + 1 + 1;
 const NONCE_BODY_LEN: usize = 8;
 
 const FLAG_PUBLIC_OK: u8 = 1 << 0;
@@ -174,6 +175,7 @@ fn put_status(out: &mut Vec<u8>, s: &NodeStatus) {
     .filter(|(set, _)| *set)
     .fold(0u8, |acc, (_, bit)| acc | bit);
     out.push(flags);
+    out.push(s.auto_moves);
 }
 
 /// Decodes the frame at the start of `buf`.
@@ -299,6 +301,7 @@ impl Body<'_> {
         let epoch = self.u64()?;
         let last_active_epoch = self.u64()?;
         let flags = self.u8()?;
+        let auto_moves = self.u8()?;
         if node > 1 {
             return Err(WireError::BadNode(node));
         }
@@ -316,6 +319,7 @@ impl Body<'_> {
             yielding: flags & FLAG_YIELDING != 0,
             leaving: flags & FLAG_LEAVING != 0,
             requests_switchover: flags & FLAG_REQUESTS_SWITCHOVER != 0,
+            auto_moves,
         })
     }
 }
@@ -397,6 +401,7 @@ mod tests {
             yielding: true,
             leaving: false,
             requests_switchover: true,
+            auto_moves: 3,
         }
     }
 
@@ -440,6 +445,7 @@ mod tests {
             yielding: false,
             leaving: true,
             requests_switchover: false,
+            auto_moves: 0,
         }));
         round_trip(Frame::Ping { nonce: 0 });
         round_trip(Frame::Pong { nonce: u64::MAX });
@@ -451,12 +457,13 @@ mod tests {
         let expected_prefix: &[u8] = &[
             b'U', b'S', // magic
             0x01, // type: status
-            19, 0, 0, 0, // body_len LE
+            20, 0, 0, 0, // body_len LE
             1, // node
             2, // phase: active
             8, 7, 6, 5, 4, 3, 2, 1, // epoch LE
             7, 0, 0, 0, 0, 0, 0, 0,        // last_active_epoch LE
             0b1_0101, // public_ok | yielding | requests_switchover
+            3,        // auto_moves
         ];
         assert_eq!(&bytes[..bytes.len() - 4], expected_prefix);
         let crc = crc32c::crc32c(&bytes[2..bytes.len() - 4]);
@@ -547,7 +554,7 @@ mod tests {
         assert!(matches!(
             decode(&raw(TYPE_STATUS, &[0; 8])[..HEADER_LEN]),
             Err(WireError::BodyLength {
-                expected: 19,
+                expected: 20,
                 len: 8,
                 ..
             })
@@ -572,6 +579,7 @@ mod tests {
         let mut body = vec![node, phase];
         body.extend_from_slice(&[0; 16]);
         body.push(flags);
+        body.push(0); // auto_moves
         body
     }
 

@@ -7,23 +7,29 @@ use understudy_wire::{decode, encode, Frame};
 
 fn arb_status() -> impl Strategy<Value = NodeStatus> {
     (
-        0u8..2,
-        0u8..4,
-        any::<u64>(),
-        any::<u64>(),
-        any::<[bool; 5]>(),
+        (
+            0u8..2,
+            0u8..4,
+            any::<u64>(),
+            any::<u64>(),
+            any::<[bool; 5]>(),
+        ),
+        any::<u8>(),
     )
-        .prop_map(|(node, phase, epoch, last_active, flags)| NodeStatus {
-            node: NodeIndex(node),
-            phase: Phase::from_wire(phase).expect("strategy yields valid phases"),
-            epoch: Epoch(epoch),
-            last_active_epoch: Epoch(last_active),
-            public_ok: flags[0],
-            eligible: flags[1],
-            yielding: flags[2],
-            leaving: flags[3],
-            requests_switchover: flags[4],
-        })
+        .prop_map(
+            |((node, phase, epoch, last_active, flags), auto_moves)| NodeStatus {
+                node: NodeIndex(node),
+                phase: Phase::from_wire(phase).expect("strategy yields valid phases"),
+                epoch: Epoch(epoch),
+                last_active_epoch: Epoch(last_active),
+                public_ok: flags[0],
+                eligible: flags[1],
+                yielding: flags[2],
+                leaving: flags[3],
+                requests_switchover: flags[4],
+                auto_moves,
+            },
+        )
 }
 
 fn arb_frame() -> impl Strategy<Value = Frame> {

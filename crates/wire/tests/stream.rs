@@ -18,6 +18,7 @@ fn status() -> NodeStatus {
         yielding: false,
         leaving: false,
         requests_switchover: false,
+        auto_moves: 0,
     }
 }
 
