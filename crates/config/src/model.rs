@@ -95,8 +95,9 @@ pub mod defaults {
     /// Default `ocf.ocf_root`.
     pub const OCF_ROOT: &str = "/usr/lib/ocf";
     /// Unit suffixes accepted by `systemd.unit`.
-    pub const SYSTEMD_UNIT_SUFFIXES: &[&str] =
-        &[".service", ".socket", ".target", ".mount", ".timer", ".path"];
+    pub const SYSTEMD_UNIT_SUFFIXES: &[&str] = &[
+        ".service", ".socket", ".target", ".mount", ".timer", ".path",
+    ];
     /// Longest accepted `systemd.unit` name (systemd's own limit).
     pub const SYSTEMD_UNIT_LEN_MAX: usize = 255;
     /// Port used for a `dns.server` written without one.
@@ -278,10 +279,14 @@ impl ResourceConfig {
     /// counted from 1: `on_failure[n - 1]`, or the last entry when `n` is
     /// past the end (`n = 0` is treated as 1).
     pub fn failure_action(&self, n: usize) -> &FailureAction {
-        let index = n.saturating_sub(1).min(self.on_failure.len().saturating_sub(1));
+        let index = n
+            .saturating_sub(1)
+            .min(self.on_failure.len().saturating_sub(1));
         // `on_failure` is never empty after validation; fall back to the
         // default first action for hand-built values.
-        self.on_failure.get(index).unwrap_or(&FailureAction::Restart)
+        self.on_failure
+            .get(index)
+            .unwrap_or(&FailureAction::Restart)
     }
 
     /// The default `on_failure`: restart, restart, switchover.

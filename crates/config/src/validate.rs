@@ -605,11 +605,9 @@ fn read_on_failure(t: &Tbl<'_>) -> Result<Vec<FailureAction>> {
                 sub.deny_unknown(&["run"])?;
                 FailureAction::Run(sub.require("run")?.command()?)
             }
-            _ => {
-                return Err(item.wrong_type(
-                    "\"restart\", \"switchover\", \"alert\" or an inline table { run = \"COMMAND\" }",
-                ))
-            }
+            _ => return Err(item.wrong_type(
+                "\"restart\", \"switchover\", \"alert\" or an inline table { run = \"COMMAND\" }",
+            )),
         };
         actions.push(action);
     }
@@ -747,10 +745,8 @@ fn read_ocf(t: &Tbl<'_>) -> Result<OcfResourceConfig> {
     let mut params: Vec<(String, String)> = Vec::new();
     if let Some(table) = t.table("params")? {
         for (key, _) in table.inner.iter() {
-            let valid = !key.is_empty()
-                && key
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_');
+            let valid =
+                !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !valid {
                 return Err(table.cx.invalid(
                     table.key_span(key),
@@ -839,9 +835,7 @@ fn read_dns(t: &Tbl<'_>, nodes: &[NodeConfig; 2]) -> Result<DnsResourceConfig> {
     let record = record_entry.domain_name()?;
     let (zone_lc, record_lc) = (zone.to_ascii_lowercase(), record.to_ascii_lowercase());
     if record_lc != zone_lc && !record_lc.ends_with(&format!(".{zone_lc}")) {
-        return Err(record_entry.error(format!(
-            "record {record:?} is not inside zone {zone:?}"
-        )));
+        return Err(record_entry.error(format!("record {record:?} is not inside zone {zone:?}")));
     }
 
     let ttl = t.u32_or("ttl", 1, defaults::DNS_TTL_MAX, defaults::DNS_TTL)?;

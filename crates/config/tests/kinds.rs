@@ -75,14 +75,15 @@ fn vip_explicit_values_and_ipv6() {
     assert_eq!(v.gratuitous_arp_interval_ms, 10_000);
     assert_eq!(v.conflict_probe_ms, 0);
 
-    let v = vip(&config(
-        "",
-        &edit(VIP, "10.60.0.50/24", "2001:db8::50/128"),
-    ));
+    let v = vip(&config("", &edit(VIP, "10.60.0.50/24", "2001:db8::50/128")));
     assert_eq!(v.address, ip("2001:db8::50"));
     assert_eq!(v.prefix_len, 128);
 
-    for (address, prefix) in [("10.60.0.50/32", 32), ("10.0.0.0/31", 31), ("10.1.2.3/1", 1)] {
+    for (address, prefix) in [
+        ("10.60.0.50/32", 32),
+        ("10.0.0.0/31", 31),
+        ("10.1.2.3/1", 1),
+    ] {
         let v = vip(&config("", &edit(VIP, "10.60.0.50/24", address)));
         assert_eq!(v.prefix_len, prefix, "{address}");
     }
@@ -99,7 +100,10 @@ fn vip_address_rules() {
         ("\"10.60.0.50/0\"", "between 1 and 32"),
         ("\"10.60.0.50/+24\"", "between 1 and 32"),
         ("\"10.60.0.50/\"", "between 1 and 32"),
-        ("\"2001:db8::1/129\"", "between 1 and 128 for an IPv6 address"),
+        (
+            "\"2001:db8::1/129\"",
+            "between 1 and 128 for an IPv6 address",
+        ),
         ("\"vip.example.com/24\"", "is not an IP address"),
         ("\"10.60.0.50:80/24\"", "is not an IP address"),
         ("\"0.0.0.0/8\"", "unspecified"),
@@ -107,7 +111,10 @@ fn vip_address_rules() {
         ("\"224.0.0.1/4\"", "multicast"),
         ("\"255.255.255.255/32\"", "broadcast"),
         ("\"10.60.0.0/24\"", "is the network address of 10.60.0.0/24"),
-        ("\"10.60.0.255/24\"", "is the broadcast address of 10.60.0.255/24"),
+        (
+            "\"10.60.0.255/24\"",
+            "is the broadcast address of 10.60.0.255/24",
+        ),
         ("50", "expected a string, found an integer"),
     ];
     for (value, message) in cases {
@@ -151,7 +158,10 @@ fn vip_must_not_be_a_node_address_or_another_vip() {
 fn vip_interface_rules() {
     let cases = [
         ("\"\"", "must be 1 to 15 bytes long, found 0"),
-        ("\"abcdefghijklmnop\"", "must be 1 to 15 bytes long, found 16"),
+        (
+            "\"abcdefghijklmnop\"",
+            "must be 1 to 15 bytes long, found 16",
+        ),
         ("\"eth/0\"", "invalid character '/'"),
         ("\"eth 0\"", "invalid character ' '"),
         ("\"eth0:1\"", "invalid character ':'"),
@@ -185,7 +195,10 @@ fn vip_announcement_ranges() {
     let cases = [
         ("gratuitous_arp_count = 101", "between 0 and 100, found 101"),
         ("gratuitous_arp_count = -1", "between 0 and 100, found -1"),
-        ("gratuitous_arp_interval_ms = 9", "between 10 and 10000, found 9"),
+        (
+            "gratuitous_arp_interval_ms = 9",
+            "between 10 and 10000, found 9",
+        ),
         ("gratuitous_arp_interval_ms = 10001", "between 10 and 10000"),
         ("conflict_probe_ms = 86400001", "between 0 and 86400000"),
     ];
@@ -216,15 +229,17 @@ fn vip_conflict_probe_must_fit_in_start_timeout() {
         "start_timeout_ms",
         "conflict_probe_ms (500, the default) must be less than start_timeout_ms (500)",
     );
-    ok(&config(
-        "",
-        &format!("{VIP}start_timeout_ms = 501\n"),
-    ));
+    ok(&config("", &format!("{VIP}start_timeout_ms = 501\n")));
 }
 
 #[test]
 fn vip_unknown_keys() {
-    for line in ["start = \"x\"", "monitor = \"x\"", "prefix_len = 24", "unit = \"a.service\""] {
+    for line in [
+        "start = \"x\"",
+        "monitor = \"x\"",
+        "prefix_len = 24",
+        "unit = \"a.service\"",
+    ] {
         let key = line.split(' ').next().unwrap_or_default();
         let text = config("", &format!("{VIP}{line}\n"));
         let e = refused(
@@ -273,10 +288,22 @@ fn ocf_defaults_and_short_agent_form() {
             ocf_root: Path::new("/usr/lib/ocf").to_path_buf(),
         }
     );
-    let o = ocf(&config("", &edit(OCF, "ocf:heartbeat:Dummy", "heartbeat:Dummy")));
-    assert_eq!((o.provider.as_str(), o.agent_type.as_str()), ("heartbeat", "Dummy"));
-    let o = ocf(&config("", &edit(OCF, "ocf:heartbeat:Dummy", "ocf:my_co.x-1:pg.sql-2")));
-    assert_eq!((o.provider.as_str(), o.agent_type.as_str()), ("my_co.x-1", "pg.sql-2"));
+    let o = ocf(&config(
+        "",
+        &edit(OCF, "ocf:heartbeat:Dummy", "heartbeat:Dummy"),
+    ));
+    assert_eq!(
+        (o.provider.as_str(), o.agent_type.as_str()),
+        ("heartbeat", "Dummy")
+    );
+    let o = ocf(&config(
+        "",
+        &edit(OCF, "ocf:heartbeat:Dummy", "ocf:my_co.x-1:pg.sql-2"),
+    ));
+    assert_eq!(
+        (o.provider.as_str(), o.agent_type.as_str()),
+        ("my_co.x-1", "pg.sql-2")
+    );
 }
 
 #[test]
@@ -297,7 +324,10 @@ fn ocf_params_keep_file_order_in_both_forms() {
              fake = \"1\"\n"
         ),
     ));
-    assert_eq!(o.params, params(&[("state", "/run/x.state"), ("fake", "1")]));
+    assert_eq!(
+        o.params,
+        params(&[("state", "/run/x.state"), ("fake", "1")])
+    );
     assert_eq!(o.ocf_root, Path::new("/opt/ocf"));
 
     let o = ocf(&config("", &format!("{OCF}params = {{}}\n")));
@@ -307,10 +337,19 @@ fn ocf_params_keep_file_order_in_both_forms() {
 #[test]
 fn ocf_agent_rules() {
     let cases = [
-        ("\"lsb:heartbeat:Dummy\"", "the class must be \"ocf\", found \"lsb\""),
-        ("\"Dummy\"", "expected \"ocf:PROVIDER:TYPE\" or \"PROVIDER:TYPE\""),
+        (
+            "\"lsb:heartbeat:Dummy\"",
+            "the class must be \"ocf\", found \"lsb\"",
+        ),
+        (
+            "\"Dummy\"",
+            "expected \"ocf:PROVIDER:TYPE\" or \"PROVIDER:TYPE\"",
+        ),
         ("\"ocf:a:b:c\"", "expected \"ocf:PROVIDER:TYPE\""),
-        ("\"ocf:heart beat:Dummy\"", "invalid agent provider \"heart beat\""),
+        (
+            "\"ocf:heart beat:Dummy\"",
+            "invalid agent provider \"heart beat\"",
+        ),
         ("\"ocf:heartbeat:\"", "invalid agent type \"\""),
         ("\":Dummy\"", "invalid agent provider \"\""),
         ("\"ocf:..:Dummy\"", "invalid agent provider \"..\""),
@@ -333,7 +372,10 @@ fn ocf_agent_rules() {
 
 #[test]
 fn ocf_param_rules() {
-    let text = config("", &format!("{OCF}params = {{ ok = \"1\", \"bad-key\" = \"2\" }}\n"));
+    let text = config(
+        "",
+        &format!("{OCF}params = {{ ok = \"1\", \"bad-key\" = \"2\" }}\n"),
+    );
     refused(
         &text,
         "resource[0].params.bad-key",
@@ -461,7 +503,11 @@ fn systemd_defaults_and_explicit_user() {
     // systemd's escapes: the backslash is written doubled in TOML.
     let s = systemd(&config(
         "",
-        &edit(SYSTEMD, "nginx.service", "dev-disk-by\\\\x2dlabel-data.mount"),
+        &edit(
+            SYSTEMD,
+            "nginx.service",
+            "dev-disk-by\\\\x2dlabel-data.mount",
+        ),
     ));
     assert_eq!(s.unit, "dev-disk-by\\x2dlabel-data.mount");
 }
@@ -470,7 +516,10 @@ fn systemd_defaults_and_explicit_user() {
 fn systemd_unit_rules() {
     let long = format!("\"{}.service\"", "a".repeat(248));
     let cases = [
-        ("\"nginx\"", "is not a unit name ending in .service, .socket, .target"),
+        (
+            "\"nginx\"",
+            "is not a unit name ending in .service, .socket, .target",
+        ),
         ("\".service\"", "is not a unit name ending in"),
         ("\"nginx.slice\"", "is not a unit name ending in"),
         ("\"nginx.service.d\"", "is not a unit name ending in"),
@@ -478,8 +527,14 @@ fn systemd_unit_rules() {
         ("\"sub/nginx.service\"", "is a path"),
         ("\"ng inx.service\"", "invalid character ' '"),
         ("\"ngïnx.service\"", "invalid character 'ï'"),
-        ("\"getty@.service\"", "is a template unit: name an instance, e.g. \"getty@instance.service\""),
-        (long.as_str(), "unit name is 256 characters long; at most 255"),
+        (
+            "\"getty@.service\"",
+            "is a template unit: name an instance, e.g. \"getty@instance.service\"",
+        ),
+        (
+            long.as_str(),
+            "unit name is 256 characters long; at most 255",
+        ),
         ("1", "expected a string, found an integer"),
     ];
     for (value, message) in cases {
@@ -487,7 +542,10 @@ fn systemd_unit_rules() {
         refused(&text, "resource[0].unit", "unit =", message);
     }
     let max = format!("{}.service", "a".repeat(247));
-    assert_eq!(systemd(&config("", &edit(SYSTEMD, "nginx.service", &max))).unit, max);
+    assert_eq!(
+        systemd(&config("", &edit(SYSTEMD, "nginx.service", &max))).unit,
+        max
+    );
 }
 
 #[test]
@@ -635,10 +693,30 @@ fn dns_name_rules() {
     let long_name = vec!["abcdefghi"; 26].join(".");
     let cases = [
         ("zone", "\"example.com\"", "\"\"", "is not a domain name"),
-        ("zone", "\"example.com\"", "\".\"", "the root zone is not accepted"),
-        ("zone", "\"example.com\"", "\"exa mple.com\"", "invalid character ' '"),
-        ("zone", "\"example.com\"", "\"example..com\"", "has an empty label"),
-        ("zone", "\"example.com\"", "\".example.com\"", "has an empty label"),
+        (
+            "zone",
+            "\"example.com\"",
+            "\".\"",
+            "the root zone is not accepted",
+        ),
+        (
+            "zone",
+            "\"example.com\"",
+            "\"exa mple.com\"",
+            "invalid character ' '",
+        ),
+        (
+            "zone",
+            "\"example.com\"",
+            "\"example..com\"",
+            "has an empty label",
+        ),
+        (
+            "zone",
+            "\"example.com\"",
+            "\".example.com\"",
+            "has an empty label",
+        ),
         (
             "zone",
             "\"example.com\"",
@@ -651,19 +729,65 @@ fn dns_name_rules() {
             &format!("\"{long_name}\""),
             "domain name is 259 characters long; at most 253",
         ),
-        ("record", "\"www.example.com\"", "\"www.example.org\"", "record \"www.example.org.\" is not inside zone \"example.com.\""),
-        ("record", "\"www.example.com\"", "\"notexample.com\"", "is not inside zone"),
-        ("record", "\"www.example.com\"", "\"com\"", "is not inside zone"),
-        ("record", "\"www.example.com\"", "\"www.example.com..\"", "has an empty label"),
-        ("record", "\"www.example.com\"", "\"w*w.example.com\"", "invalid character '*'"),
-        ("tsig_key_name", "\"understudy-key\"", "\"bad key\"", "invalid character ' '"),
-        ("tsig_key_name", "\"understudy-key\"", "\"\"", "is not a domain name"),
+        (
+            "record",
+            "\"www.example.com\"",
+            "\"www.example.org\"",
+            "record \"www.example.org.\" is not inside zone \"example.com.\"",
+        ),
+        (
+            "record",
+            "\"www.example.com\"",
+            "\"notexample.com\"",
+            "is not inside zone",
+        ),
+        (
+            "record",
+            "\"www.example.com\"",
+            "\"com\"",
+            "is not inside zone",
+        ),
+        (
+            "record",
+            "\"www.example.com\"",
+            "\"www.example.com..\"",
+            "has an empty label",
+        ),
+        (
+            "record",
+            "\"www.example.com\"",
+            "\"w*w.example.com\"",
+            "invalid character '*'",
+        ),
+        (
+            "tsig_key_name",
+            "\"understudy-key\"",
+            "\"bad key\"",
+            "invalid character ' '",
+        ),
+        (
+            "tsig_key_name",
+            "\"understudy-key\"",
+            "\"\"",
+            "is not a domain name",
+        ),
     ];
     for (key, from, to, message) in cases {
-        let text = config("", &edit(DNS, &format!("{key} = {from}"), &format!("{key} = {to}")));
-        refused(&text, &format!("resource[0].{key}"), &format!("{key} ="), message);
+        let text = config(
+            "",
+            &edit(DNS, &format!("{key} = {from}"), &format!("{key} = {to}")),
+        );
+        refused(
+            &text,
+            &format!("resource[0].{key}"),
+            &format!("{key} ="),
+            message,
+        );
     }
-    let d = dns(&config("", &edit(DNS, "\"understudy-key\"", "\"key.example.\"")));
+    let d = dns(&config(
+        "",
+        &edit(DNS, "\"understudy-key\"", "\"key.example.\""),
+    ));
     assert_eq!(d.tsig_key_name, "key.example.");
 }
 
@@ -678,11 +802,19 @@ fn dns_ttl_algorithm_and_secret_file() {
         refused(&text, "resource[0].ttl", "ttl =", message);
     }
     for (value, message) in [
-        ("\"hmac-md5\"", "unsupported TSIG algorithm \"hmac-md5\" (supported: hmac-sha256, hmac-sha512)"),
+        (
+            "\"hmac-md5\"",
+            "unsupported TSIG algorithm \"hmac-md5\" (supported: hmac-sha256, hmac-sha512)",
+        ),
         ("\"HMAC-SHA256\"", "unsupported TSIG algorithm"),
     ] {
         let text = config("", &format!("{DNS}tsig_algorithm = {value}\n"));
-        refused(&text, "resource[0].tsig_algorithm", "tsig_algorithm", message);
+        refused(
+            &text,
+            "resource[0].tsig_algorithm",
+            "tsig_algorithm",
+            message,
+        );
     }
     let text = config(
         "",
@@ -697,9 +829,16 @@ fn dns_ttl_algorithm_and_secret_file() {
     // The secret file is not read when parsing: a missing one is fine.
     let d = dns(&config(
         "",
-        &edit(DNS, "/etc/understudy/tsig.key", "/nonexistent/understudy/tsig.key"),
+        &edit(
+            DNS,
+            "/etc/understudy/tsig.key",
+            "/nonexistent/understudy/tsig.key",
+        ),
     ));
-    assert_eq!(d.tsig_secret_file, Path::new("/nonexistent/understudy/tsig.key"));
+    assert_eq!(
+        d.tsig_secret_file,
+        Path::new("/nonexistent/understudy/tsig.key")
+    );
 }
 
 #[test]

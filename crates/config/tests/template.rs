@@ -227,7 +227,10 @@ fn commented_defaults_and_example_resources_are_valid() {
     let ResourceKind::Vip(vip) = &full.resources[1].kind else {
         panic!("{:?}", full.resources[1].kind)
     };
-    assert_eq!(vip.address, "203.0.113.50".parse::<std::net::IpAddr>().unwrap());
+    assert_eq!(
+        vip.address,
+        "203.0.113.50".parse::<std::net::IpAddr>().unwrap()
+    );
     assert_eq!(vip.prefix_len, 24);
     assert_eq!(vip.interface, "eth0");
     assert_eq!(vip.gratuitous_arp_count, defaults::GRATUITOUS_ARP_COUNT);
@@ -240,7 +243,10 @@ fn commented_defaults_and_example_resources_are_valid() {
     let ResourceKind::Ocf(ocf) = &full.resources[2].kind else {
         panic!("{:?}", full.resources[2].kind)
     };
-    assert_eq!((ocf.provider.as_str(), ocf.agent_type.as_str()), ("heartbeat", "Dummy"));
+    assert_eq!(
+        (ocf.provider.as_str(), ocf.agent_type.as_str()),
+        ("heartbeat", "Dummy")
+    );
     assert_eq!(ocf.params.len(), 2);
     assert_eq!(ocf.ocf_root, std::path::Path::new(defaults::OCF_ROOT));
 

@@ -1,9 +1,13 @@
-//! Running one shell command line for a resource action: in its own process
-//! group, with a timeout that kills the whole group, its output logged line
-//! by line and only a bounded tail of its stderr kept.
+//! Running one command for a resource action: in its own process group,
+//! with a timeout that kills the whole group, its output logged line by line
+//! and only a bounded tail of its stderr kept.
 //!
-//! Kept apart from the exec kind because planned kinds (OCF agents, DNS
-//! update scripts) run commands under exactly the same rules.
+//! Kept apart from the exec kind because the other kinds that run programs
+//! (OCF agents, `systemctl`, DNS update scripts, hooks) run them under
+//! exactly the same rules. [`run_shell`] runs a shell command line; [`run`]
+//! runs a prepared program directly (no shell, so agent paths and unit names
+//! need no quoting) and can capture its stdout for callers that need the
+//! answer (an agent's meta-data, `systemctl is-active`).
 
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -17,6 +21,12 @@ use crate::error::{Action, ResourceError};
 
 /// How much of a command's stderr is kept for error messages.
 pub(crate) const STDERR_TAIL_BYTES: usize = 2048;
+
+/// How much of a command's stdout [`Stdout::Capture`] keeps. Far above what
+/// the callers expect (a one-word `is-active` answer, an agent's meta-data
+/// of some tens of KiB) yet bounded, so a runaway program cannot grow the
+/// daemon's memory.
+pub(crate) const STDOUT_CAPTURE_BYTES: usize = 1 << 20;
 
 /// Longest line logged as one event; longer lines are logged in pieces so a
 /// command printing megabytes without a newline cannot grow memory.
@@ -33,12 +43,29 @@ const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(200);
 /// process stuck in the kernel.
 const REAP_AFTER_KILL: Duration = Duration::from_secs(5);
 
+/// What [`run`] does with a command's standard output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stdout {
+    /// Log each line at info level and keep nothing: the output is a message
+    /// for the operator (an exec command's, an agent's start/stop).
+    Log,
+    /// Keep the first [`STDOUT_CAPTURE_BYTES`] in [`Finished::stdout`] and
+    /// log each line only at debug level: the output is data for the
+    /// caller, and a monitor run every second would otherwise flood the log.
+    Capture,
+}
+
 /// How a command that ran to its end finished.
 pub(crate) struct Finished {
-    /// The shell's exit status.
+    /// The command's exit status (the shell's, for [`run_shell`]).
     pub(crate) status: ExitStatus,
     /// The last [`STDERR_TAIL_BYTES`] of its stderr, trimmed.
     pub(crate) stderr_tail: String,
+    /// With [`Stdout::Capture`], the start of its stdout (lossily decoded,
+    /// not trimmed); otherwise empty.
+    pub(crate) stdout: String,
+    /// Whether stdout went on past [`STDOUT_CAPTURE_BYTES`] and was cut.
+    pub(crate) stdout_cut: bool,
 }
 
 impl Finished {
@@ -87,48 +114,76 @@ pub(crate) async fn run_shell(
     env: &[(&str, &str)],
     timeout: Duration,
 ) -> Result<Finished, ResourceError> {
+    let mut command = Command::new("/bin/sh");
+    command.arg("-c").arg(command_line).envs(env.iter().copied());
+    run(resource, action, command, Stdout::Log, timeout).await
+}
+
+/// Run `command` (program, arguments and environment already set by the
+/// caller) for `action` of `resource` under the same rules as
+/// [`run_shell`]: its own process group, killed whole on timeout or when
+/// the future is dropped, stderr logged with a bounded tail kept, and stdout
+/// handled as `stdout` says.
+///
+/// Its stdin, stdout, stderr and process group are set here, overriding
+/// whatever the caller set.
+pub(crate) async fn run(
+    resource: &str,
+    action: Action,
+    mut command: Command,
+    stdout: Stdout,
+    timeout: Duration,
+) -> Result<Finished, ResourceError> {
     let io_error = |source| ResourceError::Io {
         resource: resource.to_owned(),
         action,
         source,
     };
 
-    let mut command = Command::new("/bin/sh");
     command
-        .arg("-c")
-        .arg(command_line)
-        .envs(env.iter().copied())
         // Nothing to read: a command waiting on stdin would otherwise hang
         // until its timeout.
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        // A group of its own, so a timeout can kill the shell *and*
-        // everything it started, not only the shell.
+        // A group of its own, so a timeout can kill the command *and*
+        // everything it started, not only the command.
         .process_group(0)
         .kill_on_drop(true);
+    let program = command.as_std().get_program().to_owned();
     let mut child = command.spawn().map_err(io_error)?;
-    // With `process_group(0)` the group id is the shell's pid. `None` only
+    // With `process_group(0)` the group id is the child's pid. `None` only
     // if the child was already reaped, which cannot have happened yet.
     let mut group = KillGroupOnDrop {
         pgid: child.id(),
         armed: true,
     };
 
-    tracing::debug!(resource, action = action.as_str(), pid = ?group.pgid, "command started");
+    tracing::debug!(
+        resource,
+        action = action.as_str(),
+        program = %program.to_string_lossy(),
+        pid = ?group.pgid,
+        "command started"
+    );
 
     let name: Arc<str> = Arc::from(resource);
     let tail = Arc::new(Mutex::new(Tail::default()));
+    let head = Arc::new(Mutex::new(Head::default()));
     let mut pumps: Vec<JoinHandle<()>> = Vec::with_capacity(2);
     // Both pipes are read concurrently with the wait, so a chatty command
     // never blocks on a full pipe.
-    if let Some(stdout) = child.stdout.take() {
+    if let Some(out) = child.stdout.take() {
+        let (stream, sink) = match stdout {
+            Stdout::Log => (Stream::Stdout, Sink::None),
+            Stdout::Capture => (Stream::CapturedStdout, Sink::Head(Arc::clone(&head))),
+        };
         pumps.push(tokio::spawn(pump(
-            stdout,
-            Stream::Stdout,
+            out,
+            stream,
             Arc::clone(&name),
             action,
-            None,
+            sink,
         )));
     }
     if let Some(stderr) = child.stderr.take() {
@@ -137,7 +192,7 @@ pub(crate) async fn run_shell(
             Stream::Stderr,
             Arc::clone(&name),
             action,
-            Some(Arc::clone(&tail)),
+            Sink::Tail(Arc::clone(&tail)),
         )));
     }
 
@@ -146,7 +201,7 @@ pub(crate) async fn run_shell(
         // `group` still armed: dropping it kills whatever is left.
         Ok(Err(source)) => return Err(io_error(source)),
         Err(_elapsed) => {
-            // Kill before reaping: while the shell is an unreaped zombie its
+            // Kill before reaping: while the child is an unreaped zombie its
             // pid cannot be reused, so the group id still means this group.
             group.kill();
             if tokio::time::timeout(REAP_AFTER_KILL, child.wait())
@@ -168,17 +223,32 @@ pub(crate) async fn run_shell(
             });
         }
     };
-    // The shell exited by itself: whatever it left in the background is
+    // The command exited by itself: whatever it left in the background is
     // meant to keep running.
     group.armed = false;
 
     drain(pumps).await;
     let stderr_tail = lock(&tail).text();
+    let (stdout, stdout_cut) = {
+        let head = lock(&head);
+        (String::from_utf8_lossy(&head.buf).into_owned(), head.cut)
+    };
     tracing::debug!(resource, action = action.as_str(), %status, "command finished");
     Ok(Finished {
         status,
         stderr_tail,
+        stdout,
+        stdout_cut,
     })
+}
+
+/// The last [`STDERR_TAIL_BYTES`] of `text`, trimmed and prefixed with
+/// "..." when cut: the same bounded tail as a command's stderr, for output
+/// captured whole (`systemctl status`) that goes into a message.
+pub(crate) fn tail_of(text: &str) -> String {
+    let mut tail = Tail::default();
+    tail.push(text.as_bytes());
+    tail.text()
 }
 
 /// Give the output readers [`DRAIN_AFTER_EXIT`] to reach end-of-file. Those
@@ -251,19 +321,28 @@ fn kill_group(pgid: u32) {
 #[derive(Clone, Copy)]
 enum Stream {
     Stdout,
+    /// Stdout kept for the caller ([`Stdout::Capture`]).
+    CapturedStdout,
     Stderr,
 }
 
-/// Read `reader` to end-of-file, logging each line (info for stdout, warn
-/// for stderr) and feeding the bytes to `tail` if given. Memory stays
-/// bounded: one read buffer, one line of at most [`MAX_LINE_BYTES`], and the
-/// tail.
+/// Where a stream's bytes are kept besides the log.
+enum Sink {
+    None,
+    Tail(Arc<Mutex<Tail>>),
+    Head(Arc<Mutex<Head>>),
+}
+
+/// Read `reader` to end-of-file, logging each line (info for stdout, debug
+/// for captured stdout, warn for stderr) and feeding the bytes to `sink`.
+/// Memory stays bounded: one read buffer, one line of at most
+/// [`MAX_LINE_BYTES`], and the tail or head.
 async fn pump<R: AsyncRead + Unpin>(
     mut reader: R,
     stream: Stream,
     resource: Arc<str>,
     action: Action,
-    tail: Option<Arc<Mutex<Tail>>>,
+    sink: Sink,
 ) {
     let mut buf = vec![0u8; 8192];
     let mut line: Vec<u8> = Vec::new();
@@ -283,8 +362,10 @@ async fn pump<R: AsyncRead + Unpin>(
             }
         };
         let chunk = &buf[..n];
-        if let Some(tail) = &tail {
-            lock(tail).push(chunk);
+        match &sink {
+            Sink::None => {}
+            Sink::Tail(tail) => lock(tail).push(chunk),
+            Sink::Head(head) => lock(head).push(chunk),
         }
         for &byte in chunk {
             if byte == b'\n' {
@@ -310,6 +391,7 @@ fn log_line(stream: Stream, resource: &str, action: Action, line: &[u8]) {
     let text = text.trim_end_matches('\r');
     match stream {
         Stream::Stdout => tracing::info!(resource, action = action.as_str(), "{text}"),
+        Stream::CapturedStdout => tracing::debug!(resource, action = action.as_str(), "{text}"),
         Stream::Stderr => tracing::warn!(resource, action = action.as_str(), "{text}"),
     }
 }
@@ -359,6 +441,24 @@ impl Tail {
     }
 }
 
+/// The first [`STDOUT_CAPTURE_BYTES`] of a stream.
+#[derive(Default)]
+struct Head {
+    buf: Vec<u8>,
+    /// Whether bytes past the bound were dropped.
+    cut: bool,
+}
+
+impl Head {
+    fn push(&mut self, bytes: &[u8]) {
+        let room = STDOUT_CAPTURE_BYTES - self.buf.len();
+        if bytes.len() > room {
+            self.cut = true;
+        }
+        self.buf.extend_from_slice(&bytes[..bytes.len().min(room)]);
+    }
+}
+
 /// Lock a mutex, ignoring poisoning: the tail is plain bytes, valid whatever
 /// a panicking writer left behind.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -390,6 +490,51 @@ mod tests {
         tail.push(b"x");
         tail.push(text.as_bytes());
         assert!(!tail.text().contains('\u{FFFD}'));
+    }
+
+    #[test]
+    fn head_keeps_the_first_bytes_and_marks_the_cut() {
+        let mut head = Head::default();
+        head.push(b"abc");
+        assert!(!head.cut);
+        head.push(&vec![b'x'; STDOUT_CAPTURE_BYTES]);
+        assert!(head.cut);
+        assert_eq!(head.buf.len(), STDOUT_CAPTURE_BYTES);
+        assert!(head.buf.starts_with(b"abcx"));
+        head.push(b"more");
+        assert_eq!(head.buf.len(), STDOUT_CAPTURE_BYTES);
+    }
+
+    #[test]
+    fn tail_of_text_is_bounded() {
+        assert_eq!(tail_of("  short\n"), "short");
+        let long = "line\n".repeat(1000);
+        let tail = tail_of(&long);
+        assert!(tail.starts_with("..."));
+        assert!(tail.len() <= STDERR_TAIL_BYTES + 3);
+    }
+
+    #[tokio::test]
+    async fn run_captures_stdout_and_passes_argv_without_a_shell() {
+        let mut command = Command::new("/bin/echo");
+        // Would be expanded or split by a shell; must arrive verbatim.
+        command.arg("$HOME 'quoted'").arg("two");
+        let finished = run("r", Action::Monitor, command, Stdout::Capture, Duration::from_secs(10))
+            .await
+            .expect("ran");
+        assert!(finished.status.success());
+        assert_eq!(finished.stdout, "$HOME 'quoted' two\n");
+        assert!(!finished.stdout_cut);
+    }
+
+    #[tokio::test]
+    async fn logged_stdout_is_not_kept() {
+        let mut command = Command::new("/bin/echo");
+        command.arg("hello");
+        let finished = run("r", Action::Start, command, Stdout::Log, Duration::from_secs(10))
+            .await
+            .expect("ran");
+        assert_eq!(finished.stdout, "");
     }
 
     #[test]
