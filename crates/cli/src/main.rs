@@ -9,6 +9,8 @@ use clap::{Parser, Subcommand};
 use understudy_daemon::control::{self, Reply, Request};
 use understudy_daemon::report;
 
+mod demo_service;
+
 const DEFAULT_CONFIG: &str = "/etc/understudy/understudy.toml";
 
 #[derive(Parser)]
@@ -68,6 +70,19 @@ enum Cmd {
     },
     /// Move the active role to the other node, with no data loss.
     Switchover,
+    /// A small key-value HTTP service (the demo's application; also used by the tests).
+    #[command(hide = true)]
+    DemoService {
+        /// Address to listen on, e.g. 0.0.0.0:8080.
+        #[arg(long)]
+        listen: String,
+        /// Where values are stored.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Name reported in answers (X-Node header, GET /).
+        #[arg(long, default_value = "node")]
+        node: String,
+    },
     /// Make this node active even though the automatic rules would not.
     Failover {
         /// Required: this overrides the safety rules (it is still refused while the peer is
@@ -99,6 +114,9 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             init(&cli.config, &pair, &nodes, tls_dir.as_deref(), force).map(|()| ExitCode::SUCCESS)
         }
         Cmd::Check => check(&cli.config).map(|()| ExitCode::SUCCESS),
+        Cmd::DemoService { listen, dir, node } => {
+            demo_service::serve(&listen, &dir, &node).map(|()| ExitCode::SUCCESS)
+        }
         Cmd::Run {
             node,
             log_format,

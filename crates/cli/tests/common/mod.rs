@@ -43,8 +43,25 @@ pub struct Pair {
 
 pub const NAMES: [&str; 2] = ["alpha", "beta"];
 
+/// A stand-in application: a background process with a pid file, and a log of starts
+/// and stops with nanosecond stamps.
+const DEFAULT_RESOURCES: &str = r#"[[resource]]
+name = "app"
+kind = "exec"
+start = "echo \"start $(date +%s%N)\" >> {dir}/app-$UNDERSTUDY_NODE.log; sleep 1000 >/dev/null 2>&1 & echo $! > {dir}/app-$UNDERSTUDY_NODE.pid"
+stop = "kill $(cat {dir}/app-$UNDERSTUDY_NODE.pid) 2>/dev/null; echo \"stop $(date +%s%N)\" >> {dir}/app-$UNDERSTUDY_NODE.log"
+start_timeout_ms = 5000
+stop_timeout_ms = 5000
+"#;
+
 impl Pair {
     pub fn start(test: &str, timing: Timing) -> Result<Pair> {
+        Pair::start_with(test, timing, None)
+    }
+
+    /// `resources`: TOML `[[resource]]` blocks replacing the default exec app; `{dir}` in
+    /// it stands for the test's directory and `{bin}` for the understudy binary.
+    pub fn start_with(test: &str, timing: Timing, resources: Option<&str>) -> Result<Pair> {
         let net = PairNet::new(timing.links)?;
         let dir = run_dir(test);
         std::fs::create_dir_all(&dir)?;
@@ -81,13 +98,7 @@ targets = ["{client}"]
 interval_ms = {pi}
 timeout_ms = 150
 
-[[resource]]
-name = "app"
-kind = "exec"
-start = "echo \"start $(date +%s%N)\" >> {dir}/app-$UNDERSTUDY_NODE.log; sleep 1000 >/dev/null 2>&1 & echo $! > {dir}/app-$UNDERSTUDY_NODE.pid"
-stop = "kill $(cat {dir}/app-$UNDERSTUDY_NODE.pid) 2>/dev/null; echo \"stop $(date +%s%N)\" >> {dir}/app-$UNDERSTUDY_NODE.log"
-start_timeout_ms = 5000
-stop_timeout_ms = 5000
+{resources}
 "#,
             hb = timing.heartbeat_ms,
             fo = timing.failover_ms,
@@ -99,6 +110,10 @@ stop_timeout_ms = 5000
             m0 = PairNet::public_addr(0),
             m1 = PairNet::public_addr(1),
             client = PairNet::client_addr(),
+            resources = resources
+                .unwrap_or(DEFAULT_RESOURCES)
+                .replace("{dir}", &dir.display().to_string())
+                .replace("{bin}", BIN),
         );
         std::fs::write(&config, text)?;
         let material = understudy_tls::generate_pair("systest", &NAMES)?;
