@@ -174,9 +174,10 @@ pub struct PairConfig {
     /// one. Default 7401.
     pub management_port: u16,
     /// `auto_move_limit`: how many automatic switchovers caused by resource
-    /// failures (an [`FailureAction::Switchover`] escalation) are allowed
-    /// within the failure window before automatic moves stop and the pair
-    /// waits for an operator. 0 disables such moves altogether. Default 2,
+    /// failures (a [`FailureAction::Switchover`] escalation) are allowed
+    /// within the failure window (the longest
+    /// [`ResourceConfig::failure_window_ms`] of the pair's resources) before
+    /// automatic moves stop and the pair waits for an operator. 0 disables such moves altogether. Default 2,
     /// range 0..=100. It does not limit failover on a dead peer
     /// ([`auto_failover`](Self::auto_failover)).
     pub auto_move_limit: u32,
@@ -463,7 +464,8 @@ pub struct DnsResourceConfig {
 }
 
 /// Pair-wide hook commands (`[hooks]`), each a command line run with
-/// `/bin/sh -c`; all optional.
+/// `/bin/sh -c`; all optional. Hooks inform: a failing or slow hook is
+/// logged and never stops a role change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HooksConfig {
     /// `pre_start`: run before the resources are started on this node.

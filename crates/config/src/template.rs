@@ -91,9 +91,10 @@ name = ",
 
 # How many automatic switchovers caused by resource failures (an on_failure
 # \"switchover\", see the resources below) are allowed within the failure
-# window (failure_window_ms of the failing resource) before automatic moves
-# stop and the pair waits for an operator. 0 disables such moves. Failover
-# after a failed peer is not limited by this. Default 2; allowed 0 to 100.
+# window (the longest failure_window_ms of the resources) before automatic
+# moves stop and the pair waits for an operator. 0 disables such moves.
+# Failover after a failed peer is not limited by this. Default 2; allowed 0
+# to 100.
 # auto_move_limit = 2
 
 # Exactly two [[node]] entries, one per machine.
@@ -150,7 +151,8 @@ targets = []
 
 # Hook commands (the whole table is optional): command lines run with
 # /bin/sh -c on the node where the event happens. Each is optional and none
-# is set by default; the commands below are only examples.
+# is set by default; the commands below are only examples. Hooks inform:
+# a failing or slow hook is logged and never stops a role change.
 #
 # pre_start:   run before the node starts its resources.
 # post_start:  run after the node has started its resources.

@@ -108,11 +108,11 @@ fn on_failure_applies_to_every_kind() {
 
 #[test]
 fn on_failure_ten_entries_at_most() {
-    let ten = vec!["\"restart\""; 10].join(", ");
+    let ten = ["\"restart\""; 10].join(", ");
     let r = first_resource(&config("", &format!("{RESOURCE}on_failure = [{ten}]\n")));
     assert_eq!(r.on_failure.len(), 10);
 
-    let eleven = vec!["\"restart\""; 11].join(", ");
+    let eleven = ["\"restart\""; 11].join(", ");
     let text = config("", &format!("{RESOURCE}on_failure = [{eleven}]\n"));
     refused(
         &text,

@@ -26,6 +26,8 @@ pub fn exec_config(name: &str, start: &str, stop: &str, monitor: Option<&str>) -
         stop_timeout_ms: 10_000,
         monitor_timeout_ms: 10_000,
         monitor_interval_ms: 1_000,
+        on_failure: ResourceConfig::default_on_failure(),
+        failure_window_ms: 600_000,
     }
 }
 
