@@ -5,6 +5,10 @@ need=()
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v ping >/dev/null 2>&1 || need+=(iputils-ping)
 command -v nft >/dev/null 2>&1 || need+=(nftables)
+# Real peers for the tests: Knot answers RFC 2136 updates, resource-agents ships the
+# Pacemaker OCF agents (ocf:heartbeat:Dummy).
+[ -x /usr/sbin/knotd ] || need+=(knot)
+[ -d /usr/lib/ocf/resource.d/heartbeat ] || need+=(resource-agents)
 if [ "${#need[@]}" -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "setup: need root to install: ${need[*]}" >&2

@@ -62,6 +62,14 @@ impl Pair {
     /// `resources`: TOML `[[resource]]` blocks replacing the default exec app; `{dir}` in
     /// it stands for the test's directory and `{bin}` for the understudy binary.
     pub fn start_with(test: &str, timing: Timing, resources: Option<&str>) -> Result<Pair> {
+        let mut pair = Pair::prepare(test, timing, resources)?;
+        pair.start_node(0)?;
+        pair.start_node(1)?;
+        Ok(pair)
+    }
+
+    /// The network, config and certificates, with no node started yet.
+    pub fn prepare(test: &str, timing: Timing, resources: Option<&str>) -> Result<Pair> {
         let net = PairNet::new(timing.links)?;
         let dir = run_dir(test);
         std::fs::create_dir_all(&dir)?;
@@ -118,16 +126,13 @@ timeout_ms = 150
         std::fs::write(&config, text)?;
         let material = understudy_tls::generate_pair("systest", &NAMES)?;
         understudy_tls::write_pair(&dir.join("tls"), &material, true)?;
-        let mut pair = Pair {
+        Ok(Pair {
             net,
             dir,
             config,
             procs: [None, None],
             timing,
-        };
-        pair.start_node(0)?;
-        pair.start_node(1)?;
-        Ok(pair)
+        })
     }
 
     pub fn socket(&self, i: usize) -> PathBuf {
