@@ -9,6 +9,8 @@ command -v nft >/dev/null 2>&1 || need+=(nftables)
 # Pacemaker OCF agents (ocf:heartbeat:Dummy).
 [ -x /usr/sbin/knotd ] || need+=(knot)
 [ -d /usr/lib/ocf/resource.d/heartbeat ] || need+=(resource-agents)
+# A real systemd user manager for the systemd module's tests (not as PID 1).
+[ -x /lib/systemd/systemd ] || need+=(systemd)
 if [ "${#need[@]}" -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "setup: need root to install: ${need[*]}" >&2

@@ -21,7 +21,8 @@ const CONNECTIONS_MAX: usize = 64;
 
 pub fn serve(listen: &str, dir: &Path, node: &str) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let listener = TcpListener::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
+    let listener =
+        TcpListener::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
     let open = Arc::new(AtomicUsize::new(0));
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
@@ -43,7 +44,9 @@ fn key_path(dir: &Path, target: &str) -> Option<PathBuf> {
     // Keys are plain names: nothing that could climb out of the directory.
     let valid = !key.is_empty()
         && key.len() <= 128
-        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
         && !key.starts_with('.');
     valid.then(|| dir.join(key))
 }
@@ -88,7 +91,11 @@ fn handle(stream: TcpStream, dir: &Path, node: &str) -> Result<()> {
         ("PUT", _) => ("413 Payload Too Large", Vec::new()),
         _ => ("405 Method Not Allowed", Vec::new()),
     };
-    write!(out, "HTTP/1.1 {status}\r\nContent-Length: {}\r\nX-Node: {node}\r\nConnection: close\r\n\r\n", body.len())?;
+    write!(
+        out,
+        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nX-Node: {node}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )?;
     out.write_all(&body)?;
     Ok(())
 }
@@ -116,7 +123,14 @@ mod tests {
     fn keys_cannot_escape_the_directory() {
         let dir = Path::new("/srv/kv");
         assert_eq!(key_path(dir, "/a-1.txt"), Some(dir.join("a-1.txt")));
-        for bad in ["/../etc/passwd", "/a/b", "/.hidden", "/", "noslash", "/%2e%2e"] {
+        for bad in [
+            "/../etc/passwd",
+            "/a/b",
+            "/.hidden",
+            "/",
+            "noslash",
+            "/%2e%2e",
+        ] {
             assert_eq!(key_path(dir, bad), None, "{bad}");
         }
     }

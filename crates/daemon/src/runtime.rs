@@ -270,7 +270,7 @@ pub async fn run(cfg: Config, node_name: &str) -> Result<()> {
     let built: Result<Vec<_>, String> = cfg
         .resources
         .iter()
-        .map(|r| understudy_resources::build(r, &cfg.pair.name))
+        .map(|r| understudy_resources::build(r, &cfg.pair.name, me))
         .collect();
     let resources = Arc::new(ResourceSet::new(built.map_err(|e| anyhow::anyhow!(e))?));
     let hooks = Arc::new(Hooks::new(&cfg, me));

@@ -115,7 +115,10 @@ pub(crate) async fn run_shell(
     timeout: Duration,
 ) -> Result<Finished, ResourceError> {
     let mut command = Command::new("/bin/sh");
-    command.arg("-c").arg(command_line).envs(env.iter().copied());
+    command
+        .arg("-c")
+        .arg(command_line)
+        .envs(env.iter().copied());
     run(resource, action, command, Stdout::Log, timeout).await
 }
 
@@ -519,9 +522,15 @@ mod tests {
         let mut command = Command::new("/bin/echo");
         // Would be expanded or split by a shell; must arrive verbatim.
         command.arg("$HOME 'quoted'").arg("two");
-        let finished = run("r", Action::Monitor, command, Stdout::Capture, Duration::from_secs(10))
-            .await
-            .expect("ran");
+        let finished = run(
+            "r",
+            Action::Monitor,
+            command,
+            Stdout::Capture,
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("ran");
         assert!(finished.status.success());
         assert_eq!(finished.stdout, "$HOME 'quoted' two\n");
         assert!(!finished.stdout_cut);
@@ -531,9 +540,15 @@ mod tests {
     async fn logged_stdout_is_not_kept() {
         let mut command = Command::new("/bin/echo");
         command.arg("hello");
-        let finished = run("r", Action::Start, command, Stdout::Log, Duration::from_secs(10))
-            .await
-            .expect("ran");
+        let finished = run(
+            "r",
+            Action::Start,
+            command,
+            Stdout::Log,
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("ran");
         assert_eq!(finished.stdout, "");
     }
 

@@ -5,7 +5,7 @@
 use std::fmt;
 use std::io;
 
-/// One of the three things a resource can be asked to do.
+/// One of the things a resource can be asked to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Action {
     /// Bring the resource up.
@@ -17,17 +17,26 @@ pub enum Action {
     /// A hook or failure command run around the resources (not one of the resource's
     /// own actions).
     Hook,
+    /// Check an OCF agent's configuration without touching the resource
+    /// (OCF's `validate-all`).
+    ValidateAll,
+    /// Ask an OCF agent to describe itself (OCF's `meta-data`).
+    MetaData,
 }
 
 impl Action {
-    /// The action's name: `"start"`, `"stop"`, `"monitor"` or `"hook"`. Also the value
-    /// of `UNDERSTUDY_ACTION` for exec commands.
+    /// The action's name: `"start"`, `"stop"`, `"monitor"`, `"hook"`,
+    /// `"validate-all"` or `"meta-data"` (the last two spelt as the OCF
+    /// actions they are). Also the value of `UNDERSTUDY_ACTION` for exec
+    /// commands and OCF agents.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Start => "start",
             Self::Stop => "stop",
             Self::Monitor => "monitor",
             Self::Hook => "hook",
+            Self::ValidateAll => "validate-all",
+            Self::MetaData => "meta-data",
         }
     }
 }
@@ -73,6 +82,26 @@ pub enum ResourceError {
         /// when it wrote nothing there.
         stderr_tail: String,
     },
+    /// A resource agent ran to its end and answered with an exit code its
+    /// protocol gives a name to (an OCF agent's `OCF_ERR_CONFIGURED`, ...):
+    /// the name tells the operator more than the bare number.
+    #[error(
+        "resource {resource}: {action} failed: {code_name} ({code}){}",
+        describe_agent_stderr(.stderr_tail)
+    )]
+    Agent {
+        /// The resource's name.
+        resource: String,
+        /// The action that failed.
+        action: Action,
+        /// The agent's exit status.
+        code: i32,
+        /// What the protocol calls `code`, e.g. `"OCF_ERR_CONFIGURED"`.
+        code_name: &'static str,
+        /// The last ~2 KiB of the agent's standard error, trimmed; empty
+        /// when it wrote nothing there.
+        stderr_tail: String,
+    },
     /// The action could not be carried out at all (for an exec command: the
     /// shell could not be spawned or waited for).
     #[error("resource {resource}: could not run {action}: {source}")]
@@ -93,6 +122,7 @@ impl ResourceError {
         match self {
             Self::Timeout { resource, .. }
             | Self::Failed { resource, .. }
+            | Self::Agent { resource, .. }
             | Self::Io { resource, .. } => resource,
         }
     }
@@ -102,6 +132,7 @@ impl ResourceError {
         match self {
             Self::Timeout { action, .. }
             | Self::Failed { action, .. }
+            | Self::Agent { action, .. }
             | Self::Io { action, .. } => *action,
         }
     }
@@ -123,5 +154,15 @@ fn describe_stderr(tail: &str) -> String {
         String::new()
     } else {
         format!("; stderr: {tail}")
+    }
+}
+
+/// An agent's stderr tail as the end of the message: the agent's own words
+/// (an OCF agent's `ocf-exit-reason:` line) read as the reason for the code.
+fn describe_agent_stderr(tail: &str) -> String {
+    if tail.is_empty() {
+        String::new()
+    } else {
+        format!(": {tail}")
     }
 }

@@ -23,10 +23,13 @@
 //! the `async-trait` crate.
 
 mod command;
+pub mod dns;
 mod error;
 mod exec;
 mod hook;
+pub mod ocf;
 mod set;
+pub mod systemd;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -34,10 +37,13 @@ use std::time::Duration;
 
 use understudy_config::{ResourceConfig, ResourceKind};
 
+pub use dns::DnsResource;
 pub use error::{Action, ResourceError};
 pub use exec::{ExecResource, MONITOR_NOT_RUNNING};
 pub use hook::run_hook;
+pub use ocf::{ocf_code_name, OcfResource};
 pub use set::{ResourceSet, ResourceState};
+pub use systemd::SystemdResource;
 
 /// A boxed, sendable future borrowing from `'a`: what [`Resource`] methods
 /// return, so the trait stays object safe.
@@ -95,12 +101,42 @@ pub trait Resource: Send + Sync {
 ///
 /// Fails for a kind this build cannot run yet, so the daemon refuses to start rather than
 /// pretend to manage the resource.
-pub fn build(cfg: &ResourceConfig, pair: &str) -> Result<Box<dyn Resource>, String> {
+/// `node_index` is this node's place in the config (0 or 1): a DNS identity publishes that
+/// node's address.
+pub fn build(
+    cfg: &ResourceConfig,
+    pair: &str,
+    node_index: usize,
+) -> Result<Box<dyn Resource>, String> {
+    let ms = Duration::from_millis;
     // Exhaustive on purpose: a new kind in the configuration does not
     // compile until it has an arm here.
     match &cfg.kind {
         ResourceKind::Exec(exec) => Ok(Box::new(ExecResource::new(cfg, exec, pair))),
-        ResourceKind::Vip(_) | ResourceKind::Ocf(_) | ResourceKind::Systemd(_) | ResourceKind::Dns(_) => Err(format!(
+        ResourceKind::Ocf(ocf) => Ok(Box::new(OcfResource::new(
+            &cfg.name,
+            pair,
+            ocf.ocf_root.clone(),
+            &ocf.provider,
+            &ocf.agent_type,
+            ocf.params.clone(),
+            ms(cfg.start_timeout_ms),
+            ms(cfg.stop_timeout_ms),
+            ms(cfg.monitor_timeout_ms),
+            ms(cfg.monitor_interval_ms),
+        ))),
+        ResourceKind::Systemd(unit) => Ok(Box::new(SystemdResource::new(
+            &cfg.name,
+            pair,
+            &unit.unit,
+            unit.user,
+            ms(cfg.start_timeout_ms),
+            ms(cfg.stop_timeout_ms),
+            ms(cfg.monitor_timeout_ms),
+            ms(cfg.monitor_interval_ms),
+        ))),
+        ResourceKind::Dns(dns) => Ok(Box::new(DnsResource::new(cfg, dns, node_index)?)),
+        ResourceKind::Vip(_) => Err(format!(
             "resource {}: kind {:?} is not available in this build yet",
             cfg.name,
             cfg.kind.name()

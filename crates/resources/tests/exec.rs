@@ -20,7 +20,7 @@ async fn start_stop_and_monitor_drive_a_marker_file() {
         &format!("rm -f {m}"),
         Some(&format!("test -e {m} || exit 7")),
     );
-    let resource = build(&cfg, PAIR).expect("an exec resource builds");
+    let resource = build(&cfg, PAIR, 0).expect("an exec resource builds");
     assert_eq!(resource.name(), "marker");
     assert_eq!(resource.kind(), "exec");
     assert_eq!(resource.monitor_interval(), Duration::from_millis(1_000));
@@ -45,7 +45,7 @@ async fn commands_get_resource_action_and_pair_in_their_environment() {
     let record =
         format!("echo \"$UNDERSTUDY_RESOURCE $UNDERSTUDY_ACTION $UNDERSTUDY_PAIR\" >> {out}");
     let cfg = exec_config("envy", &record, &record, Some(&record));
-    let resource = build(&cfg, PAIR).expect("an exec resource builds");
+    let resource = build(&cfg, PAIR, 0).expect("an exec resource builds");
     resource.start().await.expect("start");
     resource.monitor().await.expect("monitor");
     resource.stop().await.expect("stop");
@@ -68,13 +68,22 @@ async fn monitor_exit_codes_map_to_health() {
     ];
     for (monitor, expected) in cases {
         let cfg = exec_config("mon", "true", "true", Some(monitor));
-        let health = build(&cfg, PAIR).expect("an exec resource builds").monitor().await.expect("monitor ran");
+        let health = build(&cfg, PAIR, 0)
+            .expect("an exec resource builds")
+            .monitor()
+            .await
+            .expect("monitor ran");
         assert_eq!(health, expected, "monitor command {monitor:?}");
     }
 
     // A failing monitor that says nothing on stderr still says how it ended.
     let cfg = exec_config("mon", "true", "true", Some("exit 2"));
-    match build(&cfg, PAIR).expect("an exec resource builds").monitor().await.expect("monitor ran") {
+    match build(&cfg, PAIR, 0)
+        .expect("an exec resource builds")
+        .monitor()
+        .await
+        .expect("monitor ran")
+    {
         Health::Failed(why) => assert!(why.contains("exit status 2"), "{why}"),
         other => panic!("expected Failed, got {other:?}"),
     }
@@ -83,14 +92,15 @@ async fn monitor_exit_codes_map_to_health() {
 #[tokio::test]
 async fn without_monitor_command_health_follows_last_start_and_stop() {
     let cfg = exec_config("plain", "true", "true", None);
-    let resource = build(&cfg, PAIR).expect("an exec resource builds");
+    let resource = build(&cfg, PAIR, 0).expect("an exec resource builds");
     assert_eq!(resource.monitor().await.expect("monitor"), Health::Stopped);
     resource.start().await.expect("start");
     assert_eq!(resource.monitor().await.expect("monitor"), Health::Running);
     resource.stop().await.expect("stop");
     assert_eq!(resource.monitor().await.expect("monitor"), Health::Stopped);
 
-    let failing = build(&exec_config("plain", "exit 1", "true", None), PAIR).expect("an exec resource builds");
+    let failing = build(&exec_config("plain", "exit 1", "true", None), PAIR, 0)
+        .expect("an exec resource builds");
     assert!(failing.start().await.is_err());
     assert_eq!(failing.monitor().await.expect("monitor"), Health::Stopped);
 }
@@ -103,7 +113,8 @@ async fn non_zero_exit_reports_code_and_stderr_tail() {
         "true",
         None,
     );
-    let err = build(&cfg, PAIR).expect("an exec resource builds")
+    let err = build(&cfg, PAIR, 0)
+        .expect("an exec resource builds")
         .start()
         .await
         .expect_err("start must fail");
@@ -139,7 +150,8 @@ async fn chatty_command_does_not_block_and_keeps_only_a_tail() {
         "true",
         None,
     );
-    let err = build(&cfg, PAIR).expect("an exec resource builds")
+    let err = build(&cfg, PAIR, 0)
+        .expect("an exec resource builds")
         .start()
         .await
         .expect_err("start must fail");
@@ -168,7 +180,8 @@ async fn timeout_kills_the_whole_process_group() {
     );
     cfg.start_timeout_ms = 300;
     let began = Instant::now();
-    let err = build(&cfg, PAIR).expect("an exec resource builds")
+    let err = build(&cfg, PAIR, 0)
+        .expect("an exec resource builds")
         .start()
         .await
         .expect_err("start must time out");
@@ -198,7 +211,7 @@ async fn monitor_and_stop_time_out_too() {
     let mut cfg = exec_config("slow", "true", "sleep 30", Some("sleep 30"));
     cfg.stop_timeout_ms = 200;
     cfg.monitor_timeout_ms = 200;
-    let resource = build(&cfg, PAIR).expect("an exec resource builds");
+    let resource = build(&cfg, PAIR, 0).expect("an exec resource builds");
     match resource.monitor().await {
         Err(ResourceError::Timeout {
             action: Action::Monitor,
@@ -231,7 +244,7 @@ async fn start_that_backgrounds_a_daemon_returns_promptly() {
         &format!("kill $(cat {p})"),
         None,
     );
-    let resource = build(&cfg, PAIR).expect("an exec resource builds");
+    let resource = build(&cfg, PAIR, 0).expect("an exec resource builds");
 
     let began = Instant::now();
     let started = resource.start().await;
@@ -254,7 +267,11 @@ async fn start_that_backgrounds_a_daemon_returns_promptly() {
 #[tokio::test]
 async fn missing_command_is_a_failure_with_the_shells_message() {
     let cfg = exec_config("typo", "no-such-command-understudy", "true", None);
-    match build(&cfg, PAIR).expect("an exec resource builds").start().await {
+    match build(&cfg, PAIR, 0)
+        .expect("an exec resource builds")
+        .start()
+        .await
+    {
         Err(ResourceError::Failed {
             code: Some(127),
             stderr_tail,
@@ -277,7 +294,7 @@ async fn dropping_an_action_kills_its_process_group() {
         "true",
         None,
     );
-    let resource = build(&cfg, PAIR).expect("an exec resource builds");
+    let resource = build(&cfg, PAIR, 0).expect("an exec resource builds");
     // The caller gives up (its own timeout, a cancelled promotion): the
     // action's future is dropped mid-way and must not leave the sleep behind.
     let outcome = tokio::time::timeout(Duration::from_millis(300), resource.start()).await;

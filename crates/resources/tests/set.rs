@@ -24,7 +24,7 @@ fn logging(name: &str, log: &Path, start_extra: &str, stop_extra: &str) -> Box<d
         &format!("echo 'stop {name}' >> {log}{stop_extra}"),
         None,
     );
-    build(&cfg, PAIR).expect("an exec resource builds")
+    build(&cfg, PAIR, 0).expect("an exec resource builds")
 }
 
 fn read_log(log: &Path) -> Vec<String> {
@@ -142,7 +142,7 @@ async fn monitor_once_records_what_it_finds() {
         &format!("rm -f {m}"),
         Some(&format!("test -e {m} || exit 7")),
     );
-    let set = ResourceSet::new(vec![build(&cfg, PAIR).expect("an exec resource builds")]);
+    let set = ResourceSet::new(vec![build(&cfg, PAIR, 0).expect("an exec resource builds")]);
 
     set.start_all().await.expect("start_all");
     assert_eq!(set.monitor_once(0).await.expect("monitor"), Health::Running);
