@@ -156,3 +156,49 @@ fn a_failing_service_is_restarted_twice_then_switched_over() {
         .iter()
         .any(|c| c.1 == "resource-failed"));
 }
+
+#[test]
+fn an_ocf_agent_moves_with_the_role() {
+    if !require_root("an_ocf_agent_moves_with_the_role") {
+        return;
+    }
+    if !std::path::Path::new("/usr/lib/ocf/resource.d/heartbeat/Dummy").exists() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI must install resource-agents"
+        );
+        eprintln!("SKIP an_ocf_agent_moves_with_the_role: apt-get install resource-agents");
+        return;
+    }
+    // Each node keeps Dummy's state file in its own place (same path on two real hosts).
+    let resources = r#"[[resource]]
+name = "dummy"
+kind = "ocf"
+agent = "ocf:heartbeat:Dummy"
+params = { state = "{dir}/dummy-state" }
+monitor_interval_ms = 500
+"#;
+    let pair = Pair::start_with("ocf-dummy", Timing::default(), Some(resources)).expect("pair");
+    let active = pair.wait_settled(Duration::from_secs(15)).expect("settled");
+    let state = pair.dir().join("dummy-state");
+    assert!(state.exists(), "Dummy started: its state file exists");
+    let s = pair.status(active).expect("status");
+    assert_eq!(s.resources[0].state, "running");
+    let out = pair.cli(active, &["switchover"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    pair.wait_role(1 - active, "active", Duration::from_secs(10))
+        .expect("moved");
+    assert_eq!(
+        pair.status(active).expect("status").resources[0].state,
+        "stopped"
+    );
+    assert_eq!(
+        pair.status(1 - active).expect("status").resources[0].state,
+        "running"
+    );
+    assert!(state.exists(), "started again on the other node");
+}

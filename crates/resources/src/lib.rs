@@ -30,6 +30,7 @@ mod hook;
 pub mod ocf;
 mod set;
 pub mod systemd;
+pub mod vip;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -44,6 +45,7 @@ pub use hook::run_hook;
 pub use ocf::{ocf_code_name, OcfResource};
 pub use set::{ResourceSet, ResourceState};
 pub use systemd::SystemdResource;
+pub use vip::VipResource;
 
 /// A boxed, sendable future borrowing from `'a`: what [`Resource`] methods
 /// return, so the trait stays object safe.
@@ -136,10 +138,6 @@ pub fn build(
             ms(cfg.monitor_interval_ms),
         ))),
         ResourceKind::Dns(dns) => Ok(Box::new(DnsResource::new(cfg, dns, node_index)?)),
-        ResourceKind::Vip(_) => Err(format!(
-            "resource {}: kind {:?} is not available in this build yet",
-            cfg.name,
-            cfg.kind.name()
-        )),
+        ResourceKind::Vip(vip) => Ok(Box::new(VipResource::new(cfg, vip)?)),
     }
 }
