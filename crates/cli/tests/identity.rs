@@ -202,3 +202,46 @@ monitor_interval_ms = 500
     );
     assert!(state.exists(), "started again on the other node");
 }
+
+#[test]
+fn a_restarted_daemon_releases_what_its_crashed_predecessor_held() {
+    if !require_root("a_restarted_daemon_releases_what_its_crashed_predecessor_held") {
+        return;
+    }
+    // kill -9 of the daemon alone leaves the floating address on the interface; the
+    // passive's conflict probe then (rightly) refuses to take it. When the crashed node's
+    // daemon comes back it must let go, so the pair can heal.
+    let (mut pair, active) = vip_pair("vip-crash-restart");
+    pair.kill9(active);
+    std::thread::sleep(Duration::from_millis(1500));
+    let held = pair
+        .net
+        .node(active)
+        .run_ok(&["ip", "addr", "show", "dev", "pub"])
+        .expect("addrs");
+    assert!(
+        held.contains("10.60.0.50"),
+        "the dead daemon's address is still configured"
+    );
+    pair.start_node(active).expect("restart");
+    let released = wait_until(Duration::from_secs(10), Duration::from_millis(50), || {
+        let a = pair
+            .net
+            .node(active)
+            .run_ok(&["ip", "addr", "show", "dev", "pub"])
+            .ok()?;
+        (!a.contains("10.60.0.50")).then_some(())
+    });
+    assert!(
+        released.is_some(),
+        "the restarted daemon released the address"
+    );
+    // Exactly one node ends up serving, with the address.
+    let now_active = pair.wait_settled(Duration::from_secs(15)).expect("settled");
+    let addrs = pair
+        .net
+        .node(now_active)
+        .run_ok(&["ip", "addr", "show", "dev", "pub"])
+        .expect("addrs");
+    assert!(addrs.contains("10.60.0.50"), "the active holds the address");
+}

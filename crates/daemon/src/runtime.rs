@@ -283,6 +283,15 @@ pub async fn run(cfg: Config, node_name: &str) -> Result<()> {
         events: VecDeque::new(),
         hooks,
     };
+    // A node starts passive, so nothing may run here yet: a daemon restarted after a
+    // crash on a live machine would otherwise inherit its predecessor's floating address
+    // and applications (Pacemaker probes for the same reason). Stops are idempotent.
+    if !daemon.resources.is_empty() {
+        info!("making sure no resource runs here before joining the pair");
+        if let Err(e) = daemon.resources.stop_all().await {
+            error!(error = %e, "a resource could not be stopped at start-up; it may still be running here");
+        }
+    }
     let mut core =
         PairCore::new(core_cfg, persisted, daemon.now()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let running = Arc::new(watch::channel(false).0);
