@@ -144,6 +144,9 @@ fn switchover_outage_seen_by_client() {
             served_by(&client, 1 - active, Duration::from_secs(5)),
             "served by the other node"
         );
+        // The event stamps are complete once the new node reports active.
+        pair.wait_role(1 - active, "active", Duration::from_secs(5))
+            .expect("active");
         let ms = client
             .outage_after(asked)
             .map_or(0.0, |d| d.as_secs_f64() * 1000.0);

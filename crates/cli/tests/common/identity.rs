@@ -56,7 +56,8 @@ pub fn get_node(timeout: Duration) -> Option<String> {
 /// A client in the client namespace requesting every 20 ms; records (time, answering node).
 pub struct Client {
     stop: Arc<AtomicBool>,
-    pub samples: Arc<Mutex<Vec<(Instant, Option<String>)>>>,
+    /// (request sent, answer received or given up, answering node).
+    pub samples: Arc<Mutex<Vec<(Instant, Instant, Option<String>)>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -78,11 +79,12 @@ impl Client {
             // Bounded: at most 10 minutes of samples.
             let deadline = Instant::now() + Duration::from_secs(600);
             while !stop2.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let sent = Instant::now();
                 let answer = get_node(Duration::from_millis(200));
                 samples2
                     .lock()
                     .expect("samples")
-                    .push((Instant::now(), answer));
+                    .push((sent, Instant::now(), answer));
                 std::thread::sleep(Duration::from_millis(20));
             }
         });
@@ -94,12 +96,18 @@ impl Client {
     }
 
     /// The outage after `from`: first failed request to the first success after it.
+    /// Conservative: from the moment the first failing request was sent to the moment
+    /// the first successful one after it got its answer.
     pub fn outage_after(&self, from: Instant) -> Option<Duration> {
         let samples = self.samples.lock().expect("samples");
-        let after: Vec<_> = samples.iter().filter(|(t, _)| *t >= from).collect();
-        let first_fail = after.iter().position(|(_, a)| a.is_none())?;
-        let recovered = after[first_fail..].iter().find(|(_, a)| a.is_some())?;
-        Some(recovered.0.duration_since(after[first_fail].0))
+        // Requests still in flight at `from` count: they may be the first to fail.
+        let after: Vec<_> = samples
+            .iter()
+            .filter(|(_, done, _)| *done >= from)
+            .collect();
+        let first_fail = after.iter().position(|(_, _, a)| a.is_none())?;
+        let recovered = after[first_fail..].iter().find(|(_, _, a)| a.is_some())?;
+        Some(recovered.1.duration_since(after[first_fail].0))
     }
 
     pub fn last_answer(&self) -> Option<String> {
@@ -107,7 +115,7 @@ impl Client {
             .lock()
             .expect("samples")
             .last()
-            .and_then(|(_, a)| a.clone())
+            .and_then(|(_, _, a)| a.clone())
     }
 }
 
