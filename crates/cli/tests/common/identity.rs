@@ -56,9 +56,17 @@ pub fn get_node(timeout: Duration) -> Option<String> {
 /// A client in the client namespace requesting every 20 ms; records (time, answering node).
 pub struct Client {
     stop: Arc<AtomicBool>,
-    /// (request sent, answer received or given up, answering node).
-    pub samples: Arc<Mutex<Vec<(Instant, Instant, Option<String>)>>>,
+    pub samples: Arc<Mutex<Vec<Sample>>>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// One request of the client.
+pub struct Sample {
+    pub sent: Instant,
+    /// When the answer came, or the request gave up.
+    pub done: Instant,
+    /// The node that answered, if any did.
+    pub node: Option<String>,
 }
 
 impl Client {
@@ -81,10 +89,11 @@ impl Client {
             while !stop2.load(Ordering::Relaxed) && Instant::now() < deadline {
                 let sent = Instant::now();
                 let answer = get_node(Duration::from_millis(200));
-                samples2
-                    .lock()
-                    .expect("samples")
-                    .push((sent, Instant::now(), answer));
+                samples2.lock().expect("samples").push(Sample {
+                    sent,
+                    done: Instant::now(),
+                    node: answer,
+                });
                 std::thread::sleep(Duration::from_millis(20));
             }
         });
@@ -101,13 +110,10 @@ impl Client {
     pub fn outage_after(&self, from: Instant) -> Option<Duration> {
         let samples = self.samples.lock().expect("samples");
         // Requests still in flight at `from` count: they may be the first to fail.
-        let after: Vec<_> = samples
-            .iter()
-            .filter(|(_, done, _)| *done >= from)
-            .collect();
-        let first_fail = after.iter().position(|(_, _, a)| a.is_none())?;
-        let recovered = after[first_fail..].iter().find(|(_, _, a)| a.is_some())?;
-        Some(recovered.1.duration_since(after[first_fail].0))
+        let after: Vec<_> = samples.iter().filter(|s| s.done >= from).collect();
+        let first_fail = after.iter().position(|s| s.node.is_none())?;
+        let recovered = after[first_fail..].iter().find(|s| s.node.is_some())?;
+        Some(recovered.done.duration_since(after[first_fail].sent))
     }
 
     pub fn last_answer(&self) -> Option<String> {
@@ -115,7 +121,7 @@ impl Client {
             .lock()
             .expect("samples")
             .last()
-            .and_then(|(_, _, a)| a.clone())
+            .and_then(|s| s.node.clone())
     }
 }
 
