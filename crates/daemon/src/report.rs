@@ -282,9 +282,11 @@ mod tests {
     #[test]
     fn utc_text_formats_known_instants() {
         assert_eq!(super::utc_text(0), "1970-01-01T00:00:00.000Z");
+        // Expected values checked with Python's datetime.utcfromtimestamp; one is a leap day.
+        assert_eq!(super::utc_text(951_782_400_000), "2000-02-29T00:00:00.000Z");
         assert_eq!(
             super::utc_text(1_795_000_000_123),
-            "2026-11-18T06:13:20.123Z"
+            "2026-11-18T11:06:40.123Z"
         );
     }
 }
