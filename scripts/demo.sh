@@ -66,11 +66,21 @@ targets = ["10.60.0.100"]
 interval_ms = 200
 timeout_ms = 150
 
+# The floating address clients use, then the application behind it.
 [[resource]]
-name = "web"
+name = "address"
+kind = "vip"
+address = "10.60.0.50/24"
+interface = "pub"
+conflict_probe_ms = 200
+
+[[resource]]
+name = "kv"
 kind = "exec"
-start = "echo started on \$UNDERSTUDY_NODE >> $DIR/web.log"
-stop = "echo stopped on \$UNDERSTUDY_NODE >> $DIR/web.log"
+start = "$BIN demo-service --listen 0.0.0.0:8080 --dir $DIR/kv-\$UNDERSTUDY_NODE --node \$UNDERSTUDY_NODE >/dev/null 2>&1 & echo \$! > $DIR/kv-\$UNDERSTUDY_NODE.pid; sleep 0.05"
+stop = "kill \$(cat $DIR/kv-\$UNDERSTUDY_NODE.pid) 2>/dev/null; true"
+monitor = "kill -0 \$(cat $DIR/kv-\$UNDERSTUDY_NODE.pid) 2>/dev/null || exit 7"
+monitor_interval_ms = 500
 TOML
 # `init` writes a commented template and the pair's CA and certificates; the demo keeps
 # its own config (shorter timeouts, paths under $DIR) and takes only the certificates.
@@ -82,11 +92,27 @@ start() { # index name ns
   UNDERSTUDY_NODE="$2" ip netns exec "$3" "$BIN" --config "$DIR/understudy.toml" --socket "$DIR/$2.sock" \
     run --node "$2" --state-dir "$DIR/state-$2" >"$DIR/$2.log" 2>&1 &
   PIDS[$1]=$!
+  disown "$!" # its death is part of the show, not a job-control message
 }
 st() { "$BIN" --config "$DIR/understudy.toml" --socket "$DIR/$1.sock" status "${@:2}"; }
 role() { st "$1" --json 2>/dev/null | grep -m1 '"role"' | cut -d'"' -f4; }
 wait_role() { # name role timeout_ms
   local t=0; while [ "$(role "$1")" != "$2" ]; do sleep 0.01; t=$((t+10)); [ $t -lt "$3" ] || return 1; done
+}
+# One HTTP request from the client namespace through the floating address.
+client_get() {
+  ip netns exec "$C" timeout 0.3 bash -c 'exec 3<>/dev/tcp/10.60.0.50/8080 && printf "GET / HTTP/1.0\r\n\r\n" >&3 && tail -n 1 <&3' 2>/dev/null
+}
+# A node failure: every process in the node dies and its cables are pulled.
+power_off() { # name ns
+  for pid in $(ip netns pids "$2"); do kill -9 "$pid" 2>/dev/null || true; done
+  ip -n "$SW" link set "${1:0:1}-ch" down; ip -n "$SW" link set "${1:0:1}-pub" down
+}
+# Power back: a reboot forgets the floating address; cables in; the daemon starts passive.
+power_on() { # index name ns
+  ip -n "$3" addr del 10.60.0.50/24 dev pub 2>/dev/null || true
+  ip -n "$SW" link set "${2:0:1}-ch" up; ip -n "$SW" link set "${2:0:1}-pub" up
+  start "$1" "$2" "$3"
 }
 
 bold "== starting alpha and beta"
@@ -99,21 +125,32 @@ sleep 0.5
 st alpha; echo; st beta
 if [ "$(role alpha)" = active ]; then act=alpha; pas=beta; idx=0; else act=beta; pas=alpha; idx=1; fi
 echo
-bold "== kill -9 the active ($act)"
-t0=$(date +%s%N)
-kill -9 "${PIDS[$idx]}"
-wait_role "$pas" active 5000 && t1=$(date +%s%N) || { echo "takeover failed; see $DIR"; exit 1; }
-bold "== $pas is active $(( (t1 - t0) / 1000000 )) ms after the kill (failover_timeout 1000 ms)"
-st "$pas"
+bold "== the client reaches the service through the floating address 10.60.0.50:"
+echo "   $(client_get)"
 echo
-bold "== restarting $act: it comes back passive"
-if [ $idx -eq 0 ]; then start 0 alpha "$A"; else start 1 beta "$B"; fi
+bold "== power failure on the active ($act): kill -9 everything on it, pull its cables"
+if [ "$act" = alpha ]; then actns=$A; else actns=$B; fi
+if [ "$pas" = alpha ]; then pasns=$A; else pasns=$B; fi
+t0=$(date +%s%N)
+power_off "$act" "$actns"
+until [ "$(client_get)" = "ok $pas" ]; do
+  sleep 0.02; [ $(( ($(date +%s%N) - t0) / 1000000 )) -lt 5000 ] || { echo "takeover failed; see $DIR"; exit 1; }
+done
+t1=$(date +%s%N)
+bold "== the client is served by $pas again $(( (t1 - t0) / 1000000 )) ms after the failure (failover_timeout 1000 ms)"
+echo "   $(client_get)"
+echo; st "$pas"
+echo
+bold "== power back on $act: it rejoins as passive"
+power_on "$idx" "$act" "$actns"
 wait_role "$act" passive 10000
 sleep 1.5
 bold "== understudy switchover (planned move back to $act)"
 t0=$(date +%s%N)
 st "$pas" >/dev/null; "$BIN" --config "$DIR/understudy.toml" --socket "$DIR/$pas.sock" switchover
 wait_role "$act" active 5000 && t1=$(date +%s%N)
-bold "== $act is active again after $(( (t1 - t0) / 1000000 )) ms"
+bold "== $act is active again after $(( (t1 - t0) / 1000000 )) ms; the client:"
+sleep 0.3
+echo "   $(client_get)"
+echo
 st "$act"
-echo; cat "$DIR/web.log"

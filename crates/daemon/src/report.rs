@@ -230,7 +230,12 @@ pub fn human(r: &StatusReport) -> String {
         } else {
             "NOT connected"
         },
-        peer_role,
+        // A disconnected peer's role is only what it was when last heard.
+        if r.peer.connected {
+            peer_role.to_string()
+        } else {
+            format!("last seen {peer_role}")
+        },
         r.last_heartbeat_ms_ago
             .map_or("never".to_string(), |ms| format!("{ms} ms ago"))
     ));
