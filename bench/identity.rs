@@ -12,15 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::identity::{arp_owners, power_cut, resources, Client};
-use common::{Pair, Timing, NAMES};
+use common::{env_u64, Pair, Timing, NAMES};
 use understudy_testbed::{require_root, wait_until};
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
@@ -105,20 +98,6 @@ fn failover_outage_seen_by_client() {
     );
 }
 
-/// Unix-ms of node i's last role change into `to`.
-fn last_change_ms(pair: &Pair, i: usize, to: &str) -> f64 {
-    pair.status(i)
-        .ok()
-        .and_then(|s| {
-            s.events
-                .iter()
-                .rev()
-                .find(|e| e.kind == "role-change" && e.to.as_deref() == Some(to))
-                .map(|e| e.at_unix_ms)
-        })
-        .unwrap_or(0) as f64
-}
-
 #[test]
 #[ignore = "benchmark: run with bench/run.sh"]
 fn switchover_outage_seen_by_client() {
@@ -151,10 +130,7 @@ fn switchover_outage_seen_by_client() {
             .outage_after(asked)
             .map_or(0.0, |d| d.as_secs_f64() * 1000.0);
         // The resources' own time (address + service): stop on the old node, start on the new.
-        let stop =
-            last_change_ms(&pair, active, "passive") - last_change_ms(&pair, active, "demoting");
-        let start = last_change_ms(&pair, 1 - active, "active")
-            - last_change_ms(&pair, 1 - active, "promoting");
+        let (stop, start) = pair.move_resource_ms(active);
         println!("BENCH vip switchover run {run}: client outage {ms:.0} ms; resources stop {stop:.0} ms + start {start:.0} ms");
         outages.push(ms);
         service_times.push(stop.max(0.0) + start.max(0.0));

@@ -8,20 +8,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Pair, Timing};
+use common::{env_u64, median, Pair, Timing};
 use understudy_testbed::{require_root, stress_cpu};
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
 
 #[test]
 #[ignore = "benchmark: run with bench/run.sh"]
@@ -56,16 +44,6 @@ fn failover_after_kill9() {
     );
 }
 
-/// The unix-ms time of node i's last role change into `to`.
-fn last_change_ms(pair: &Pair, i: usize, to: &str) -> Option<u64> {
-    let s = pair.status(i).ok()?;
-    s.events
-        .iter()
-        .rev()
-        .find(|e| e.kind == "role-change" && e.to.as_deref() == Some(to))
-        .map(|e| e.at_unix_ms)
-}
-
 #[test]
 #[ignore = "benchmark: run with bench/run.sh"]
 fn switchover_time() {
@@ -90,10 +68,7 @@ fn switchover_time() {
         let total = seen.duration_since(asked).as_secs_f64() * 1000.0;
         // The resource's own time, from the daemons' event stamps: the old active's
         // demoting -> passive (its stop) and the new one's promoting -> active (its start).
-        let stop_ms = last_change_ms(&pair, active, "passive").unwrap_or(0) as f64
-            - last_change_ms(&pair, active, "demoting").unwrap_or(0) as f64;
-        let start_ms = last_change_ms(&pair, 1 - active, "active").unwrap_or(0) as f64
-            - last_change_ms(&pair, 1 - active, "promoting").unwrap_or(0) as f64;
+        let (stop_ms, start_ms) = pair.move_resource_ms(active);
         let resource = stop_ms.max(0.0) + start_ms.max(0.0);
         println!("BENCH switchover run {run}: {total:.0} ms total, resource stop {stop_ms:.0} ms + start {start_ms:.0} ms, overhead {:.0} ms", total - resource);
         totals.push(total);

@@ -47,16 +47,6 @@ impl DnsResource {
         })
     }
 
-    fn failed(&self, action: Action, why: impl std::fmt::Display) -> ResourceError {
-        ResourceError::Failed {
-            resource: self.name.clone(),
-            action,
-            code: None,
-            signal: None,
-            stderr_tail: why.to_string(),
-        }
-    }
-
     /// Read when used rather than at start-up, so a rotated secret is picked up.
     fn tsig(&self) -> Result<Tsig, ResourceError> {
         let algorithm = match self.cfg.tsig_algorithm.as_str() {
@@ -68,7 +58,7 @@ impl DnsResource {
             algorithm,
             &self.cfg.tsig_secret_file,
         )
-        .map_err(|e| self.failed(Action::Start, e))
+        .map_err(|e| ResourceError::other(&self.name, Action::Start, e))
     }
 }
 
@@ -94,7 +84,7 @@ impl Resource for DnsResource {
                 self.start_timeout,
             )
             .await
-            .map_err(|e| self.failed(Action::Start, e))?;
+            .map_err(|e| ResourceError::other(&self.name, Action::Start, e))?;
             tracing::info!(resource = %self.name, record = %self.cfg.record, address = %self.mine, "DNS record points here");
             Ok(())
         })
@@ -114,7 +104,7 @@ impl Resource for DnsResource {
                 self.monitor_timeout,
             )
             .await
-            .map_err(|e| self.failed(Action::Monitor, e))?;
+            .map_err(|e| ResourceError::other(&self.name, Action::Monitor, e))?;
             Ok(if answer == [self.mine] {
                 Health::Running
             } else {

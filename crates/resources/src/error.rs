@@ -117,6 +117,18 @@ pub enum ResourceError {
 }
 
 impl ResourceError {
+    /// A failure that is not a process's exit (a netlink or DNS error, a refused
+    /// address): the reason goes where a command's stderr would.
+    pub fn other(resource: &str, action: Action, why: impl std::fmt::Display) -> ResourceError {
+        ResourceError::Failed {
+            resource: resource.to_owned(),
+            action,
+            code: None,
+            signal: None,
+            stderr_tail: why.to_string(),
+        }
+    }
+
     /// The name of the resource the error is about.
     pub fn resource(&self) -> &str {
         match self {

@@ -48,16 +48,6 @@ impl VipResource {
             monitor_interval: Duration::from_millis(cfg.monitor_interval_ms),
         })
     }
-
-    fn failed(&self, action: Action, why: impl std::fmt::Display) -> ResourceError {
-        ResourceError::Failed {
-            resource: self.name.clone(),
-            action,
-            code: None,
-            signal: None,
-            stderr_tail: why.to_string(),
-        }
-    }
 }
 
 impl Resource for VipResource {
@@ -75,14 +65,14 @@ impl Resource for VipResource {
                 .vip
                 .is_present()
                 .await
-                .map_err(|e| self.failed(Action::Start, e))?;
+                .map_err(|e| ResourceError::other(&self.name, Action::Start, e))?;
             // Re-announcing an address we already hold is fine; probing it would find us.
             if !held && !self.conflict_probe.is_zero() {
                 let answer = self
                     .vip
                     .probe_conflict(self.conflict_probe)
                     .await
-                    .map_err(|e| self.failed(Action::Start, e))?;
+                    .map_err(|e| ResourceError::other(&self.name, Action::Start, e))?;
                 if let Some(mac) = answer {
                     tracing::error!(
                         resource = %self.name,
@@ -90,7 +80,8 @@ impl Resource for VipResource {
                         holder = %mac,
                         "ALARM: address conflict: another host answers for the floating address; refusing to take it"
                     );
-                    return Err(self.failed(
+                    return Err(ResourceError::other(
+                        &self.name,
                         Action::Start,
                         format!(
                             "address conflict: {} is already answered by {mac}; refusing to take it (a split brain in the making)",
@@ -103,7 +94,7 @@ impl Resource for VipResource {
             self.vip
                 .add_and_announce()
                 .await
-                .map_err(|e| self.failed(Action::Start, e))?;
+                .map_err(|e| ResourceError::other(&self.name, Action::Start, e))?;
             tracing::info!(resource = %self.name, address = %self.vip.address(), interface = %self.vip.interface(), "floating address taken and announced");
             Ok(())
         })
@@ -114,7 +105,7 @@ impl Resource for VipResource {
             self.vip
                 .remove()
                 .await
-                .map_err(|e| self.failed(Action::Stop, e))?;
+                .map_err(|e| ResourceError::other(&self.name, Action::Stop, e))?;
             tracing::info!(resource = %self.name, address = %self.vip.address(), "floating address released");
             Ok(())
         })
@@ -126,7 +117,7 @@ impl Resource for VipResource {
                 .vip
                 .is_present()
                 .await
-                .map_err(|e| self.failed(Action::Monitor, e))?;
+                .map_err(|e| ResourceError::other(&self.name, Action::Monitor, e))?;
             Ok(if held {
                 Health::Running
             } else {

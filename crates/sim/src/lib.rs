@@ -562,10 +562,10 @@ impl Sim {
     fn probe_arrive(&mut self, to: usize, from: usize, probe: ProbeId, status: NodeStatus) {
         let timeout_at = self.now + self.cfg.probe_timeout_ms;
         let target = &self.nodes[to];
-        let answer = if !target.alive() {
-            // Host up, daemon dead: the connection is refused at once.
-            self.schedule(
-                self.now + 1,
+        // A failed probe reports at `at`: at once when refused, after the timeout when hung.
+        let fail_at = |sim: &mut Sim, at: u64| {
+            sim.schedule(
+                at,
                 Some(from),
                 EventKind::ProbeResult {
                     to: from,
@@ -573,18 +573,14 @@ impl Sim {
                     answer: None,
                 },
             );
+        };
+        let answer = if !target.alive() {
+            // Host up, daemon dead: the connection is refused at once.
+            fail_at(self, self.now + 1);
             return;
         } else if target.paused {
             // Hung: the TCP handshake completes in the kernel, TLS never does.
-            self.schedule(
-                timeout_at,
-                Some(from),
-                EventKind::ProbeResult {
-                    to: from,
-                    probe,
-                    answer: None,
-                },
-            );
+            fail_at(self, timeout_at);
             return;
         } else {
             self.feed(

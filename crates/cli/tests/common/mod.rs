@@ -248,3 +248,43 @@ timeout_ms = 150
         &self.dir
     }
 }
+
+/// A numeric setting from the environment (benchmark sizes), or its default.
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The median of a non-empty sample; sorts it.
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+impl Pair {
+    /// Unix-ms of node i's last role change into `to`, 0 if there is none.
+    pub fn last_change_ms(&self, i: usize, to: &str) -> f64 {
+        self.status(i)
+            .ok()
+            .and_then(|s| {
+                s.events
+                    .iter()
+                    .rev()
+                    .find(|e| e.kind == "role-change" && e.to.as_deref() == Some(to))
+                    .map(|e| e.at_unix_ms)
+            })
+            .unwrap_or(0) as f64
+    }
+
+    /// The resources' own time in the latest move away from `old`, in ms: its stop
+    /// (demoting -> passive) and the peer's start (promoting -> active). Read it once the
+    /// peer reports active.
+    pub fn move_resource_ms(&self, old: usize) -> (f64, f64) {
+        let stop = self.last_change_ms(old, "passive") - self.last_change_ms(old, "demoting");
+        let start =
+            self.last_change_ms(1 - old, "active") - self.last_change_ms(1 - old, "promoting");
+        (stop, start)
+    }
+}
