@@ -70,6 +70,14 @@ enum Cmd {
     },
     /// Move the active role to the other node, with no data loss.
     Switchover,
+    /// The lease watchdog the daemon starts for itself (see `understudy_daemon::watchdog`).
+    #[command(hide = true)]
+    Watchdog {
+        #[arg(long)]
+        node: String,
+        #[arg(long)]
+        lease_ms: u64,
+    },
     /// A small key-value HTTP service (the demo's application; also used by the tests).
     #[command(hide = true)]
     DemoService {
@@ -114,6 +122,12 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             init(&cli.config, &pair, &nodes, tls_dir.as_deref(), force).map(|()| ExitCode::SUCCESS)
         }
         Cmd::Check => check(&cli.config).map(|()| ExitCode::SUCCESS),
+        Cmd::Watchdog { node, lease_ms } => {
+            init_logging("text")?;
+            let cfg = load(&cli.config)?;
+            let lease = std::time::Duration::from_millis(lease_ms);
+            understudy_daemon::watchdog::serve(&cfg, &node, lease).map(|()| ExitCode::SUCCESS)
+        }
         Cmd::DemoService { listen, dir, node } => {
             demo_service::serve(&listen, &dir, &node).map(|()| ExitCode::SUCCESS)
         }
@@ -211,6 +225,20 @@ fn init(
     Ok(())
 }
 
+fn init_logging(log_format: &str) -> Result<()> {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match log_format {
+        "json" => builder.json().init(),
+        "text" => builder.init(),
+        other => bail!("--log-format {other}: expected text or json"),
+    }
+    Ok(())
+}
+
 fn check(path: &Path) -> Result<()> {
     let cfg = load(path)?;
     for warning in cfg.warnings() {
@@ -245,16 +273,7 @@ fn run(
     node: Option<String>,
     log_format: &str,
 ) -> Result<()> {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match log_format {
-        "json" => builder.json().init(),
-        "text" => builder.init(),
-        other => bail!("--log-format {other}: expected text or json"),
-    }
+    init_logging(log_format)?;
     let mut cfg = load(path)?;
     if let Some(socket) = socket {
         cfg.pair.control_socket = socket;

@@ -208,10 +208,12 @@ fn a_restarted_daemon_releases_what_its_crashed_predecessor_held() {
     if !require_root("a_restarted_daemon_releases_what_its_crashed_predecessor_held") {
         return;
     }
-    // kill -9 of the daemon alone leaves the floating address on the interface; the
-    // passive's conflict probe then (rightly) refuses to take it. When the crashed node's
-    // daemon comes back it must let go, so the pair can heal.
+    // If the daemon and its watchdog both die (kill -9 of everything but the
+    // application), the floating address stays on the interface; the passive's conflict
+    // probe then (rightly) refuses to take it. When the crashed node's daemon comes back
+    // it must let go, so the pair can heal.
     let (mut pair, active) = vip_pair("vip-crash-restart");
+    kill_understudy_processes(&pair, active);
     pair.kill9(active);
     std::thread::sleep(Duration::from_millis(1500));
     let held = pair
@@ -244,4 +246,89 @@ fn a_restarted_daemon_releases_what_its_crashed_predecessor_held() {
         .run_ok(&["ip", "addr", "show", "dev", "pub"])
         .expect("addrs");
     assert!(addrs.contains("10.60.0.50"), "the active holds the address");
+}
+
+/// kill -9 every understudy process (daemon and watchdog) in node i's namespace, leaving
+/// the applications alone.
+fn kill_understudy_processes(pair: &Pair, i: usize) {
+    for pid in pair.net.node(i).pids() {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        if cmdline.contains("understudy")
+            && (cmdline.contains("\0run\0") || cmdline.contains("\0watchdog\0"))
+        {
+            // SAFETY: kill(2) on a process inside the namespace we created.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+}
+
+#[test]
+fn the_watchdog_releases_the_address_when_the_daemon_dies() {
+    if !require_root("the_watchdog_releases_the_address_when_the_daemon_dies") {
+        return;
+    }
+    // kill -9 of the daemon alone: the machine and the application live on. The watchdog
+    // sees its lease pipe close, stops the resources, and the peer can take the address.
+    let (mut pair, active) = vip_pair("watchdog-kill9");
+    let passive = 1 - active;
+    let client = Client::start(pair.net.client());
+    let served = wait_until(Duration::from_secs(5), Duration::from_millis(50), || {
+        client.last_answer()
+    });
+    assert_eq!(served.as_deref(), Some(common::NAMES[active]));
+    let killed = Instant::now();
+    pair.kill9(active);
+    let moved = wait_until(Duration::from_secs(6), Duration::from_millis(20), || {
+        (client.last_answer().as_deref() == Some(common::NAMES[passive])).then_some(())
+    });
+    assert!(
+        moved.is_some(),
+        "served by the other node; logs in {}",
+        pair.dir().display()
+    );
+    let outage = client.outage_after(killed).expect("an outage");
+    assert!(outage <= Duration::from_millis(2000), "outage {outage:?}");
+    assert!(
+        pair.log(active).contains("FENCING"),
+        "the watchdog fenced:\n{}",
+        pair.log(active)
+    );
+}
+
+#[test]
+fn the_watchdog_fences_a_hung_active() {
+    if !require_root("the_watchdog_fences_a_hung_active") {
+        return;
+    }
+    // SIGSTOP of the daemon's process group: it cannot stop its own resources, but its
+    // watchdog (in a group of its own) can, before the peer's failover timeout.
+    let (pair, active) = vip_pair("watchdog-sigstop");
+    let passive = 1 - active;
+    let client = Client::start(pair.net.client());
+    wait_until(Duration::from_secs(5), Duration::from_millis(50), || {
+        client.last_answer()
+    })
+    .expect("served");
+    let stopped = Instant::now();
+    pair.proc(active).stop();
+    let moved = wait_until(Duration::from_secs(6), Duration::from_millis(20), || {
+        (client.last_answer().as_deref() == Some(common::NAMES[passive])).then_some(())
+    });
+    assert!(
+        moved.is_some(),
+        "served by the other node; logs in {}",
+        pair.dir().display()
+    );
+    let outage = client.outage_after(stopped).expect("an outage");
+    assert!(outage <= Duration::from_millis(2000), "outage {outage:?}");
+    // Woken, the old active learns it was fenced and stays passive.
+    pair.proc(active).cont();
+    pair.wait_role(active, "passive", Duration::from_secs(5))
+        .expect("the woken node is passive");
+    assert_eq!(pair.role(passive).as_deref(), Some("active"));
+    assert_eq!(
+        client.last_answer().as_deref(),
+        Some(common::NAMES[passive])
+    );
 }

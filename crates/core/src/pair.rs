@@ -124,6 +124,8 @@ pub enum Input {
     ResourceFailed { resource: usize },
     /// The runtime finished restarting one resource.
     ResourceRestarted { resource: usize, ok: bool },
+    /// The watchdog stopped every resource while this daemon was not renewing its lease.
+    Fenced,
 }
 
 /// Operator commands, from the control socket.
@@ -366,6 +368,13 @@ impl PairCore {
             Input::ResourcesStarted { ok } => self.on_started(ok),
             Input::ResourcesStopped { ok } => self.on_stopped(ok),
             Input::ResourceFailed { resource } => self.on_resource_failed(resource),
+            Input::Fenced => {
+                // The resources are already stopped; stopping again is idempotent and
+                // leads through the ordinary demotion, persisted in a new epoch.
+                if self.phase == Phase::Active {
+                    self.begin_demote(Reason::Fenced, AfterStop::BePassive);
+                }
+            }
             Input::ResourceRestarted { resource, ok } => {
                 if !ok && self.phase == Phase::Active {
                     // A failed restart is one more failure: climb the ladder.

@@ -179,6 +179,9 @@ pub enum Reason {
     Shutdown,
     /// A resource kept failing and its ladder reached a switchover.
     ResourceFailed,
+    /// The watchdog stopped the resources because this daemon missed its lease (hung or
+    /// stalled longer than `isolation_timeout`).
+    Fenced,
 }
 
 impl Reason {
@@ -196,6 +199,7 @@ impl Reason {
             Reason::PeerLeft => "peer-left",
             Reason::Shutdown => "shutdown",
             Reason::ResourceFailed => "resource-failed",
+            Reason::Fenced => "fenced",
         }
     }
 }

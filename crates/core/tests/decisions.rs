@@ -835,3 +835,14 @@ fn a_changed_flag_is_sent_at_once() {
         "{out:?}"
     );
 }
+
+#[test]
+fn a_fenced_active_demotes() {
+    // The watchdog stopped the resources while this daemon was hung: it must not carry on
+    // believing it serves.
+    let mut a = active_node();
+    a.at(5000, Input::Fenced);
+    assert_eq!(a.core.phase(), Phase::Demoting);
+    a.finish_resources(5010);
+    assert_eq!(a.reasons().last(), Some(&(Phase::Passive, Reason::Fenced)));
+}

@@ -10,5 +10,6 @@ pub mod net;
 pub mod report;
 pub mod runtime;
 pub mod state;
+pub mod watchdog;
 
 pub use runtime::run;

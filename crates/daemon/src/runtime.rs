@@ -21,6 +21,7 @@ use crate::hooks::{HookPoint, Hooks};
 use crate::net::{self, LinkStats, NetCtx};
 use crate::report::{EventReport, StatusReport};
 use crate::state::StateFile;
+use crate::watchdog::Watchdog;
 use crate::{control, report};
 
 /// Messages into the core task.
@@ -45,6 +46,8 @@ pub enum ToCore {
         start: bool,
         ok: bool,
     },
+    /// The watchdog stopped every resource while this daemon missed its lease.
+    Fenced,
     /// A resource's monitor found it not running while this node is active.
     ResourceFailed {
         resource: usize,
@@ -292,6 +295,7 @@ pub async fn run(cfg: Config, node_name: &str) -> Result<()> {
             error!(error = %e, "a resource could not be stopped at start-up; it may still be running here");
         }
     }
+    let mut watchdog = Watchdog::spawn(&daemon.cfg, &my.name, to_core.clone())?;
     let mut core =
         PairCore::new(core_cfg, persisted, daemon.now()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let running = Arc::new(watch::channel(false).0);
@@ -317,6 +321,8 @@ pub async fn run(cfg: Config, node_name: &str) -> Result<()> {
             break;
         }
         running.send_replace(core.phase() == Phase::Active);
+        // The lease says "this loop is alive"; it is armed while resources may run here.
+        watchdog.renew(core.phase().is_running());
         let deadline = origin + Duration::from_millis(core.next_timeout().0);
         tokio::select! {
             msg = inbox.recv() => {
@@ -328,6 +334,8 @@ pub async fn run(cfg: Config, node_name: &str) -> Result<()> {
             _ = sigint.recv() => signals += on_signal(&mut core, &daemon, signals),
         }
     }
+    // Resources are stopped by now (a clean exit demotes first): disarm and let go.
+    watchdog.stop();
     // Let the links carry the final "leaving" status before the process ends.
     tokio::time::sleep(Duration::from_millis(100)).await;
     info!("stopped cleanly");
@@ -370,6 +378,10 @@ fn handle(core: &mut PairCore, daemon: &Daemon, msg: ToCore) {
             core.handle(now, Input::ResourcesStopped { ok })
         }
         ToCore::ResourceFailed { resource } => core.handle(now, Input::ResourceFailed { resource }),
+        ToCore::Fenced => {
+            error!("the watchdog fenced this node while the daemon was not answering; demoting");
+            core.handle(now, Input::Fenced)
+        }
         ToCore::ResourceRestarted { resource, ok } => {
             core.handle(now, Input::ResourceRestarted { resource, ok })
         }
