@@ -5,4 +5,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
-cargo test --release -p understudy --test bench --test bench_identity -- --ignored --nocapture --test-threads=1 "$@" 2>&1 | tee /tmp/understudy-bench.log | grep -E "^BENCH|test result"
+cargo test --release -p understudy --test bench --test bench_identity -- --ignored --nocapture --test-threads=1 "$@" 2>&1 | tee /tmp/understudy-bench.log | grep -oE "BENCH .*|test result.*"
