@@ -973,8 +973,11 @@ impl PairCore {
         let epoch = Epoch::next_for(self.cfg.me, self.max_seen_epoch);
         self.epoch = epoch;
         self.max_seen_epoch = epoch;
-        self.yielding_until =
-            (after == AfterStop::HandOver).then(|| self.now.plus_ms(self.cfg.failover_timeout_ms));
+        // A node that handed over, or was fenced while it hung, lost the role to its peer on
+        // purpose: it must not win it back in an election decided on statuses that piled
+        // up in its socket buffers while it was away.
+        let lost_to_peer = after == AfterStop::HandOver || reason == Reason::Fenced;
+        self.yielding_until = lost_to_peer.then(|| self.now.plus_ms(self.cfg.failover_timeout_ms));
         self.push(Output::Persist(self.persisted(false)));
         self.set_phase(Phase::Passive, reason);
         if after == AfterStop::Exit {

@@ -846,3 +846,20 @@ fn a_fenced_active_demotes() {
     a.finish_resources(5010);
     assert_eq!(a.reasons().last(), Some(&(Phase::Passive, Reason::Fenced)));
 }
+
+#[test]
+fn a_fenced_node_does_not_win_back_the_role_on_stale_statuses() {
+    // Found by repeating the hung-node system test: on waking, the peer's statuses from
+    // before its failover ("passive") arrive in a burst from the socket buffer. The fenced
+    // node must not elect itself on them and demote the node that took over.
+    let mut a = active_node();
+    a.at(5000, Input::Fenced);
+    a.finish_resources(5005);
+    a.public_ok(5006);
+    a.at(5007, channel(peer(1, Phase::Passive, 0)));
+    a.at(5008, channel(peer(1, Phase::Passive, 0)));
+    assert_eq!(a.core.phase(), Phase::Passive, "yields after being fenced");
+    // The peer's fresh status shows it serving.
+    a.at(5100, channel(peer(1, Phase::Active, 3)));
+    assert_eq!(a.core.phase(), Phase::Passive);
+}
