@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::identity::{arp_owners, power_cut, resources, Client};
-use common::{env_u64, Pair, Timing, NAMES};
-use understudy_testbed::{require_root, wait_until};
+use common::{env_u64, Pair, Timing};
+use understudy_testbed::require_root;
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
@@ -58,13 +58,6 @@ fn restore(pair: &mut Pair, i: usize) -> usize {
         .expect("settled after restore")
 }
 
-fn served_by(client: &Client, node: usize, timeout: Duration) -> bool {
-    wait_until(timeout, Duration::from_millis(10), || {
-        (client.last_answer().as_deref() == Some(NAMES[node])).then_some(())
-    })
-    .is_some()
-}
-
 #[test]
 #[ignore = "benchmark: run with bench/run.sh"]
 fn failover_outage_seen_by_client() {
@@ -77,14 +70,14 @@ fn failover_outage_seen_by_client() {
         let (mut pair, active) = start_pair(&format!("bench-vip-failover-{run}"));
         let client = Client::start(pair.net.client());
         assert!(
-            served_by(&client, active, Duration::from_secs(5)),
+            client.wait_served_by(active, Duration::from_secs(5)),
             "served before the cut"
         );
         std::thread::sleep(Duration::from_millis(300));
         let cut = Instant::now();
         power_cut(&mut pair, active);
         assert!(
-            served_by(&client, 1 - active, Duration::from_secs(6)),
+            client.wait_served_by(1 - active, Duration::from_secs(6)),
             "served after the cut"
         );
         let ms = client.outage_after(cut).expect("outage").as_secs_f64() * 1000.0;
@@ -110,7 +103,7 @@ fn switchover_outage_seen_by_client() {
     let (mut outages, mut service_times) = (Vec::new(), Vec::new());
     for run in 0..runs {
         let active = pair.wait_settled(Duration::from_secs(10)).expect("settled");
-        assert!(served_by(&client, active, Duration::from_secs(5)));
+        assert!(client.wait_served_by(active, Duration::from_secs(5)));
         std::thread::sleep(Duration::from_millis(200));
         let asked = Instant::now();
         let out = pair.cli(active, &["switchover"]);
@@ -120,7 +113,7 @@ fn switchover_outage_seen_by_client() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(
-            served_by(&client, 1 - active, Duration::from_secs(5)),
+            client.wait_served_by(1 - active, Duration::from_secs(5)),
             "served by the other node"
         );
         // The event stamps are complete once the new node reports active.

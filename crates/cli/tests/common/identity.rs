@@ -116,6 +116,29 @@ impl Client {
         Some(recovered.done.duration_since(after[first_fail].sent))
     }
 
+    /// Waits (bounded) until the client's latest request was answered by node `node`.
+    pub fn wait_served_by(&self, node: usize, timeout: Duration) -> bool {
+        understudy_testbed::wait_until(timeout, Duration::from_millis(10), || {
+            (self.last_answer().as_deref() == Some(super::NAMES[node])).then_some(())
+        })
+        .is_some()
+    }
+
+    /// The takeover after a fault at `since`: node `node` serves within 6 s, and the
+    /// client's outage is within `failover_timeout + 1 s`. Returns the outage.
+    pub fn assert_takeover(&self, pair: &Pair, since: Instant, node: usize) -> Duration {
+        assert!(
+            self.wait_served_by(node, Duration::from_secs(6)),
+            "the client is served by {}; logs in {}",
+            super::NAMES[node],
+            pair.dir().display()
+        );
+        let outage = self.outage_after(since).expect("an outage was observed");
+        let limit = Duration::from_millis(pair.timing.failover_ms + 1000);
+        assert!(outage <= limit, "outage {outage:?} over {limit:?}");
+        outage
+    }
+
     pub fn last_answer(&self) -> Option<String> {
         self.samples
             .lock()
