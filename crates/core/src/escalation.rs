@@ -69,10 +69,6 @@ impl Escalation {
         }
     }
 
-    pub fn resources(&self) -> usize {
-        self.policies.len()
-    }
-
     /// Records a failure of `resource` and returns the step to take and the failure's
     /// number within the window (1-based).
     pub fn on_failure(&mut self, now: Time, resource: usize) -> Option<(FailureStep, usize)> {

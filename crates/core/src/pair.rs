@@ -462,10 +462,6 @@ impl PairCore {
         self.epoch
     }
 
-    pub fn config(&self) -> &CoreConfig {
-        &self.cfg
-    }
-
     pub fn my_status(&self) -> NodeStatus {
         NodeStatus {
             node: self.cfg.me,

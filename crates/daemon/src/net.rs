@@ -25,7 +25,6 @@ use crate::runtime::ToCore;
 pub struct LinkStats {
     pub up: bool,
     pub rtt_ms: Option<f64>,
-    pub last_rx: Option<Instant>,
 }
 
 /// Everything the network tasks share.
@@ -111,7 +110,6 @@ where
                 Ok(Err(e)) => return format!("read failed: {e}"),
                 Err(_) => return format!("silent for {:?}", reader_ctx.link_idle_timeout),
             };
-            reader_ctx.set_link(link, |s| s.last_rx = Some(Instant::now()));
             match frame {
                 Frame::Status(status) => {
                     if reader_ctx
