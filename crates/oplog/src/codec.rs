@@ -1,0 +1,677 @@
+//! Binary encoding of [`Record`]s for the replication stream and the spill file.
+//!
+//! Little-endian, length-prefixed, no self-describing overhead. The decoder is strict: it
+//! reads input that came from the network, so every length is bounded before anything is
+//! allocated, unknown tags are errors, and trailing bytes are errors.
+
+use crate::{FileRef, NodeKind, Op, Record, Timespec};
+
+/// Longest path accepted (PATH_MAX).
+pub const MAX_PATH_BYTES: usize = 4096;
+/// Largest write payload in one record (capture uses max_write = 1 MiB; leave headroom).
+pub const MAX_WRITE_BYTES: usize = 16 << 20;
+/// Largest xattr value (the Linux VFS limit).
+pub const MAX_XATTR_BYTES: usize = 64 << 10;
+/// Most mtimes one record may carry (an op touches at most a few inodes).
+pub const MAX_MTIMES: usize = 8;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record truncated")]
+    Truncated,
+    #[error("unknown op tag {0}")]
+    UnknownOp(u8),
+    #[error("unknown {what} tag {tag}")]
+    UnknownTag { what: &'static str, tag: u8 },
+    #[error("{what} of {len} bytes exceeds the limit of {max}")]
+    TooLong {
+        what: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error("{0} trailing bytes after the record")]
+    Trailing(usize),
+    #[error("nanoseconds {0} out of range")]
+    BadNanos(u32),
+}
+
+mod tag {
+    pub const MKNOD: u8 = 1;
+    pub const MKDIR: u8 = 2;
+    pub const SYMLINK: u8 = 3;
+    pub const LINK: u8 = 4;
+    pub const WRITE: u8 = 5;
+    pub const TRUNCATE: u8 = 6;
+    pub const FALLOCATE: u8 = 7;
+    pub const UNLINK: u8 = 8;
+    pub const RMDIR: u8 = 9;
+    pub const RENAME: u8 = 10;
+    pub const SETATTR: u8 = 11;
+    pub const SETXATTR: u8 = 12;
+    pub const REMOVEXATTR: u8 = 13;
+    pub const FSYNC: u8 = 14;
+    pub const DROP_ORPHAN: u8 = 15;
+}
+
+/// Exact encoded size of a record, so callers can size buffers once.
+pub fn encoded_len(record: &Record) -> usize {
+    let mut counter = Counter(0);
+    write_record(&mut counter, record);
+    counter.0
+}
+
+/// Appends the encoding of `record` to `out`.
+pub fn encode_record(record: &Record, out: &mut Vec<u8>) {
+    out.reserve(encoded_len(record));
+    write_record(out, record);
+}
+
+/// Decodes exactly one record occupying all of `input`.
+pub fn decode_record(input: &[u8]) -> Result<Record, DecodeError> {
+    let mut reader = Reader { input, pos: 0 };
+    let record = reader.record()?;
+    let rest = input.len() - reader.pos;
+    if rest != 0 {
+        return Err(DecodeError::Trailing(rest));
+    }
+    Ok(record)
+}
+
+trait Sink {
+    fn put(&mut self, bytes: &[u8]);
+}
+
+impl Sink for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+struct Counter(usize);
+
+impl Sink for Counter {
+    fn put(&mut self, bytes: &[u8]) {
+        self.0 += bytes.len();
+    }
+}
+
+fn put_u8(out: &mut impl Sink, v: u8) {
+    out.put(&[v]);
+}
+fn put_u32(out: &mut impl Sink, v: u32) {
+    out.put(&v.to_le_bytes());
+}
+fn put_i32(out: &mut impl Sink, v: i32) {
+    out.put(&v.to_le_bytes());
+}
+fn put_u64(out: &mut impl Sink, v: u64) {
+    out.put(&v.to_le_bytes());
+}
+fn put_bytes(out: &mut impl Sink, v: &[u8]) {
+    // Every bounded field is far below 4 GiB; the decoder enforces the real limits.
+    put_u32(out, v.len() as u32);
+    out.put(v);
+}
+fn put_opt_u32(out: &mut impl Sink, v: Option<u32>) {
+    match v {
+        None => put_u8(out, 0),
+        Some(v) => {
+            put_u8(out, 1);
+            put_u32(out, v);
+        }
+    }
+}
+fn put_opt_u64(out: &mut impl Sink, v: Option<u64>) {
+    match v {
+        None => put_u8(out, 0),
+        Some(v) => {
+            put_u8(out, 1);
+            put_u64(out, v);
+        }
+    }
+}
+fn put_time(out: &mut impl Sink, t: Timespec) {
+    out.put(&t.sec.to_le_bytes());
+    put_u32(out, t.nsec);
+}
+fn put_opt_time(out: &mut impl Sink, v: Option<Timespec>) {
+    match v {
+        None => put_u8(out, 0),
+        Some(v) => {
+            put_u8(out, 1);
+            put_time(out, v);
+        }
+    }
+}
+fn put_file(out: &mut impl Sink, f: &FileRef) {
+    match f {
+        FileRef::Path(p) => {
+            put_u8(out, 0);
+            put_bytes(out, p);
+        }
+        FileRef::Orphan(id) => {
+            put_u8(out, 1);
+            put_u64(out, *id);
+        }
+    }
+}
+fn kind_tag(k: NodeKind) -> u8 {
+    match k {
+        NodeKind::Regular => 0,
+        NodeKind::Fifo => 1,
+        NodeKind::CharDevice => 2,
+        NodeKind::BlockDevice => 3,
+        NodeKind::Socket => 4,
+    }
+}
+
+fn write_record(out: &mut impl Sink, r: &Record) {
+    put_u64(out, r.seq);
+    match &r.op {
+        Op::Mknod {
+            path,
+            kind,
+            mode,
+            uid,
+            gid,
+            rdev,
+        } => {
+            put_u8(out, tag::MKNOD);
+            put_bytes(out, path);
+            put_u8(out, kind_tag(*kind));
+            put_u32(out, *mode);
+            put_u32(out, *uid);
+            put_u32(out, *gid);
+            put_u64(out, *rdev);
+        }
+        Op::Mkdir {
+            path,
+            mode,
+            uid,
+            gid,
+        } => {
+            put_u8(out, tag::MKDIR);
+            put_bytes(out, path);
+            put_u32(out, *mode);
+            put_u32(out, *uid);
+            put_u32(out, *gid);
+        }
+        Op::Symlink {
+            path,
+            target,
+            uid,
+            gid,
+        } => {
+            put_u8(out, tag::SYMLINK);
+            put_bytes(out, path);
+            put_bytes(out, target);
+            put_u32(out, *uid);
+            put_u32(out, *gid);
+        }
+        Op::Link { existing, path } => {
+            put_u8(out, tag::LINK);
+            put_bytes(out, existing);
+            put_bytes(out, path);
+        }
+        Op::Write { file, offset, data } => {
+            put_u8(out, tag::WRITE);
+            put_file(out, file);
+            put_u64(out, *offset);
+            put_bytes(out, data);
+        }
+        Op::Truncate { file, size } => {
+            put_u8(out, tag::TRUNCATE);
+            put_file(out, file);
+            put_u64(out, *size);
+        }
+        Op::Fallocate {
+            file,
+            mode,
+            offset,
+            len,
+        } => {
+            put_u8(out, tag::FALLOCATE);
+            put_file(out, file);
+            put_i32(out, *mode);
+            put_u64(out, *offset);
+            put_u64(out, *len);
+        }
+        Op::Unlink { path, orphan } => {
+            put_u8(out, tag::UNLINK);
+            put_bytes(out, path);
+            put_opt_u64(out, *orphan);
+        }
+        Op::Rmdir { path } => {
+            put_u8(out, tag::RMDIR);
+            put_bytes(out, path);
+        }
+        Op::Rename {
+            from,
+            to,
+            flags,
+            orphan,
+        } => {
+            put_u8(out, tag::RENAME);
+            put_bytes(out, from);
+            put_bytes(out, to);
+            put_u32(out, *flags);
+            put_opt_u64(out, *orphan);
+        }
+        Op::SetAttr {
+            file,
+            mode,
+            uid,
+            gid,
+            atime,
+            mtime,
+        } => {
+            put_u8(out, tag::SETATTR);
+            put_file(out, file);
+            put_opt_u32(out, *mode);
+            put_opt_u32(out, *uid);
+            put_opt_u32(out, *gid);
+            put_opt_time(out, *atime);
+            put_opt_time(out, *mtime);
+        }
+        Op::SetXattr {
+            file,
+            name,
+            value,
+            flags,
+        } => {
+            put_u8(out, tag::SETXATTR);
+            put_file(out, file);
+            put_bytes(out, name);
+            put_bytes(out, value);
+            put_i32(out, *flags);
+        }
+        Op::RemoveXattr { file, name } => {
+            put_u8(out, tag::REMOVEXATTR);
+            put_file(out, file);
+            put_bytes(out, name);
+        }
+        Op::Fsync { file, datasync } => {
+            put_u8(out, tag::FSYNC);
+            put_file(out, file);
+            put_u8(out, u8::from(*datasync));
+        }
+        Op::DropOrphan { orphan } => {
+            put_u8(out, tag::DROP_ORPHAN);
+            put_u64(out, *orphan);
+        }
+    }
+    // MAX_MTIMES is tiny; the decoder rejects more.
+    put_u8(out, r.mtimes.len() as u8);
+    for (file, time) in &r.mtimes {
+        put_file(out, file);
+        put_time(out, *time);
+    }
+}
+
+struct Reader<'a> {
+    input: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        let end = self.pos.checked_add(n).ok_or(DecodeError::Truncated)?;
+        let slice = self
+            .input
+            .get(self.pos..end)
+            .ok_or(DecodeError::Truncated)?;
+        self.pos = end;
+        Ok(slice)
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+    fn i32(&mut self) -> Result<i32, DecodeError> {
+        Ok(i32::from_le_bytes(self.array()?))
+    }
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+    fn i64(&mut self) -> Result<i64, DecodeError> {
+        Ok(i64::from_le_bytes(self.array()?))
+    }
+    fn bool(&mut self) -> Result<bool, DecodeError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            tag => Err(DecodeError::UnknownTag { what: "bool", tag }),
+        }
+    }
+    fn bytes(&mut self, what: &'static str, max: usize) -> Result<Vec<u8>, DecodeError> {
+        let len = self.u32()? as usize;
+        if len > max {
+            return Err(DecodeError::TooLong { what, len, max });
+        }
+        Ok(self.take(len)?.to_vec())
+    }
+    fn path(&mut self) -> Result<Vec<u8>, DecodeError> {
+        self.bytes("path", MAX_PATH_BYTES)
+    }
+    fn opt<T>(
+        &mut self,
+        what: &'static str,
+        f: impl FnOnce(&mut Self) -> Result<T, DecodeError>,
+    ) -> Result<Option<T>, DecodeError> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => Ok(Some(f(self)?)),
+            tag => Err(DecodeError::UnknownTag { what, tag }),
+        }
+    }
+    fn time(&mut self) -> Result<Timespec, DecodeError> {
+        let sec = self.i64()?;
+        let nsec = self.u32()?;
+        if nsec >= 1_000_000_000 {
+            return Err(DecodeError::BadNanos(nsec));
+        }
+        Ok(Timespec { sec, nsec })
+    }
+    fn file(&mut self) -> Result<FileRef, DecodeError> {
+        match self.u8()? {
+            0 => Ok(FileRef::Path(self.path()?)),
+            1 => Ok(FileRef::Orphan(self.u64()?)),
+            tag => Err(DecodeError::UnknownTag { what: "file", tag }),
+        }
+    }
+    fn kind(&mut self) -> Result<NodeKind, DecodeError> {
+        Ok(match self.u8()? {
+            0 => NodeKind::Regular,
+            1 => NodeKind::Fifo,
+            2 => NodeKind::CharDevice,
+            3 => NodeKind::BlockDevice,
+            4 => NodeKind::Socket,
+            tag => {
+                return Err(DecodeError::UnknownTag {
+                    what: "node kind",
+                    tag,
+                })
+            }
+        })
+    }
+
+    fn op(&mut self) -> Result<Op, DecodeError> {
+        let op = match self.u8()? {
+            tag::MKNOD => Op::Mknod {
+                path: self.path()?,
+                kind: self.kind()?,
+                mode: self.u32()?,
+                uid: self.u32()?,
+                gid: self.u32()?,
+                rdev: self.u64()?,
+            },
+            tag::MKDIR => Op::Mkdir {
+                path: self.path()?,
+                mode: self.u32()?,
+                uid: self.u32()?,
+                gid: self.u32()?,
+            },
+            tag::SYMLINK => Op::Symlink {
+                path: self.path()?,
+                target: self.path()?,
+                uid: self.u32()?,
+                gid: self.u32()?,
+            },
+            tag::LINK => Op::Link {
+                existing: self.path()?,
+                path: self.path()?,
+            },
+            tag::WRITE => Op::Write {
+                file: self.file()?,
+                offset: self.u64()?,
+                data: self.bytes("write data", MAX_WRITE_BYTES)?,
+            },
+            tag::TRUNCATE => Op::Truncate {
+                file: self.file()?,
+                size: self.u64()?,
+            },
+            tag::FALLOCATE => Op::Fallocate {
+                file: self.file()?,
+                mode: self.i32()?,
+                offset: self.u64()?,
+                len: self.u64()?,
+            },
+            tag::UNLINK => Op::Unlink {
+                path: self.path()?,
+                orphan: self.opt("orphan", Self::u64)?,
+            },
+            tag::RMDIR => Op::Rmdir { path: self.path()? },
+            tag::RENAME => Op::Rename {
+                from: self.path()?,
+                to: self.path()?,
+                flags: self.u32()?,
+                orphan: self.opt("orphan", Self::u64)?,
+            },
+            tag::SETATTR => Op::SetAttr {
+                file: self.file()?,
+                mode: self.opt("mode", Self::u32)?,
+                uid: self.opt("uid", Self::u32)?,
+                gid: self.opt("gid", Self::u32)?,
+                atime: self.opt("atime", Self::time)?,
+                mtime: self.opt("mtime", Self::time)?,
+            },
+            tag::SETXATTR => Op::SetXattr {
+                file: self.file()?,
+                name: self.bytes("xattr name", 255)?,
+                value: self.bytes("xattr value", MAX_XATTR_BYTES)?,
+                flags: self.i32()?,
+            },
+            tag::REMOVEXATTR => Op::RemoveXattr {
+                file: self.file()?,
+                name: self.bytes("xattr name", 255)?,
+            },
+            tag::FSYNC => Op::Fsync {
+                file: self.file()?,
+                datasync: self.bool()?,
+            },
+            tag::DROP_ORPHAN => Op::DropOrphan {
+                orphan: self.u64()?,
+            },
+            other => return Err(DecodeError::UnknownOp(other)),
+        };
+        Ok(op)
+    }
+
+    fn record(&mut self) -> Result<Record, DecodeError> {
+        let seq = self.u64()?;
+        let op = self.op()?;
+        let count = self.u8()? as usize;
+        if count > MAX_MTIMES {
+            return Err(DecodeError::TooLong {
+                what: "mtime list",
+                len: count,
+                max: MAX_MTIMES,
+            });
+        }
+        let mut mtimes = Vec::with_capacity(count);
+        for _ in 0..count {
+            mtimes.push((self.file()?, self.time()?));
+        }
+        Ok(Record { seq, op, mtimes })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arb_bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(any::<u8>(), 0..max)
+    }
+    fn arb_file() -> impl Strategy<Value = FileRef> {
+        prop_oneof![
+            arb_bytes(40).prop_map(FileRef::Path),
+            any::<u64>().prop_map(FileRef::Orphan)
+        ]
+    }
+    fn arb_time() -> impl Strategy<Value = Timespec> {
+        (any::<i64>(), 0u32..1_000_000_000).prop_map(|(sec, nsec)| Timespec { sec, nsec })
+    }
+    fn arb_op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (
+                arb_bytes(30),
+                0u8..5,
+                any::<u32>(),
+                any::<u32>(),
+                any::<u32>(),
+                any::<u64>()
+            )
+                .prop_map(|(path, k, mode, uid, gid, rdev)| Op::Mknod {
+                    path,
+                    kind: [
+                        NodeKind::Regular,
+                        NodeKind::Fifo,
+                        NodeKind::CharDevice,
+                        NodeKind::BlockDevice,
+                        NodeKind::Socket
+                    ][k as usize],
+                    mode,
+                    uid,
+                    gid,
+                    rdev
+                }),
+            (arb_bytes(30), any::<u32>(), any::<u32>(), any::<u32>()).prop_map(
+                |(path, mode, uid, gid)| Op::Mkdir {
+                    path,
+                    mode,
+                    uid,
+                    gid
+                }
+            ),
+            (arb_bytes(30), arb_bytes(30), any::<u32>(), any::<u32>()).prop_map(
+                |(path, target, uid, gid)| Op::Symlink {
+                    path,
+                    target,
+                    uid,
+                    gid
+                }
+            ),
+            (arb_bytes(30), arb_bytes(30)).prop_map(|(existing, path)| Op::Link { existing, path }),
+            (arb_file(), any::<u64>(), arb_bytes(300)).prop_map(|(file, offset, data)| Op::Write {
+                file,
+                offset,
+                data
+            }),
+            (arb_file(), any::<u64>()).prop_map(|(file, size)| Op::Truncate { file, size }),
+            (arb_file(), any::<i32>(), any::<u64>(), any::<u64>()).prop_map(
+                |(file, mode, offset, len)| Op::Fallocate {
+                    file,
+                    mode,
+                    offset,
+                    len
+                }
+            ),
+            (arb_bytes(30), any::<Option<u64>>())
+                .prop_map(|(path, orphan)| Op::Unlink { path, orphan }),
+            arb_bytes(30).prop_map(|path| Op::Rmdir { path }),
+            (
+                arb_bytes(30),
+                arb_bytes(30),
+                any::<u32>(),
+                any::<Option<u64>>()
+            )
+                .prop_map(|(from, to, flags, orphan)| Op::Rename {
+                    from,
+                    to,
+                    flags,
+                    orphan
+                }),
+            (
+                arb_file(),
+                any::<Option<u32>>(),
+                any::<Option<u32>>(),
+                any::<Option<u32>>(),
+                proptest::option::of(arb_time()),
+                proptest::option::of(arb_time())
+            )
+                .prop_map(|(file, mode, uid, gid, atime, mtime)| Op::SetAttr {
+                    file,
+                    mode,
+                    uid,
+                    gid,
+                    atime,
+                    mtime
+                }),
+            (arb_file(), arb_bytes(20), arb_bytes(100), any::<i32>()).prop_map(
+                |(file, name, value, flags)| Op::SetXattr {
+                    file,
+                    name,
+                    value,
+                    flags
+                }
+            ),
+            (arb_file(), arb_bytes(20)).prop_map(|(file, name)| Op::RemoveXattr { file, name }),
+            (arb_file(), any::<bool>()).prop_map(|(file, datasync)| Op::Fsync { file, datasync }),
+            any::<u64>().prop_map(|orphan| Op::DropOrphan { orphan }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn records_round_trip(
+            seq in any::<u64>(),
+            op in arb_op(),
+            mtimes in proptest::collection::vec((arb_file(), arb_time()), 0..MAX_MTIMES),
+        ) {
+            let record = Record { seq, op, mtimes };
+            let mut buf = Vec::new();
+            encode_record(&record, &mut buf);
+            prop_assert_eq!(buf.len(), encoded_len(&record));
+            prop_assert_eq!(decode_record(&buf), Ok(record));
+        }
+
+        #[test]
+        fn every_truncation_is_an_error(op in arb_op()) {
+            let record = Record { seq: 7, op, mtimes: vec![] };
+            let mut buf = Vec::new();
+            encode_record(&record, &mut buf);
+            for cut in 0..buf.len() {
+                prop_assert!(decode_record(&buf[..cut]).is_err());
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in arb_bytes(200)) {
+            let _ = decode_record(&bytes);
+        }
+    }
+
+    #[test]
+    fn oversized_lengths_are_refused_before_allocation() {
+        let mut buf = Vec::new();
+        buf.extend_from_slice(&1u64.to_le_bytes());
+        buf.push(tag::RMDIR);
+        buf.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            decode_record(&buf),
+            Err(DecodeError::TooLong { what: "path", .. })
+        ));
+    }
+
+    #[test]
+    fn trailing_bytes_are_refused() {
+        let record = Record {
+            seq: 1,
+            op: Op::DropOrphan { orphan: 3 },
+            mtimes: vec![],
+        };
+        let mut buf = Vec::new();
+        encode_record(&record, &mut buf);
+        buf.push(0);
+        assert_eq!(decode_record(&buf), Err(DecodeError::Trailing(1)));
+    }
+}
