@@ -1,0 +1,140 @@
+//! Real-time replication of the configured sets between the two nodes.
+//!
+//! On the active, each set's `path` is a capture filesystem over the set's data directory;
+//! every mutating op is numbered into a [`queue::SetQueue`] and streamed to the passive over
+//! its own mutual-TLS connection (never the heartbeat links). On the passive, a receiver
+//! applies the ops in sequence with [`understudy_apply::Applier`], confined to the data
+//! directory, and acknowledges them with group commit. `path` is not mounted on the passive.
+//!
+//! The daemon drives roles: [`Replicator::promote`] before applications start,
+//! [`Replicator::demote`] after they stop (draining the queue first, so a switchover loses
+//! nothing).
+
+/// Asserts an invariant; stays on in release builds.
+#[macro_export]
+macro_rules! invariant {
+    ($cond:expr, $($arg:tt)+) => {
+        if !$cond {
+            panic!("invariant violated: {}", format!($($arg)+));
+        }
+    };
+}
+
+pub mod proto;
+pub mod queue;
+pub mod session;
+pub mod state;
+
+mod set;
+
+pub use queue::{Mode, SetState as ReplState};
+pub use set::{ReplicaSet, SetConfig, SetStatus};
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+use understudy_tls::NodeTls;
+
+/// All replicated sets of this node, and the listener the peer's sender dials.
+pub struct Replicator {
+    pub sets: Vec<Arc<ReplicaSet>>,
+    tls: NodeTls,
+    peer_addr: SocketAddr,
+    drain_timeout: Duration,
+}
+
+impl Replicator {
+    /// Opens every set as passive (the daemon starts passive). Fails if a set's directories
+    /// cannot be prepared.
+    pub fn new(
+        sets: Vec<SetConfig>,
+        tls: NodeTls,
+        peer_addr: SocketAddr,
+        drain_timeout: Duration,
+    ) -> std::io::Result<Self> {
+        let sets = sets
+            .into_iter()
+            .map(|cfg| ReplicaSet::open(cfg).map(Arc::new))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        Ok(Self {
+            sets,
+            tls,
+            peer_addr,
+            drain_timeout,
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sets.is_empty()
+    }
+
+    /// Accepts the peer's senders, forever.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let (tcp, from) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(error = %e, "replication accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let me = self.clone();
+            tokio::spawn(async move {
+                match understudy_tls::accept(&me.tls, tcp, Duration::from_secs(5)).await {
+                    Ok((stream, _)) => session::serve_passive(&me.sets, stream).await,
+                    Err(e) => warn!(from = %from, error = %e, "refused a replication connection"),
+                }
+            });
+        }
+    }
+
+    /// This node becomes active: every set applies what it received, mounts its capture
+    /// filesystem and starts streaming to the peer. `generation` names this active period.
+    pub async fn promote(&self, generation: u64) -> Result<(), String> {
+        for set in &self.sets {
+            set.clone()
+                .promote(generation, self.tls.clone(), self.peer_addr)
+                .await
+                .map_err(|e| format!("replicated set '{}': {e}", set.name()))?;
+        }
+        Ok(())
+    }
+
+    /// This node stops being active (the applications are already stopped): unmount, drain
+    /// the queue to the passive, and become a receiver. Returns, per set, the last seq and
+    /// whether the passive confirmed all of it.
+    pub async fn demote(&self) -> Vec<(String, u64, bool)> {
+        let mut out = Vec::new();
+        for set in &self.sets {
+            let (last, drained) = set.clone().demote(self.drain_timeout).await;
+            info!(
+                set = set.name(),
+                last_seq = last,
+                drained,
+                "replicated set demoted"
+            );
+            out.push((set.name().to_string(), last, drained));
+        }
+        out
+    }
+
+    /// True if every set's copy on this (passive) node is usable for a takeover.
+    pub fn copies_usable(&self) -> bool {
+        self.sets.iter().all(|s| !s.copy_out_of_sync())
+    }
+
+    pub fn status(&self) -> Vec<SetStatus> {
+        self.sets.iter().map(|s| s.status()).collect()
+    }
+
+    /// Clean shutdown: persist every set's position.
+    pub async fn shutdown(&self) {
+        for set in &self.sets {
+            set.clone().shutdown().await;
+        }
+    }
+}

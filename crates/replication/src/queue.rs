@@ -1,0 +1,771 @@
+//! The per-set replication queue on the active: numbers captured ops, holds them until the
+//! passive has applied them, spills to disk while the passive is away, and switches to a
+//! persistent changed-file record when even the spill would overflow `queue_max_bytes`.
+//!
+//! Bounds: memory holds at most `mem_max_bytes` of records; memory plus spill at most
+//! `queue_max_bytes`. A writer waits for room only while a passive is connected and making
+//! progress, and never longer than `stall_timeout`; with no passive it never waits.
+
+use std::collections::{HashSet, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tracing::{error, warn};
+use understudy_oplog::{decode_record, encode_record, FileRef, Journal, Op, Record, Timespec};
+
+/// Most distinct paths kept in the changed-file record before it degrades to "everything".
+pub const DIRTY_PATHS_MAX: usize = 100_000;
+
+/// The durability mode of a set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Sync,
+    Async,
+}
+
+/// How the set stands with its passive, as `understudy status` shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SetState {
+    InSync,
+    CatchingUp,
+    OutOfSync,
+    Disconnected,
+}
+
+impl SetState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SetState::InSync => "in_sync",
+            SetState::CatchingUp => "catching_up",
+            SetState::OutOfSync => "out_of_sync",
+            SetState::Disconnected => "disconnected",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct QueueConfig {
+    pub mode: Mode,
+    pub queue_max_bytes: u64,
+    pub mem_max_bytes: u64,
+    /// How long a writer may wait for room, or an fsync for the passive's ack, before the
+    /// set stops waiting for this passive (the session is dropped and the set degrades).
+    pub stall_timeout: Duration,
+    /// Directory for the spill file and the changed-file record.
+    pub dir: PathBuf,
+}
+
+/// A record waiting for the passive, in memory.
+struct Entry {
+    record: Arc<Record>,
+    bytes: u64,
+    at: Instant,
+}
+
+/// Records beyond memory, appended to a file while the passive is away or slow.
+struct Spill {
+    file: File,
+    len: u64,
+    ops: u64,
+    first_seq: u64,
+    last_seq: u64,
+    first_at: Instant,
+}
+
+/// Where the sender resumes in the spill file: byte offset and the next seq there.
+#[derive(Clone, Copy, Debug, Default)]
+struct SpillCursor {
+    offset: u64,
+}
+
+/// The persistent record of which paths changed after the queue overflowed.
+struct DirtyRecord {
+    file: File,
+    paths: HashSet<Vec<u8>>,
+    everything: bool,
+}
+
+struct Inner {
+    next_seq: u64,
+    mem: VecDeque<Entry>,
+    mem_bytes: u64,
+    spill: Option<Spill>,
+    spill_cursor: SpillCursor,
+    /// Highest seq the passive has applied (trims the queue).
+    applied_seq: u64,
+    /// Highest seq the passive has made durable (releases sync-mode fsyncs).
+    durable_seq: u64,
+    /// Highest seq handed to the sender in this session.
+    sent_seq: u64,
+    /// A session is streaming to a passive that accepted our history.
+    streaming: bool,
+    /// The passive cannot be caught up from the queue.
+    out_of_sync: bool,
+    dirty: Option<DirtyRecord>,
+    /// Set by a stalled waiter: the sender must drop the session.
+    abandon_session: bool,
+    bytes_sent_total: u64,
+}
+
+/// The queue, shared by the capture filesystem (through [`Journal`]) and the sender.
+pub struct SetQueue {
+    cfg: QueueConfig,
+    inner: Mutex<Inner>,
+    /// Signalled when acks arrive or the session state changes.
+    progress: Condvar,
+    /// Wakes the sender when records arrive.
+    pub wake_sender: Arc<tokio::sync::Notify>,
+}
+
+/// What the sender takes from the queue next.
+pub enum Next {
+    /// Records from memory, in order.
+    Records(Vec<Arc<Record>>),
+    /// Encoded records read from the spill file, in order, and the last seq among them.
+    Encoded(Vec<u8>, u64),
+    /// Nothing new.
+    Idle,
+}
+
+fn spill_path(dir: &Path) -> PathBuf {
+    dir.join("spill.log")
+}
+
+/// Path of the changed-file record of a set whose queue overflowed.
+pub fn dirty_path(dir: &Path) -> PathBuf {
+    dir.join("dirty.log")
+}
+
+impl SetQueue {
+    /// A queue whose next op gets `next_seq`. If a changed-file record exists from an
+    /// earlier overflow (possibly before a crash), the set starts out of sync and keeps it.
+    pub fn new(cfg: QueueConfig, next_seq: u64) -> std::io::Result<Self> {
+        invariant!(next_seq >= 1, "sequence numbers start at 1");
+        std::fs::create_dir_all(&cfg.dir)?;
+        let _ = std::fs::remove_file(spill_path(&cfg.dir));
+        let dirty = if dirty_path(&cfg.dir).exists() {
+            Some(DirtyRecord::reopen(&dirty_path(&cfg.dir))?)
+        } else {
+            None
+        };
+        Ok(Self {
+            inner: Mutex::new(Inner {
+                next_seq,
+                mem: VecDeque::new(),
+                mem_bytes: 0,
+                spill: None,
+                spill_cursor: SpillCursor::default(),
+                applied_seq: next_seq - 1,
+                durable_seq: next_seq - 1,
+                sent_seq: next_seq - 1,
+                streaming: false,
+                out_of_sync: dirty.is_some(),
+                dirty,
+                abandon_session: false,
+                bytes_sent_total: 0,
+            }),
+            cfg,
+            progress: Condvar::new(),
+            wake_sender: Arc::new(tokio::sync::Notify::new()),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock already broke an invariant; keep serving what we can.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.cfg.mode
+    }
+
+    /// Seq of the last op captured.
+    pub fn last_seq(&self) -> u64 {
+        self.lock().next_seq - 1
+    }
+
+    /// The oldest seq still available to send (everything before it was applied or dropped).
+    pub fn oldest_available(&self) -> u64 {
+        let inner = self.lock();
+        inner.applied_seq + 1
+    }
+
+    pub fn is_out_of_sync(&self) -> bool {
+        self.lock().out_of_sync
+    }
+
+    /// Marks the passive as impossible to catch up from this queue: the queue is dropped and
+    /// the changed-file record takes over (persisted before this returns).
+    pub fn mark_out_of_sync(&self, why: &str) {
+        let mut inner = self.lock();
+        self.overflow(&mut inner, why);
+    }
+
+    /// A session starts: the passive has applied up to `applied_seq` and the sender resumes
+    /// after it. Returns false if the queue no longer holds what the passive needs.
+    pub fn start_session(&self, applied_seq: u64) -> bool {
+        let mut inner = self.lock();
+        if inner.out_of_sync || applied_seq < inner.applied_seq || applied_seq >= inner.next_seq {
+            return false;
+        }
+        // The passive may have applied more than it acknowledged before the last session broke.
+        self.trim(&mut inner, applied_seq);
+        inner.durable_seq = inner.durable_seq.max(applied_seq);
+        inner.sent_seq = applied_seq;
+        inner.spill_cursor = SpillCursor::default();
+        inner.streaming = true;
+        inner.abandon_session = false;
+        drop(inner);
+        self.progress.notify_all();
+        true
+    }
+
+    /// The session ended; writers stop waiting for this passive.
+    pub fn end_session(&self) {
+        let mut inner = self.lock();
+        inner.streaming = false;
+        drop(inner);
+        self.progress.notify_all();
+    }
+
+    /// True when a stalled writer asked the sender to give up on the current passive.
+    pub fn session_abandoned(&self) -> bool {
+        self.lock().abandon_session
+    }
+
+    /// The passive reports progress.
+    pub fn ack(&self, applied_seq: u64, durable_seq: u64) {
+        let mut inner = self.lock();
+        if applied_seq > inner.sent_seq || durable_seq > applied_seq {
+            warn!(
+                applied_seq,
+                durable_seq,
+                sent = inner.sent_seq,
+                "ignoring an ack beyond what was sent"
+            );
+            return;
+        }
+        self.trim(&mut inner, applied_seq);
+        inner.durable_seq = inner.durable_seq.max(durable_seq);
+        drop(inner);
+        self.progress.notify_all();
+    }
+
+    fn trim(&self, inner: &mut Inner, applied_seq: u64) {
+        inner.applied_seq = inner.applied_seq.max(applied_seq);
+        while let Some(front) = inner.mem.front() {
+            if front.record.seq > inner.applied_seq {
+                break;
+            }
+            inner.mem_bytes -= front.bytes;
+            inner.mem.pop_front();
+        }
+        let spill_done = inner
+            .spill
+            .as_ref()
+            .is_some_and(|s| s.last_seq <= inner.applied_seq);
+        if spill_done {
+            inner.spill = None;
+            inner.spill_cursor = SpillCursor::default();
+            let _ = std::fs::remove_file(spill_path(&self.cfg.dir));
+        }
+    }
+
+    /// Takes the next records to send, after `sent_seq`, up to about `max_bytes`.
+    pub fn next_batch(&self, max_bytes: u64) -> std::io::Result<Next> {
+        let mut inner = self.lock();
+        let after = inner.sent_seq;
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        // Memory may hold records from before and after the spill; take only a run that
+        // continues exactly after `after`, so the spill's records are never skipped.
+        let run = (after + 1..).zip(inner.mem.iter().skip_while(|e| e.record.seq <= after));
+        for (expected, entry) in run {
+            if bytes >= max_bytes || entry.record.seq != expected {
+                break;
+            }
+            bytes += entry.bytes;
+            out.push(entry.record.clone());
+        }
+        if let Some(last) = out.last() {
+            inner.sent_seq = last.seq;
+            inner.bytes_sent_total += bytes;
+            return Ok(Next::Records(out));
+        }
+        // Memory is exhausted; continue in the spill file, if it has more.
+        let Some(spill) = inner.spill.as_ref() else {
+            return Ok(Next::Idle);
+        };
+        if spill.last_seq <= after {
+            return Ok(Next::Idle);
+        }
+        let (encoded, last, offset) = read_spill(
+            &spill.file,
+            inner.spill_cursor.offset,
+            spill.len,
+            after,
+            max_bytes,
+        )?;
+        inner.spill_cursor.offset = offset;
+        if last > after {
+            inner.sent_seq = last;
+            inner.bytes_sent_total += encoded.len() as u64;
+            Ok(Next::Encoded(encoded, last))
+        } else {
+            Ok(Next::Idle)
+        }
+    }
+
+    fn overflow(&self, inner: &mut Inner, why: &str) {
+        if inner.out_of_sync {
+            return;
+        }
+        error!(dir = %self.cfg.dir.display(), reason = why, "replication queue dropped; recording changed files until a resync");
+        let mut dirty = match DirtyRecord::create(&dirty_path(&self.cfg.dir)) {
+            Ok(d) => d,
+            Err(e) => {
+                // Without the record we cannot know what changed: resync everything.
+                error!(error = %e, "cannot create the changed-file record; the next resync will be full");
+                inner.out_of_sync = true;
+                inner.mem.clear();
+                inner.mem_bytes = 0;
+                inner.spill = None;
+                return;
+            }
+        };
+        // Everything still queued never reached the passive: its files are changed files.
+        for entry in &inner.mem {
+            dirty.note(&entry.record);
+        }
+        if let Some(spill) = inner.spill.take() {
+            let mut offset = 0;
+            while offset < spill.len {
+                match read_spill(&spill.file, offset, spill.len, 0, 4 << 20) {
+                    Ok((encoded, _, next)) => {
+                        for record in iter_encoded(&encoded) {
+                            dirty.note(&record);
+                        }
+                        if next == offset {
+                            break;
+                        }
+                        offset = next;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "spill unreadable while overflowing; marking everything changed");
+                        dirty.everything = true;
+                        break;
+                    }
+                }
+            }
+            let _ = std::fs::remove_file(spill_path(&self.cfg.dir));
+        }
+        dirty.sync();
+        inner.mem.clear();
+        inner.mem_bytes = 0;
+        inner.spill_cursor = SpillCursor::default();
+        inner.out_of_sync = true;
+        inner.streaming = false;
+        inner.abandon_session = true;
+        inner.dirty = Some(dirty);
+        self.progress.notify_all();
+    }
+
+    /// Status figures.
+    pub fn snapshot(&self) -> QueueSnapshot {
+        let inner = self.lock();
+        let spill_ops = inner.spill.as_ref().map_or(0, |s| s.ops);
+        let spill_bytes = inner.spill.as_ref().map_or(0, |s| s.len);
+        let oldest = inner
+            .mem
+            .front()
+            .map(|e| e.at)
+            .or(inner.spill.as_ref().map(|s| s.first_at));
+        QueueSnapshot {
+            queue_ops: inner.mem.len() as u64 + spill_ops,
+            queue_bytes: inner.mem_bytes + spill_bytes,
+            mem_bytes: inner.mem_bytes,
+            oldest_unacked: oldest,
+            last_seq: inner.next_seq - 1,
+            sent_seq: inner.sent_seq,
+            applied_seq: inner.applied_seq,
+            durable_seq: inner.durable_seq,
+            streaming: inner.streaming,
+            out_of_sync: inner.out_of_sync,
+            bytes_sent_total: inner.bytes_sent_total,
+            dirty_paths: inner.dirty.as_ref().map_or(0, |d| d.paths.len() as u64),
+        }
+    }
+
+    /// Waits until the passive has applied everything captured so far, or `timeout` passes.
+    /// Used by a switchover, after the applications stopped. Returns the last seq and whether
+    /// it was reached.
+    pub fn drain(&self, timeout: Duration) -> (u64, bool) {
+        let deadline = Instant::now() + timeout;
+        let mut inner = self.lock();
+        loop {
+            let last = inner.next_seq - 1;
+            if inner.durable_seq >= last && inner.applied_seq >= last {
+                return (last, true);
+            }
+            let now = Instant::now();
+            if now >= deadline || inner.out_of_sync {
+                return (last, false);
+            }
+            inner = self
+                .progress
+                .wait_timeout(inner, (deadline - now).min(Duration::from_millis(50)))
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+}
+
+/// Figures for `understudy status`.
+#[derive(Clone, Debug)]
+pub struct QueueSnapshot {
+    pub queue_ops: u64,
+    pub queue_bytes: u64,
+    pub mem_bytes: u64,
+    pub oldest_unacked: Option<Instant>,
+    pub last_seq: u64,
+    pub sent_seq: u64,
+    pub applied_seq: u64,
+    pub durable_seq: u64,
+    pub streaming: bool,
+    pub out_of_sync: bool,
+    pub bytes_sent_total: u64,
+    pub dirty_paths: u64,
+}
+
+/// Reads whole encoded records (`u32 len` + record) from the spill, starting at `offset`,
+/// skipping those with seq <= `after`, up to about `max_bytes`. Returns the framed bytes to
+/// send, the last seq among them, and the offset after the last record read.
+fn read_spill(
+    file: &File,
+    offset: u64,
+    len: u64,
+    after: u64,
+    max_bytes: u64,
+) -> std::io::Result<(Vec<u8>, u64, u64)> {
+    let mut out = Vec::new();
+    let mut pos = offset;
+    let mut last = 0;
+    while pos < len && (out.len() as u64) < max_bytes {
+        let mut header = [0u8; 12];
+        file.read_exact_at(&mut header, pos)?;
+        let body_len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as u64;
+        let seq = u64::from_le_bytes(header[4..12].try_into().unwrap_or([0; 8]));
+        let total = 4 + body_len;
+        invariant!(pos + total <= len, "spill record runs past the spill's end");
+        if seq > after {
+            let start = out.len();
+            out.resize(start + total as usize, 0);
+            file.read_exact_at(&mut out[start..], pos)?;
+            last = seq;
+        }
+        pos += total;
+    }
+    Ok((out, last, pos))
+}
+
+/// Iterates over framed records (`u32 len` + record), skipping undecodable ones (a spill we
+/// wrote ourselves: a failure is logged).
+pub fn iter_encoded(mut bytes: &[u8]) -> impl Iterator<Item = Record> + '_ {
+    std::iter::from_fn(move || {
+        while bytes.len() >= 4 {
+            let len = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+            let body = bytes.get(4..4 + len)?;
+            bytes = &bytes[4 + len..];
+            match decode_record(body) {
+                Ok(r) => return Some(r),
+                Err(e) => warn!(error = %e, "undecodable spilled record"),
+            }
+        }
+        None
+    })
+}
+
+/// Appends `record` framed as `u32 len` + encoding.
+pub fn frame_record(record: &Record, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    encode_record(record, out);
+    let len = (out.len() - start - 4) as u32;
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+}
+
+impl Journal for SetQueue {
+    fn record(&self, op: Op, mtimes: Vec<(FileRef, Timespec)>) -> u64 {
+        let mut inner = self.lock();
+        let seq = inner.next_seq;
+        inner.next_seq += 1;
+        let record = Record { seq, op, mtimes };
+        if inner.out_of_sync {
+            if let Some(dirty) = inner.dirty.as_mut() {
+                dirty.note(&record);
+            }
+            return seq;
+        }
+        // Bytes as accounted: payload plus a fixed per-record overhead.
+        let bytes = record.op.data_len() as u64 + 64;
+        // Wait for room while a live passive drains the queue, but never for long.
+        let wait_started = Instant::now();
+        while inner.streaming
+            && inner.spill.is_none()
+            && inner.mem_bytes + bytes > self.cfg.mem_max_bytes
+            && !inner.mem.is_empty()
+        {
+            let waited = wait_started.elapsed();
+            if waited >= self.cfg.stall_timeout {
+                warn!("passive made no room for {waited:?}; spilling and dropping the session");
+                inner.abandon_session = true;
+                break;
+            }
+            inner = self
+                .progress
+                .wait_timeout(inner, self.cfg.stall_timeout - waited)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+        let fits = inner.mem_bytes + bytes <= self.cfg.mem_max_bytes;
+        // The spill must stay one contiguous run of seqs. Once the sender has passed all of
+        // it, new records go to memory again; and once any newer record is in memory, every
+        // later one must follow it there (bounded by queue_max_bytes above).
+        let to_memory = match (&inner.spill, inner.mem.back()) {
+            (None, _) => fits || inner.mem.is_empty(),
+            (Some(s), Some(back)) if back.record.seq > s.last_seq => true,
+            (Some(s), _) => inner.streaming && inner.sent_seq >= s.last_seq && fits,
+        };
+        let queued = inner.mem_bytes + inner.spill.as_ref().map_or(0, |s| s.len);
+        if queued + bytes > self.cfg.queue_max_bytes {
+            self.overflow(&mut inner, "queue_max_bytes reached");
+            if let Some(dirty) = inner.dirty.as_mut() {
+                dirty.note(&record);
+            }
+            return seq;
+        }
+        if to_memory {
+            inner.mem_bytes += bytes;
+            inner.mem.push_back(Entry {
+                record: Arc::new(record),
+                bytes,
+                at: Instant::now(),
+            });
+        } else if let Err(e) = self.spill(&mut inner, &record) {
+            error!(error = %e, "spilling failed");
+            self.overflow(&mut inner, "spill failed");
+            if let Some(dirty) = inner.dirty.as_mut() {
+                dirty.note(&record);
+            }
+            return seq;
+        }
+        drop(inner);
+        self.wake_sender.notify_one();
+        seq
+    }
+
+    fn wait_durable(&self, seq: u64) {
+        if self.cfg.mode == Mode::Async {
+            return;
+        }
+        let started = Instant::now();
+        let mut inner = self.lock();
+        while inner.streaming && inner.durable_seq < seq && !inner.abandon_session {
+            let waited = started.elapsed();
+            if waited >= self.cfg.stall_timeout {
+                warn!(
+                    seq,
+                    "the passive did not confirm an fsync in {waited:?}; continuing without it"
+                );
+                inner.abandon_session = true;
+                break;
+            }
+            inner = self
+                .progress
+                .wait_timeout(inner, self.cfg.stall_timeout - waited)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+        drop(inner);
+        // An abandoned session must actually end, so the passive learns it fell behind.
+        self.wake_sender.notify_one();
+    }
+}
+
+impl SetQueue {
+    fn spill(&self, inner: &mut Inner, record: &Record) -> std::io::Result<()> {
+        let mut buf = Vec::with_capacity(record.op.data_len() + 128);
+        frame_record(record, &mut buf);
+        if inner.spill.is_none() {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(spill_path(&self.cfg.dir))?;
+            inner.spill = Some(Spill {
+                file,
+                len: 0,
+                ops: 0,
+                first_seq: record.seq,
+                last_seq: record.seq,
+                first_at: Instant::now(),
+            });
+        }
+        let spill = inner.spill.as_mut().expect("created above");
+        spill.file.write_all_at(&buf, spill.len)?;
+        spill.len += buf.len() as u64;
+        spill.ops += 1;
+        spill.last_seq = record.seq;
+        invariant!(
+            spill.first_seq <= spill.last_seq,
+            "spill seqs run backwards"
+        );
+        Ok(())
+    }
+}
+
+impl DirtyRecord {
+    fn create(path: &Path) -> std::io::Result<Self> {
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(path)?;
+        file.write_all(b"understudy-dirty-v1\n")?;
+        file.sync_all()?;
+        if let Some(dir) = path.parent() {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(Self {
+            file,
+            paths: HashSet::new(),
+            everything: false,
+        })
+    }
+
+    /// Reopens a record left by an earlier run (possibly a crash): its paths stay dirty.
+    fn reopen(path: &Path) -> std::io::Result<Self> {
+        let mut file = OpenOptions::new().append(true).read(true).open(path)?;
+        let mut text = Vec::new();
+        file.seek(SeekFrom::Start(0))?;
+        file.read_to_end(&mut text)?;
+        let mut paths = HashSet::new();
+        let mut everything = false;
+        for line in text.split(|b| *b == b'\n').skip(1) {
+            if line == b"*" {
+                everything = true;
+            } else if !line.is_empty() && paths.len() < DIRTY_PATHS_MAX {
+                paths.insert(unescape(line));
+            }
+        }
+        Ok(Self {
+            file,
+            paths,
+            everything,
+        })
+    }
+
+    /// Records the paths an op touched (orphans have no path; their names were already noted).
+    fn note(&mut self, record: &Record) {
+        for path in op_paths(&record.op) {
+            self.note_path(path);
+        }
+    }
+
+    fn note_path(&mut self, path: &[u8]) {
+        if self.everything || self.paths.contains(path) {
+            return;
+        }
+        let line = if self.paths.len() >= DIRTY_PATHS_MAX {
+            self.everything = true;
+            self.paths.clear();
+            b"*".to_vec()
+        } else {
+            self.paths.insert(path.to_vec());
+            escape(path)
+        };
+        // The page cache survives a daemon crash; `sync` below (and every overflow) makes it
+        // survive a machine crash too.
+        if let Err(e) = self.file.write_all(&[line.as_slice(), b"\n"].concat()) {
+            error!(error = %e, "cannot append to the changed-file record");
+        }
+    }
+
+    fn sync(&self) {
+        if let Err(e) = self.file.sync_data() {
+            error!(error = %e, "cannot sync the changed-file record");
+        }
+    }
+}
+
+/// The paths an op names (for the changed-file record).
+pub fn op_paths(op: &Op) -> Vec<&[u8]> {
+    fn file(f: &FileRef) -> Option<&[u8]> {
+        match f {
+            FileRef::Path(p) => Some(p.as_slice()),
+            FileRef::Orphan(_) => None,
+        }
+    }
+    match op {
+        Op::Mknod { path, .. } | Op::Mkdir { path, .. } | Op::Symlink { path, .. } => vec![path],
+        Op::Unlink { path, .. } | Op::Rmdir { path } => vec![path],
+        Op::Link { existing, path } => vec![existing, path],
+        Op::Rename { from, to, .. } => vec![from, to],
+        Op::Write { file: f, .. }
+        | Op::Truncate { file: f, .. }
+        | Op::Fallocate { file: f, .. }
+        | Op::SetAttr { file: f, .. }
+        | Op::SetXattr { file: f, .. }
+        | Op::RemoveXattr { file: f, .. } => file(f).into_iter().collect(),
+        Op::Fsync { .. } | Op::DropOrphan { .. } => vec![],
+    }
+}
+
+/// Paths are bytes; newlines and backslashes are escaped so the record stays line-based.
+fn escape(path: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(path.len());
+    for &b in path {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            _ => out.push(b),
+        }
+    }
+    out
+}
+
+fn unescape(line: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(line.len());
+    let mut it = line.iter();
+    while let Some(&b) = it.next() {
+        if b == b'\\' {
+            match it.next() {
+                Some(b'n') => out.push(b'\n'),
+                Some(&other) => out.push(other),
+                None => out.push(b'\\'),
+            }
+        } else {
+            out.push(b);
+        }
+    }
+    out
+}
+
+/// Reads the changed-file record: `None` if the set never overflowed, `Some(None)` if every
+/// file must be compared, else the list of changed paths.
+pub fn read_dirty_record(dir: &Path) -> std::io::Result<Option<Option<Vec<Vec<u8>>>>> {
+    let path = dirty_path(dir);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let record = DirtyRecord::reopen(&path)?;
+    if record.everything {
+        return Ok(Some(None));
+    }
+    Ok(Some(Some(record.paths.into_iter().collect())))
+}
