@@ -44,8 +44,8 @@ use std::path::Path;
 pub use error::ConfigError;
 pub use model::{
     defaults, Config, DnsResourceConfig, ExecResourceConfig, FailureAction, HooksConfig,
-    NodeConfig, OcfResourceConfig, PairConfig, PublicCheckConfig, ResourceConfig, ResourceKind,
-    SystemdResourceConfig, VipResourceConfig,
+    NodeConfig, OcfResourceConfig, PairConfig, PublicCheckConfig, ReplicateConfig, ReplicationMode,
+    ResourceConfig, ResourceKind, SystemdResourceConfig, VipResourceConfig,
 };
 pub use template::{template, TEMPLATE};
 

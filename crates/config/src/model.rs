@@ -39,6 +39,16 @@ pub mod defaults {
     pub const CHANNEL_PORT: u16 = 7400;
     /// Default `pair.management_port`.
     pub const MANAGEMENT_PORT: u16 = 7401;
+    /// Default `pair.replication_port`.
+    pub const REPLICATION_PORT: u16 = 7402;
+    /// Default `replicate.queue_max_bytes` (1 GiB).
+    pub const QUEUE_MAX_BYTES: u64 = 1 << 30;
+    /// Smallest accepted `replicate.queue_max_bytes` (must hold a few 1 MiB writes).
+    pub const QUEUE_MAX_BYTES_MIN: u64 = 4 << 20;
+    /// Default `replicate.memory_max_bytes`: the part of the queue kept in memory.
+    pub const QUEUE_MEMORY_MAX_BYTES: u64 = 64 << 20;
+    /// Most `[[replicate]]` entries.
+    pub const REPLICATE_MAX: usize = 16;
     /// Default `public_check.interval_ms`.
     pub const PUBLIC_CHECK_INTERVAL_MS: u64 = 1_000;
     /// Smallest accepted `public_check.interval_ms`.
@@ -130,6 +140,8 @@ pub struct Config {
     /// `[hooks]`; no hooks (and the default timeout) when the table is
     /// absent.
     pub hooks: HooksConfig,
+    /// `[[replicate]]` entries: the directories replicated in real time.
+    pub replicate: Vec<ReplicateConfig>,
     /// The file this configuration was read from (as given to
     /// [`load`](crate::load) or [`parse`](crate::parse)).
     pub source: PathBuf,
@@ -173,6 +185,9 @@ pub struct PairConfig {
     /// `management_port`: port used for management addresses written without
     /// one. Default 7401.
     pub management_port: u16,
+    /// `replication_port`: where each node accepts the peer's replication streams (on the
+    /// address of its first channel link).
+    pub replication_port: u16,
     /// `auto_move_limit`: how many automatic switchovers caused by resource
     /// failures (a [`FailureAction::Switchover`] escalation) are allowed
     /// within the failure window (the longest
@@ -559,4 +574,33 @@ impl Config {
     pub fn source(&self) -> &Path {
         &self.source
     }
+}
+
+/// Durability of a replicated set (`replicate.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplicationMode {
+    /// fsync returns only once the passive has the data durably.
+    Sync,
+    /// fsync returns once the data is durable locally; the passive trails by a bounded lag.
+    Async,
+}
+
+/// One replicated directory (`[[replicate]]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicateConfig {
+    /// `name`: identifies the set on both nodes.
+    pub name: String,
+    /// `path`: the path applications use, the same on both nodes. Mounted (captured) on the
+    /// active only.
+    pub path: PathBuf,
+    /// `mode`: `sync` (default) or `async`.
+    pub mode: ReplicationMode,
+    /// `queue_max_bytes`: ops waiting for the passive, memory plus spill, before the set
+    /// falls back to recording changed files.
+    pub queue_max_bytes: u64,
+    /// `memory_max_bytes`: the in-memory part of the queue.
+    pub memory_max_bytes: u64,
+    /// `data_dir`: this node's copy. `None`: `<state_dir>/sets/<name>/data`, resolved when
+    /// the daemon starts (the state dir can be overridden on the command line).
+    pub data_dir: Option<PathBuf>,
 }

@@ -16,8 +16,8 @@ use toml_edit::{ImDocument, Item, TableLike, Value};
 use crate::error::ConfigError;
 use crate::model::{
     defaults, Config, DnsResourceConfig, ExecResourceConfig, FailureAction, HooksConfig,
-    NodeConfig, OcfResourceConfig, PairConfig, PublicCheckConfig, ResourceConfig, ResourceKind,
-    SystemdResourceConfig, VipResourceConfig,
+    NodeConfig, OcfResourceConfig, PairConfig, PublicCheckConfig, ReplicateConfig, ReplicationMode,
+    ResourceConfig, ResourceKind, SystemdResourceConfig, VipResourceConfig,
 };
 
 type Result<T> = std::result::Result<T, ConfigError>;
@@ -25,7 +25,22 @@ type Result<T> = std::result::Result<T, ConfigError>;
 /// A byte range in the text, when the parser knows one.
 type Span = Option<Range<usize>>;
 
-const ROOT_KEYS: &[&str] = &["pair", "node", "public_check", "resource", "hooks"];
+const ROOT_KEYS: &[&str] = &[
+    "pair",
+    "node",
+    "public_check",
+    "resource",
+    "hooks",
+    "replicate",
+];
+const REPLICATE_KEYS: &[&str] = &[
+    "name",
+    "path",
+    "mode",
+    "queue_max_bytes",
+    "memory_max_bytes",
+    "data_dir",
+];
 const PAIR_KEYS: &[&str] = &[
     "name",
     "heartbeat_interval_ms",
@@ -38,6 +53,7 @@ const PAIR_KEYS: &[&str] = &[
     "tls_dir",
     "channel_port",
     "management_port",
+    "replication_port",
     "auto_move_limit",
 ];
 const NODE_KEYS: &[&str] = &["name", "channel", "management"];
@@ -98,7 +114,9 @@ pub(crate) fn parse(text: &str, source: &Path) -> Result<Config> {
     let public_check = read_public_check(&root)?;
     let resources = read_resources(&root, &nodes)?;
     let hooks = read_hooks(&root)?;
+    let replicate = read_replicate(&root, &pair)?;
     Ok(Config {
+        replicate,
         pair,
         nodes,
         public_check,
@@ -220,6 +238,7 @@ fn read_pair(root: &Tbl<'_>) -> Result<PairConfig> {
 
     let channel_port = t.port("channel_port", defaults::CHANNEL_PORT)?;
     let management_port = t.port("management_port", defaults::MANAGEMENT_PORT)?;
+    let replication_port = t.port("replication_port", defaults::REPLICATION_PORT)?;
     let auto_move_limit = t.u32_or(
         "auto_move_limit",
         0,
@@ -239,6 +258,7 @@ fn read_pair(root: &Tbl<'_>) -> Result<PairConfig> {
         tls_dir: tls_dir.value,
         channel_port,
         management_port,
+        replication_port,
         auto_move_limit,
     })
 }
@@ -454,6 +474,91 @@ impl Kind {
             Kind::Dns => DNS_KEYS,
         }
     }
+}
+
+fn read_replicate(root: &Tbl<'_>, pair: &PairConfig) -> Result<Vec<ReplicateConfig>> {
+    let tables = root.tables("replicate")?.unwrap_or_default();
+    if let Some(extra) = tables.get(defaults::REPLICATE_MAX) {
+        return Err(root.cx.invalid(
+            extra.span.clone(),
+            extra.path.clone(),
+            format!(
+                "at most {} [[replicate]] entries are allowed",
+                defaults::REPLICATE_MAX
+            ),
+        ));
+    }
+    let mut sets: Vec<ReplicateConfig> = Vec::with_capacity(tables.len());
+    for t in &tables {
+        t.deny_unknown(REPLICATE_KEYS)?;
+        let name = t.require("name")?.name()?;
+        if sets.iter().any(|s| s.name == name.value) {
+            return Err(t.cx.invalid(
+                name.span,
+                name.path,
+                format!("replicated set name {:?} is already used", name.value),
+            ));
+        }
+        let path_entry = t.require("path")?;
+        let path = path_entry.absolute_path()?;
+        if path == Path::new("/") {
+            return Err(path_entry.error("cannot replicate the root directory"));
+        }
+        for other in &sets {
+            if path.starts_with(&other.path) || other.path.starts_with(&path) {
+                return Err(path_entry.error(format!(
+                    "overlaps replicated set {:?} at {}",
+                    other.name,
+                    other.path.display()
+                )));
+            }
+        }
+        if path.starts_with(&pair.state_dir) || pair.state_dir.starts_with(&path) {
+            return Err(path_entry.error(format!(
+                "overlaps pair.state_dir {}",
+                pair.state_dir.display()
+            )));
+        }
+        let mode = match t.get("mode") {
+            None => ReplicationMode::Sync,
+            Some(e) => match e.str()? {
+                "sync" => ReplicationMode::Sync,
+                "async" => ReplicationMode::Async,
+                other => {
+                    return Err(e.error(format!("unknown mode {other:?} (supported: sync, async)")))
+                }
+            },
+        };
+        let queue_max_bytes = match t.get("queue_max_bytes") {
+            None => defaults::QUEUE_MAX_BYTES,
+            Some(e) => e.uint(defaults::QUEUE_MAX_BYTES_MIN, 1 << 50)?,
+        };
+        let memory_max_bytes = match t.get("memory_max_bytes") {
+            None => defaults::QUEUE_MEMORY_MAX_BYTES.min(queue_max_bytes),
+            Some(e) => e.uint(1 << 20, queue_max_bytes)?,
+        };
+        let data_dir = match t.get("data_dir") {
+            None => None,
+            Some(e) => {
+                let dir = e.absolute_path()?;
+                if dir.starts_with(&path) || path.starts_with(&dir) {
+                    return Err(
+                        e.error("data_dir must not be inside path, nor path inside data_dir")
+                    );
+                }
+                Some(dir)
+            }
+        };
+        sets.push(ReplicateConfig {
+            name: name.value,
+            path,
+            mode,
+            queue_max_bytes,
+            memory_max_bytes,
+            data_dir,
+        });
+    }
+    Ok(sets)
 }
 
 fn read_resources(root: &Tbl<'_>, nodes: &[NodeConfig; 2]) -> Result<Vec<ResourceConfig>> {

@@ -25,7 +25,35 @@ pub struct StatusReport {
     pub peer: PeerReport,
     pub last_heartbeat_ms_ago: Option<u64>,
     pub resources: Vec<ResourceReport>,
+    /// One entry per replicated set.
+    #[serde(default)]
+    pub replication: Vec<ReplicationReport>,
     pub events: Vec<EventReport>,
+}
+
+/// A replicated set as `understudy status` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReplicationReport {
+    pub name: String,
+    /// sync or async.
+    pub mode: String,
+    /// This node's side: active (capturing, sending) or passive (applying).
+    pub role: String,
+    /// in_sync, catching_up, out_of_sync or disconnected.
+    pub state: String,
+    /// Ops and bytes waiting for the passive (memory and spill).
+    pub queue_ops: u64,
+    pub queue_bytes: u64,
+    /// Age of the oldest op the passive has not applied: the live RPO.
+    pub lag_ms: u64,
+    pub sent_seq: u64,
+    /// Highest seq the passive has stored durably.
+    pub acked_seq: u64,
+    /// Highest seq the passive has applied.
+    pub applied_seq: u64,
+    pub bytes_per_s: u64,
+    /// Paths recorded as changed since the queue overflowed (out_of_sync only).
+    pub changed_files: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -180,6 +208,25 @@ pub fn build(core: &PairCore, daemon: &Daemon) -> StatusReport {
                 state: state.to_string(),
             })
             .collect(),
+        replication: daemon
+            .replicator
+            .status()
+            .into_iter()
+            .map(|s| ReplicationReport {
+                name: s.name,
+                mode: s.mode.into(),
+                role: s.role.into(),
+                state: s.state.into(),
+                queue_ops: s.queue_ops,
+                queue_bytes: s.queue_bytes,
+                lag_ms: s.lag_ms,
+                sent_seq: s.sent_seq,
+                acked_seq: s.acked_seq,
+                applied_seq: s.applied_seq,
+                bytes_per_s: s.bytes_per_s,
+                changed_files: s.changed_files,
+            })
+            .collect(),
         events: daemon.events.iter().cloned().collect(),
     }
 }
@@ -263,6 +310,25 @@ pub fn human(r: &StatusReport) -> String {
         out.push_str("resources:\n");
         for res in &r.resources {
             out.push_str(&format!("  {:<20} {}\n", res.name, res.state));
+        }
+    }
+    if !r.replication.is_empty() {
+        out.push_str("replication:\n");
+        for s in &r.replication {
+            out.push_str(&format!(
+                "  {:<12} {} {:<7} {:<12} queue {} ops / {} bytes, lag {} ms, sent {} applied {} acked {}, {} B/s\n",
+                s.name,
+                s.mode,
+                s.role,
+                s.state,
+                s.queue_ops,
+                s.queue_bytes,
+                s.lag_ms,
+                s.sent_seq,
+                s.applied_seq,
+                s.acked_seq,
+                s.bytes_per_s
+            ));
         }
     }
     let recent: Vec<&EventReport> = r.events.iter().rev().take(5).collect();

@@ -15,6 +15,7 @@ use understudy_core::{
     Command, CoreConfig, EscalationPolicy, Event, FailureStep, Input, NodeIndex, NodeStatus,
     Output, PairCore, Phase, ProbeId, Time, Via,
 };
+use understudy_replication::Replicator;
 use understudy_resources::ResourceSet;
 
 use crate::hooks::{HookPoint, Hooks};
@@ -45,6 +46,8 @@ pub enum ToCore {
     ResourcesDone {
         start: bool,
         ok: bool,
+        /// What replication reported on the way (a switchover's drain), for the event log.
+        note: Option<String>,
     },
     /// The watchdog stopped every resource while this daemon missed its lease.
     Fenced,
@@ -79,6 +82,7 @@ pub struct Daemon {
     pub resources: Arc<ResourceSet>,
     pub events: VecDeque<EventReport>,
     pub hooks: Arc<Hooks>,
+    pub replicator: Arc<Replicator>,
 }
 
 impl Daemon {
@@ -202,6 +206,36 @@ fn failure_command(cfg: &Config, resource: usize, step: u8) -> Option<String> {
         .nth(usize::from(step))
 }
 
+/// The replicated sets of this node, all starting passive.
+fn build_replicator(cfg: &Config, me: usize, tls: understudy_tls::NodeTls) -> Result<Replicator> {
+    let peer_addr = SocketAddr::new(cfg.nodes[1 - me].channel[0].ip(), cfg.pair.replication_port);
+    let sets = cfg
+        .replicate
+        .iter()
+        .map(|r| understudy_replication::SetConfig {
+            name: r.name.clone(),
+            path: r.path.clone(),
+            mode: match r.mode {
+                understudy_config::ReplicationMode::Sync => understudy_replication::Mode::Sync,
+                understudy_config::ReplicationMode::Async => understudy_replication::Mode::Async,
+            },
+            queue_max_bytes: r.queue_max_bytes,
+            mem_max_bytes: r.memory_max_bytes,
+            data_dir: r
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| cfg.pair.state_dir.join("sets").join(&r.name).join("data")),
+            state_dir: cfg.pair.state_dir.join("sets").join(&r.name),
+            // A passive that cannot confirm within a failover timeout is treated as gone.
+            stall_timeout: Duration::from_millis(cfg.pair.failover_timeout_ms.max(1000)),
+            capture_threads: 4,
+        })
+        .collect();
+    // A switchover waits this long for the passive to confirm the last op.
+    let drain_timeout = Duration::from_secs(30);
+    Replicator::new(sets, tls, peer_addr, drain_timeout).context("opening the replicated sets")
+}
+
 /// Runs the daemon for node `node_name` until a clean shutdown.
 pub async fn run(cfg: Config, node_name: &str) -> Result<()> {
     let (me, _) = cfg.node(node_name).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -277,7 +311,16 @@ pub async fn run(cfg: Config, node_name: &str) -> Result<()> {
         .collect();
     let resources = Arc::new(ResourceSet::new(built.map_err(|e| anyhow::anyhow!(e))?));
     let hooks = Arc::new(Hooks::new(&cfg, me));
+    let replicator = Arc::new(build_replicator(&cfg, me, net.tls.clone())?);
+    if !replicator.is_empty() {
+        let addr = SocketAddr::new(my.channel[0].ip(), cfg.pair.replication_port);
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on replication address {addr}"))?;
+        tokio::spawn(replicator.clone().serve(listener));
+    }
     let mut daemon = Daemon {
+        replicator: replicator.clone(),
         cfg,
         me,
         origin,
@@ -327,7 +370,7 @@ pub async fn run(cfg: Config, node_name: &str) -> Result<()> {
         tokio::select! {
             msg = inbox.recv() => {
                 let Some(msg) = msg else { break };
-                handle(&mut core, &daemon, msg);
+                handle(&mut core, &mut daemon, msg);
             }
             _ = tokio::time::sleep_until(deadline.into()) => core.handle(daemon.now(), Input::Tick),
             _ = sigterm.recv() => signals += on_signal(&mut core, &daemon, signals),
@@ -336,6 +379,7 @@ pub async fn run(cfg: Config, node_name: &str) -> Result<()> {
     }
     // Resources are stopped by now (a clean exit demotes first): disarm and let go.
     watchdog.stop();
+    replicator.shutdown().await;
     // Let the links carry the final "leaving" status before the process ends.
     tokio::time::sleep(Duration::from_millis(100)).await;
     info!("stopped cleanly");
@@ -352,7 +396,7 @@ fn on_signal(core: &mut PairCore, daemon: &Daemon, earlier: u32) -> u32 {
     1
 }
 
-fn handle(core: &mut PairCore, daemon: &Daemon, msg: ToCore) {
+fn handle(core: &mut PairCore, daemon: &mut Daemon, msg: ToCore) {
     let now = daemon.now();
     match msg {
         ToCore::PeerStatus { via, status } => core.handle(now, Input::PeerStatus { via, status }),
@@ -371,10 +415,17 @@ fn handle(core: &mut PairCore, daemon: &Daemon, msg: ToCore) {
             None => core.handle(now, Input::ProbeFailed { probe }),
         },
         ToCore::Public { reachable } => core.handle(now, Input::PublicCheck { reachable }),
-        ToCore::ResourcesDone { start: true, ok } => {
-            core.handle(now, Input::ResourcesStarted { ok })
-        }
-        ToCore::ResourcesDone { start: false, ok } => {
+        ToCore::ResourcesDone {
+            start: true, ok, ..
+        } => core.handle(now, Input::ResourcesStarted { ok }),
+        ToCore::ResourcesDone {
+            start: false,
+            ok,
+            note,
+        } => {
+            if let Some(text) = note {
+                daemon.record(&Event::Notice { at: now, text });
+            }
             core.handle(now, Input::ResourcesStopped { ok })
         }
         ToCore::ResourceFailed { resource } => core.handle(now, Input::ResourceFailed { resource }),
@@ -419,6 +470,8 @@ fn carry_out(
                 let resources = daemon.resources.clone();
                 let to_core = to_core.clone();
                 let hooks = daemon.hooks.clone();
+                let replicator = daemon.replicator.clone();
+                let generation = core.epoch().0;
                 tokio::spawn(async move {
                     let (before, after) = if start {
                         (HookPoint::PreStart, HookPoint::PostStart)
@@ -426,10 +479,39 @@ fn carry_out(
                         (HookPoint::PreStop, HookPoint::PostStop)
                     };
                     hooks.run(before, &[]).await;
+                    let mut note = None;
                     let result = if start {
-                        resources.start_all().await
+                        // The data first: apply what was received, mount, capture. Only then
+                        // may the applications start.
+                        match replicator.promote(generation).await {
+                            Ok(()) => resources.start_all().await,
+                            Err(e) => Err(understudy_resources::ResourceError::other(
+                                "replication",
+                                understudy_resources::Action::Start,
+                                e,
+                            )),
+                        }
                     } else {
-                        resources.stop_all().await
+                        // Applications stop first; then the queue drains to the peer, so a
+                        // switchover loses nothing.
+                        let stopped = resources.stop_all().await;
+                        let drained = replicator.demote().await;
+                        if !drained.is_empty() {
+                            note = Some(
+                                drained
+                                    .iter()
+                                    .map(|(name, last, ok)| {
+                                        if *ok {
+                                            format!("set {name}: drained to seq {last}, confirmed by the peer")
+                                        } else {
+                                            format!("set {name}: NOT drained; last seq {last} not confirmed by the peer")
+                                        }
+                                    })
+                                    .collect::<Vec<_>>()
+                                    .join("; "),
+                            );
+                        }
+                        stopped
                     };
                     let outcome = if result.is_ok() { "ok" } else { "failed" };
                     hooks
@@ -442,6 +524,7 @@ fn carry_out(
                         .send(ToCore::ResourcesDone {
                             start,
                             ok: result.is_ok(),
+                            note,
                         })
                         .await;
                 });

@@ -78,6 +78,9 @@ where
     if let Err(e) = send(&mut wr, kind::HELLO, &hello.encode()).await {
         return format!("hello: {e}");
     }
+    if let Err(e) = wr.flush().await {
+        return format!("hello: {e}");
+    }
     let mut buf = Vec::new();
     let welcome =
         match tokio::time::timeout(IDLE_TIMEOUT, proto::read_frame(&mut rd, &mut buf)).await {
@@ -98,10 +101,14 @@ where
     if !resumable {
         queue.mark_out_of_sync("the passive's copy cannot be caught up from the queue");
         let _ = send(&mut wr, kind::OUT_OF_SYNC, &[]).await;
+        let _ = wr.flush().await;
         // Stay connected so both sides show the state; resync (a later issue) repairs it.
         loop {
             tokio::time::sleep(KEEPALIVE).await;
             if let Err(e) = send(&mut wr, kind::KEEPALIVE, &[]).await {
+                return format!("keepalive: {e}");
+            }
+            if let Err(e) = wr.flush().await {
                 return format!("keepalive: {e}");
             }
         }
@@ -154,7 +161,10 @@ where
                 }
                 tokio::select! {
                     _ = wake.notified() => Ok(()),
-                    _ = tokio::time::sleep(KEEPALIVE) => send(&mut wr, kind::KEEPALIVE, &[]).await,
+                    _ = tokio::time::sleep(KEEPALIVE) => match send(&mut wr, kind::KEEPALIVE, &[]).await {
+                        Ok(()) => wr.flush().await.map_err(ProtoError::from),
+                        Err(e) => Err(e),
+                    },
                     r = &mut reader => break r.unwrap_or_else(|e| format!("ack reader: {e}")),
                 }
             }
@@ -201,6 +211,7 @@ where
             out_of_sync: false,
         };
         let _ = send(&mut wr, kind::WELCOME, &refuse.encode()).await;
+        let _ = wr.flush().await;
         return;
     };
     let mut role = set.role.lock().await;
@@ -213,6 +224,7 @@ where
             out_of_sync: false,
         };
         let _ = send(&mut wr, kind::WELCOME, &refuse.encode()).await;
+        let _ = wr.flush().await;
         return;
     }
     // A newer connection replaces an older one.
@@ -231,7 +243,11 @@ where
         applied_seq: applied,
         out_of_sync,
     };
-    if let Err(e) = send(&mut wr, kind::WELCOME, &welcome.encode()).await {
+    let sent = match send(&mut wr, kind::WELCOME, &welcome.encode()).await {
+        Ok(()) => wr.flush().await.map_err(ProtoError::from),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = sent {
         warn!(error = %e, "welcome failed");
         *role = Role::Passive {
             applier: Some(applier),
@@ -459,7 +475,8 @@ fn wait_frame(
     rx: &mut mpsc::Receiver<Vec<u8>>,
     timeout: Duration,
 ) -> Wait {
-    match rt.block_on(tokio::time::timeout(timeout, rx.recv())) {
+    // The timer must be created inside the runtime.
+    match rt.block_on(async { tokio::time::timeout(timeout, rx.recv()).await }) {
         Ok(Some(f)) => Wait::Frame(f),
         Ok(None) => Wait::Closed,
         Err(_) => Wait::Timeout,

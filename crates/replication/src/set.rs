@@ -172,7 +172,20 @@ impl ReplicaSet {
             let _ = s.net.await;
             match tokio::task::spawn_blocking(move || s.apply.join()).await {
                 Ok(Ok(a)) => *applier = Some(a),
-                _ => error!(set = %self.cfg.name, "the apply thread panicked"),
+                _ => {
+                    // What it applied last is unknown: reopen the copy, and resync it later.
+                    error!(set = %self.cfg.name, "the apply thread panicked");
+                    self.mark_copy_out_of_sync("the apply thread panicked");
+                    match Applier::open(&self.cfg.data_dir, &self.cfg.state_dir.join("orphans")) {
+                        Ok(mut a) => {
+                            a.set_last_applied(self.passive.applied.load(Ordering::SeqCst));
+                            *applier = Some(a);
+                        }
+                        Err(e) => {
+                            error!(set = %self.cfg.name, error = %e, "cannot reopen the copy")
+                        }
+                    }
+                }
             }
         }
         self.passive.session_up.store(false, Ordering::SeqCst);

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod identity;
+pub mod repl;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,0 +1,186 @@
+//! Helpers for replication system tests: a pair with a replicated set, commands run inside
+//! a node's mount namespace (where its capture filesystem is mounted), and tree comparison.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use understudy_daemon::report::ReplicationReport;
+
+use super::{Pair, Timing, NAMES};
+
+/// An exec app plus one replicated set called `data` at `{dir}/mnt`.
+pub fn resources(mode: &str, queue_max_bytes: u64) -> String {
+    format!(
+        r#"[[replicate]]
+name = "data"
+path = "{{dir}}/mnt"
+mode = "{mode}"
+queue_max_bytes = {queue_max_bytes}
+memory_max_bytes = {mem}
+
+[[resource]]
+name = "app"
+kind = "exec"
+start = "true"
+stop = "true"
+"#,
+        mem = (64u64 << 20).min(queue_max_bytes)
+    )
+}
+
+pub fn start(test: &str, mode: &str, queue_max_bytes: u64) -> Result<(Pair, usize)> {
+    let pair = Pair::start_with(
+        test,
+        Timing::default(),
+        Some(&resources(mode, queue_max_bytes)),
+    )?;
+    let active = pair.wait_settled(Duration::from_secs(20))?;
+    pair.wait_repl(active, "in_sync", Duration::from_secs(20))?;
+    Ok((pair, active))
+}
+
+impl Pair {
+    pub fn mountpoint(&self) -> PathBuf {
+        self.dir.join("mnt")
+    }
+
+    /// Node i's copy of the set.
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir
+            .join(format!("state-{}", NAMES[i]))
+            .join("sets/data/data")
+    }
+
+    pub fn repl(&self, i: usize) -> Result<ReplicationReport> {
+        self.status(i)?
+            .replication
+            .into_iter()
+            .next()
+            .context("no replicated set in the status")
+    }
+
+    pub fn wait_repl(&self, i: usize, state: &str, timeout: Duration) -> Result<ReplicationReport> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let r = self.repl(i);
+            if let Ok(r) = &r {
+                if r.state == state {
+                    return Ok(r.clone());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "set never reached {state}: {r:?}; logs in {}",
+                    self.dir.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until the passive has applied everything the active captured.
+    pub fn wait_drained(&self, active: usize, timeout: Duration) -> Result<ReplicationReport> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let r = self.repl(active)?;
+            if r.queue_ops == 0 && r.applied_seq == r.sent_seq && r.state == "in_sync" {
+                return Ok(r);
+            }
+            if Instant::now() > deadline {
+                bail!("queue never drained: {r:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A shell command in node i's mount and network namespaces (where `path` is mounted
+    /// when it is active).
+    pub fn sh_in(&self, i: usize, script: &str) -> Result<String> {
+        let pid = self.proc(i).pid().to_string();
+        let out = Command::new("nsenter")
+            .args(["-t", &pid, "-m", "-n", "sh", "-c", script])
+            .output()
+            .context("nsenter")?;
+        if !out.status.success() {
+            bail!(
+                "`{script}` failed in node {i}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+/// A listing of a tree with everything the replica must match: type, mode, owner, size,
+/// mtime (ns), link count, symlink target, content hash and xattrs.
+pub fn tree_digest(root: &Path) -> Result<Vec<String>> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let mut entries: Vec<_> = std::fs::read_dir(&dir)?.collect::<std::io::Result<_>>()?;
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let p = e.path();
+            let m = std::fs::symlink_metadata(&p)?;
+            let rel = p.strip_prefix(root)?.display().to_string();
+            let ft = m.file_type();
+            let extra = if ft.is_symlink() {
+                format!("-> {}", std::fs::read_link(&p)?.display())
+            } else if ft.is_file() {
+                let data = std::fs::read(&p)?;
+                format!("{:016x}", fxhash(&data))
+            } else {
+                String::new()
+            };
+            let mut xattrs = Vec::new();
+            if !ft.is_symlink() {
+                if let Ok(names) = xattr_names(&p) {
+                    xattrs = names;
+                }
+            }
+            out.push(format!(
+                "{rel} mode={:o} uid={} gid={} size={} mtime={}.{:09} nlink={} {extra} {xattrs:?}",
+                m.mode(),
+                m.uid(),
+                m.gid(),
+                if ft.is_dir() { 0 } else { m.size() },
+                m.mtime(),
+                m.mtime_nsec(),
+                m.nlink(),
+            ));
+            if ft.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn fxhash(data: &[u8]) -> u64 {
+    // FNV-1a: enough to tell contents apart in a test.
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in data {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+fn xattr_names(p: &Path) -> Result<Vec<String>> {
+    let out = Command::new("getfattr")
+        .args(["-d", "-m", "-", "--absolute-names"])
+        .arg(p)
+        .output();
+    match out {
+        Ok(o) => Ok(String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(str::to_string)
+            .collect()),
+        Err(_) => Ok(vec![]),
+    }
+}
