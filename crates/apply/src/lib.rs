@@ -330,8 +330,13 @@ fn check_record(record: &Record) -> Result<(), Bad> {
         }
         Op::Write { file: f, .. }
         | Op::Truncate { file: f, .. }
-        | Op::Fallocate { file: f, .. }
-        | Op::Fsync { file: f, .. } => file(f)?,
+        | Op::Fallocate { file: f, .. } => file(f)?,
+        // An fsync of the root directory (fsyncdir on the mount point) names the root as the
+        // empty path. Fsync only marks a group commit due; it opens nothing by its path.
+        Op::Fsync { file: f, .. } => match f {
+            FileRef::Path(p) if p.is_empty() => {}
+            _ => file(f)?,
+        },
         Op::Unlink { path: p, .. } | Op::Rmdir { path: p } => path(p)?,
         Op::Rename {
             from,

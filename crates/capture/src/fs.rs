@@ -1045,14 +1045,20 @@ impl CaptureFs {
     /// Local fsync (outside the order lock), then the barrier op. Returns its seq.
     fn do_fsync(&self, fh: FileHandle, datasync: bool) -> Result<u64, Errno> {
         let h = self.handle(fh)?;
-        sys::fsync(h.fd(), datasync)?;
         let node = match &*h {
             Handle::File(f) => f.node,
             Handle::Dir(d) => d.node,
         };
-        let _order = self.order.lock();
-        let file = self.file_ref(node)?;
-        Ok(self.record(Op::Fsync { file, datasync }, Vec::new()))
+        // Record the barrier first, so the passive flushes while we flush locally: the two
+        // disk flushes overlap instead of adding up. The barrier covers every op recorded
+        // before it, which includes every write this fsync must cover.
+        let seq = {
+            let _order = self.order.lock();
+            let file = self.file_ref(node)?;
+            self.record(Op::Fsync { file, datasync }, Vec::new())
+        };
+        sys::fsync(h.fd(), datasync)?;
+        Ok(seq)
     }
 
     fn do_read(&self, fh: FileHandle, offset: u64, size: u32, reply: ReplyData) {

@@ -184,3 +184,66 @@ fn xattr_names(p: &Path) -> Result<Vec<String>> {
         Err(_) => Ok(vec![]),
     }
 }
+
+/// A background process in a node's namespaces, killed on drop.
+pub struct Background(pub std::process::Child);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Pair {
+    /// Starts `python3 -c script args...` in node i's mount and network namespaces.
+    pub fn python_in(&self, i: usize, script: &str, args: &[&str]) -> Result<Background> {
+        let pid = self.proc(i).pid().to_string();
+        let log = std::fs::File::create(self.dir.join(format!("python-{i}.log")))?;
+        let child = Command::new("nsenter")
+            .args(["-t", &pid, "-m", "-n", "python3", "-c", script])
+            .args(args)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawning python3")?;
+        Ok(Background(child))
+    }
+}
+
+/// Appends numbered records to a file, fsyncing each, and logs each number only after its
+/// fsync returned. Bounded in count. argv: data file, ack log.
+pub const FSYNC_APPENDER: &str = r#"
+import os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+ack = open(sys.argv[2], "w", buffering=1)
+for i in range(1, 200001):
+    os.write(fd, b"record %08d\n" % i)
+    os.fsync(fd)
+    ack.write("%d\n" % i)
+"#;
+
+/// Commits one SQLite transaction per row and logs each id after COMMIT returned.
+/// argv: database, ack log.
+pub const SQLITE_WRITER: &str = r#"
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("PRAGMA synchronous=FULL")
+db.execute("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, body TEXT)")
+ack = open(sys.argv[2], "w", buffering=1)
+for i in range(1, 200001):
+    db.execute("BEGIN")
+    db.execute("INSERT INTO t (id, body) VALUES (?, ?)", (i, "x" * (i % 500)))
+    db.execute("COMMIT")
+    ack.write("%d\n" % i)
+"#;
+
+/// The highest number in an ack log (0 if none).
+pub fn last_acked(path: &Path) -> u64 {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse::<u64>().ok())
+        .max()
+        .unwrap_or(0)
+}
