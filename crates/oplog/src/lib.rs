@@ -174,4 +174,10 @@ pub trait Journal: Send + Sync + 'static {
     /// gone and the set marked degraded); in `async` mode, returns at once. Called without the
     /// order lock.
     fn wait_durable(&self, seq: u64);
+
+    /// False when `wait_durable` would return at once (async mode, or no passive to wait
+    /// for), so a caller can reply without handing the wait to another thread.
+    fn must_wait(&self) -> bool {
+        true
+    }
 }

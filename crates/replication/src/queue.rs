@@ -568,6 +568,10 @@ impl Journal for SetQueue {
         seq
     }
 
+    fn must_wait(&self) -> bool {
+        self.cfg.mode == Mode::Sync && self.lock().streaming
+    }
+
     fn wait_durable(&self, seq: u64) {
         if self.cfg.mode == Mode::Async {
             return;

@@ -356,6 +356,7 @@ fn apply_loop(
     acks: watch::Sender<(u64, u64)>,
 ) -> Applier {
     let mut broken = set.copy_out_of_sync();
+    let sync_mode = set.cfg.mode == crate::queue::Mode::Sync;
     let mut barrier = false;
     let mut unsynced_bytes = 0u64;
     let mut last_sync = Instant::now();
@@ -425,7 +426,9 @@ fn apply_loop(
                     break;
                 }
             };
-            barrier |= record.op.is_barrier();
+            // In async mode nobody waits for our flush: sync on the interval only, and
+            // leave the disk to the active's own fsyncs.
+            barrier |= sync_mode && record.op.is_barrier();
             if let Err(e) = applier.apply(&record) {
                 error!(set = set.name(), seq = record.seq, error = %e, "applying failed; the copy is out of sync");
                 set.mark_copy_out_of_sync("an op could not be applied");
