@@ -126,6 +126,11 @@ pub enum Input {
     ResourceRestarted { resource: usize, ok: bool },
     /// The watchdog stopped every resource while this daemon was not renewing its lease.
     Fenced,
+    /// Whether this node's replicated data may serve if it becomes active. False while a
+    /// copy is known to be out of sync (the active said it cannot catch it up, or applying
+    /// failed): such a node is not eligible, so it neither takes over automatically nor
+    /// receives a switchover. A forced failover still can.
+    DataUsable { usable: bool },
 }
 
 /// Operator commands, from the control socket.
@@ -246,6 +251,8 @@ pub struct PairCore {
     /// This passive asked its active peer to hand over; until then (a deadline).
     requesting_switchover_until: Option<Time>,
     ineligible_until: Time,
+    /// This node's replicated copies may serve (see `Input::DataUsable`).
+    data_usable: bool,
 
     channel_last_heard: Option<Time>,
     /// The latest status heard over the channel.
@@ -308,6 +315,7 @@ impl PairCore {
             exited: false,
             requesting_switchover_until: None,
             ineligible_until: now,
+            data_usable: true,
             channel_last_heard: None,
             peer_channel: None,
             peer_management: None,
@@ -373,6 +381,12 @@ impl PairCore {
                 // leads through the ordinary demotion, persisted in a new epoch.
                 if self.phase == Phase::Active {
                     self.begin_demote(Reason::Fenced, AfterStop::BePassive);
+                }
+            }
+            Input::DataUsable { usable } => {
+                if usable != self.data_usable {
+                    self.data_usable = usable;
+                    self.send_status();
                 }
             }
             Input::ResourceRestarted { resource, ok } => {
@@ -668,7 +682,7 @@ impl PairCore {
                 }
                 if !peer.eligible {
                     return Err(Refusal(
-                        "the peer may not become active (a recent start failed)".into(),
+                        "the peer may not become active (a recent start failed, or its data is out of sync)".into(),
                     ));
                 }
                 if !peer.public_ok {
@@ -689,7 +703,7 @@ impl PairCore {
                 }
                 if !self.eligible() {
                     return Err(Refusal(
-                        "this node may not become active (a recent start failed)".into(),
+                        "this node may not become active (a recent start failed, or its data is out of sync)".into(),
                     ));
                 }
                 if !self.public_ok() {
@@ -892,6 +906,9 @@ impl PairCore {
     fn waiting_for(&self) -> Option<&'static str> {
         if self.phase != Phase::Passive {
             return None;
+        }
+        if !self.data_usable {
+            return Some("this node's replicated data is out of sync");
         }
         if !self.eligible() {
             return Some("a recent start failed; backing off");
@@ -1135,7 +1152,7 @@ impl PairCore {
     }
 
     fn eligible(&self) -> bool {
-        self.now >= self.ineligible_until
+        self.now >= self.ineligible_until && self.data_usable
     }
 
     fn check_invariants(&self) {

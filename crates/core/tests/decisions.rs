@@ -366,6 +366,24 @@ fn probe_failure_during_own_public_outage_is_not_evidence() {
 }
 
 #[test]
+fn a_passive_whose_data_is_out_of_sync_does_not_take_over() {
+    // The active told this passive its copy cannot be caught up: it must not serve it.
+    let mut b = passive_following_active(0);
+    b.at(50, Input::DataUsable { usable: false });
+    fail_probes_until(&mut b, 200, 5000);
+    assert_eq!(b.core.phase(), Phase::Passive);
+    assert_eq!(
+        b.core.status().waiting_for,
+        Some("this node's replicated data is out of sync")
+    );
+    assert!(!b.core.my_status().eligible, "peers see it as ineligible");
+    // Once resynced, the ordinary rules apply again.
+    b.at(5001, Input::DataUsable { usable: true });
+    fail_probes_until(&mut b, 5001, 5300);
+    assert_eq!(b.core.phase(), Phase::Promoting);
+}
+
+#[test]
 fn no_failover_when_auto_failover_is_off() {
     // The operator chose manual failover.
     let mut c = cfg(1);

@@ -351,6 +351,7 @@ pub async fn run(cfg: Config, node_name: &str) -> Result<()> {
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut signals = 0u32;
+    let mut data_usable = true;
     loop {
         if !carry_out(
             &mut core,
@@ -364,6 +365,16 @@ pub async fn run(cfg: Config, node_name: &str) -> Result<()> {
             break;
         }
         running.send_replace(core.phase() == Phase::Active);
+        // A copy the active cannot catch up makes this node ineligible until resynced.
+        let usable = replicator.copies_usable();
+        if usable != data_usable {
+            data_usable = usable;
+            if !usable {
+                warn!("a replicated copy here is out of sync: this node will not take over");
+            }
+            core.handle(daemon.now(), Input::DataUsable { usable });
+            continue;
+        }
         // The lease says "this loop is alive"; it is armed while resources may run here.
         watchdog.renew(core.phase().is_running());
         let deadline = origin + Duration::from_millis(core.next_timeout().0);

@@ -235,7 +235,10 @@ where
     let applied = applier.last_applied();
     let (history, out_of_sync) = {
         let p = set.persisted();
-        (p.history.clone(), p.out_of_sync || set.copy_out_of_sync())
+        (
+            p.history.clone(),
+            p.out_of_sync || set.copy_out_of_sync() || set.passive.unclean.load(Ordering::SeqCst),
+        )
     };
     let welcome = Welcome {
         accepted: true,

@@ -77,6 +77,8 @@ pub(crate) struct PassiveProgress {
     pub received_bytes: AtomicU64,
     pub session_up: std::sync::atomic::AtomicBool,
     pub out_of_sync: std::sync::atomic::AtomicBool,
+    /// The copy was left by a crash: it cannot resume a stream.
+    pub unclean: std::sync::atomic::AtomicBool,
 }
 
 pub struct ReplicaSet {
@@ -96,9 +98,13 @@ impl ReplicaSet {
         // A capture mount left by a daemon that died: detach it so the path is usable.
         detach_stale_mount(&cfg.path);
         let mut persisted = SetState::load(&cfg.state_dir)?;
-        if !persisted.clean {
-            warn!(set = %cfg.name, "the last run did not stop cleanly: this copy is out of sync until resynced");
-            persisted.out_of_sync = true;
+        // After a crash the copy may hold applied-but-unsynced ops the state file does not
+        // count: it cannot resume a stream. It is not marked out of sync by itself (after a
+        // power loss of both nodes one of them must still serve); the active decides, when
+        // it hears this in the handshake.
+        let unclean = !persisted.clean;
+        if unclean {
+            warn!(set = %cfg.name, "the last run did not stop cleanly: this copy cannot resume streaming");
         }
         persisted.clean = false;
         persisted.save(&cfg.state_dir)?;
@@ -111,6 +117,7 @@ impl ReplicaSet {
         passive
             .out_of_sync
             .store(persisted.out_of_sync, Ordering::Relaxed);
+        passive.unclean.store(unclean, Ordering::Relaxed);
         Ok(Self {
             role: tokio::sync::Mutex::new(Role::Passive {
                 applier: Some(applier),
@@ -218,10 +225,14 @@ impl ReplicaSet {
         }
         let last = applier.last_applied();
         drop(applier);
+        // From here on this copy is the pair's data; the peer's copy is the one to check.
+        self.passive.out_of_sync.store(false, Ordering::SeqCst);
+        self.passive.unclean.store(false, Ordering::SeqCst);
         let history = {
             let mut p = self.persisted();
             p.begin_generation(generation, last + 1);
             p.last_seq = last;
+            p.out_of_sync = false;
             p.history.clone()
         };
         self.save();
@@ -390,7 +401,7 @@ impl ReplicaSet {
             };
         }
         let p = &self.passive;
-        let state = if p.out_of_sync.load(Ordering::SeqCst) {
+        let state = if p.out_of_sync.load(Ordering::SeqCst) || p.unclean.load(Ordering::SeqCst) {
             ReplState::OutOfSync
         } else if p.session_up.load(Ordering::SeqCst) {
             ReplState::InSync
