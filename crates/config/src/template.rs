@@ -89,6 +89,10 @@ name = ",
 # Port used for management addresses written without one. Default 7401.
 # management_port = 7401
 
+# Port on which each node accepts the peer's replication streams (on the
+# address of its first channel link). Default 7402.
+# replication_port = 7402
+
 # How many automatic switchovers caused by resource failures (an on_failure
 # \"switchover\", see the resources below) are allowed within the failure
 # window (the longest failure_window_ms of the resources) before automatic
@@ -168,6 +172,33 @@ targets = []
 # post_stop = \"/usr/local/bin/understudy-hook post-stop\"
 # role_change = \"/usr/local/bin/understudy-hook role-change\"
 # timeout_ms = 10000
+
+# Replicated directories: 0 to 16 [[replicate]] entries. On the active node,
+# `path` is a capture filesystem over this node's copy: every change is
+# numbered and streamed to the passive, which applies it in order to its own
+# copy. `path` is not mounted on the passive.
+#
+# name:             unique set name (required), same rules as the pair name.
+# path:             the absolute path applications use, the same on both
+#                   nodes (required). Must not overlap another set or the
+#                   state_dir.
+# mode:             \"sync\": fsync returns once the passive stored the data
+#                   durably (no acknowledged write lost by a failover);
+#                   \"async\": fsync returns once the data is durable here, the
+#                   passive trails by a bounded lag. Default \"sync\".
+# queue_max_bytes:  changes waiting for the passive (memory plus a spill file)
+#                   before the set stops queueing and records which files
+#                   changed (the passive is then out of sync until resynced).
+#                   Default 1073741824 (1 GiB); at least 4194304.
+# memory_max_bytes: the part of that queue kept in memory. Default 67108864
+#                   (64 MiB), at most queue_max_bytes.
+# data_dir:         this node's copy. Default <state_dir>/sets/<name>/data.
+#
+# [[replicate]]
+# name = \"data\"
+# path = \"/srv/data\"
+# mode = \"sync\"
+# queue_max_bytes = 1073741824
 
 # Resources: 0 to 64 [[resource]] entries, started in file order and stopped
 # in reverse order. Below is a commented example of each kind; uncomment and

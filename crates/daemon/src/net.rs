@@ -2,7 +2,7 @@
 //! probe server and client, and the public-network check.
 //!
 //! Each channel link is its own mutual-TLS connection carrying only heartbeats and pings,
-//! so nothing else (a replication backlog, later) can ever queue in front of a heartbeat.
+//! so nothing else (a replication backlog) can ever queue in front of a heartbeat.
 //! Statuses go out through a `watch` channel: a slow link coalesces them to the latest
 //! one instead of queueing without bound.
 
