@@ -66,6 +66,14 @@ targets = ["10.60.0.100"]
 interval_ms = 200
 timeout_ms = 150
 
+# The service's data: replicated in real time, synchronously (an acknowledged fsync is on
+# both nodes). On the active, $DIR/kv is a capture filesystem; the passive applies every
+# change to its own copy.
+[[replicate]]
+name = "kv"
+path = "$DIR/kv"
+mode = "sync"
+
 # The floating address clients use, then the application behind it.
 [[resource]]
 name = "address"
@@ -77,7 +85,7 @@ conflict_probe_ms = 200
 [[resource]]
 name = "kv"
 kind = "exec"
-start = "$BIN demo-service --listen 0.0.0.0:8080 --dir $DIR/kv-\$UNDERSTUDY_NODE --node \$UNDERSTUDY_NODE >/dev/null 2>&1 & echo \$! > $DIR/kv-\$UNDERSTUDY_NODE.pid; sleep 0.05"
+start = "$BIN demo-service --listen 0.0.0.0:8080 --dir $DIR/kv --node \$UNDERSTUDY_NODE >/dev/null 2>&1 & echo \$! > $DIR/kv-\$UNDERSTUDY_NODE.pid; sleep 0.05"
 stop = "kill \$(cat $DIR/kv-\$UNDERSTUDY_NODE.pid) 2>/dev/null; true"
 monitor = "kill -0 \$(cat $DIR/kv-\$UNDERSTUDY_NODE.pid) 2>/dev/null || exit 7"
 monitor_interval_ms = 500
@@ -102,6 +110,13 @@ wait_role() { # name role timeout_ms
 # One HTTP request from the client namespace through the floating address.
 client_get() {
   ip netns exec "$C" timeout 0.3 bash -c 'exec 3<>/dev/tcp/10.60.0.50/8080 && printf "GET / HTTP/1.0\r\n\r\n" >&3 && tail -n 1 <&3' 2>/dev/null
+}
+# Store a key through the floating address (the service fsyncs before answering).
+client_put() { # key value
+  ip netns exec "$C" timeout 1 bash -c 'exec 3<>/dev/tcp/10.60.0.50/8080 && printf "PUT /%s HTTP/1.0\r\nContent-Length: %d\r\n\r\n%s" "$1" "${#2}" "$2" >&3 && head -n 1 <&3' _ "$1" "$2" 2>/dev/null
+}
+client_get_key() { # key
+  ip netns exec "$C" timeout 1 bash -c 'exec 3<>/dev/tcp/10.60.0.50/8080 && printf "GET /%s HTTP/1.0\r\n\r\n" "$1" >&3 && tail -n 1 <&3' _ "$1" 2>/dev/null
 }
 # A node failure: every process in the node dies and its cables are pulled.
 power_off() { # name ns
@@ -128,6 +143,23 @@ echo
 bold "== the client reaches the service through the floating address 10.60.0.50:"
 echo "   $(client_get)"
 echo
+bold "== the client stores a key; the service fsyncs it, so it is on both nodes before the answer"
+echo "   PUT /greeting -> $(client_put greeting "hello, stored on $act")"
+sleep 0.3
+st "$act" | sed -n '/^replication:/,/^recent/p' | grep -v '^recent'
+echo
+bold "== understudy switchover: a planned move to $pas (the queue drains to zero first)"
+t0=$(date +%s%N)
+"$BIN" --config "$DIR/understudy.toml" --socket "$DIR/$act.sock" switchover
+wait_role "$pas" active 5000 && t1=$(date +%s%N)
+until [ "$(client_get)" = "ok $pas" ]; do sleep 0.02; done
+bold "== $pas is active after $(( (t1 - t0) / 1000000 )) ms; the client reads the key there:"
+echo "   GET /greeting -> $(client_get_key greeting)"
+st "$act" --json | grep -o '"text": *"set kv[^"]*"' | tail -n 1 | sed 's/^/   event on '"$act"': /'
+echo
+old=$act; act=$pas; pas=$old; idx=$((1 - idx))
+echo "   PUT /greeting -> $(client_put greeting "hello again, stored on $act")"
+sleep 0.3
 bold "== power failure on the active ($act): kill -9 everything on it, pull its cables"
 if [ "$act" = alpha ]; then actns=$A; else actns=$B; fi
 if [ "$pas" = alpha ]; then pasns=$A; else pasns=$B; fi
@@ -138,19 +170,13 @@ until [ "$(client_get)" = "ok $pas" ]; do
 done
 t1=$(date +%s%N)
 bold "== the client is served by $pas again $(( (t1 - t0) / 1000000 )) ms after the failure (failover_timeout 1000 ms)"
-echo "   $(client_get)"
+echo "   GET /greeting -> $(client_get_key greeting)   (the last acknowledged write survived)"
 echo; st "$pas"
 echo
 bold "== power back on $act: it rejoins as passive"
 power_on "$idx" "$act" "$actns"
 wait_role "$act" passive 10000
 sleep 1.5
-bold "== understudy switchover (planned move back to $act)"
-t0=$(date +%s%N)
-st "$pas" >/dev/null; "$BIN" --config "$DIR/understudy.toml" --socket "$DIR/$pas.sock" switchover
-wait_role "$act" active 5000 && t1=$(date +%s%N)
-bold "== $act is active again after $(( (t1 - t0) / 1000000 )) ms; the client:"
-sleep 0.3
-echo "   $(client_get)"
-echo
-st "$act"
+st "$act" | sed -n '/^replication:/,/^recent/p' | grep -v '^recent'
+echo "   Its copy may hold changes from after the failover point, so it is out of sync and not"
+echo "   eligible to take over until it is resynchronised (see the issue list: resync)."
