@@ -414,6 +414,41 @@ fn setattr_sets_mode_and_times_to_the_nanosecond() {
     r.applier.sync().expect("sync");
 }
 
+/// Capture names the root directory itself by the empty path: chmod, utimens and xattrs on
+/// the mount point, and fsyncdir on it, apply to the replica's root.
+#[test]
+fn the_root_itself_takes_attributes_xattrs_and_fsync() {
+    let mut r = Replica::new();
+    r.ok(Op::SetAttr {
+        file: path(""),
+        mode: Some(0o2775),
+        uid: None,
+        gid: None,
+        atime: None,
+        mtime: Some(ts(1_700_000_000, 123_456_789)),
+    });
+    assert_eq!(mode_of(&r.root), 0o2775);
+    assert_eq!(mtime_of(&r.root), ts(1_700_000_000, 123_456_789));
+    r.ok(Op::SetXattr {
+        file: path(""),
+        name: b"user.root".to_vec(),
+        value: b"v".to_vec(),
+        flags: 0,
+    });
+    assert_eq!(xattr(&r.root, "user.root").as_deref(), Some(&b"v"[..]));
+    r.ok(Op::RemoveXattr {
+        file: path(""),
+        name: b"user.root".to_vec(),
+    });
+    assert_eq!(xattr(&r.root, "user.root"), None);
+    r.ok(Op::Fsync {
+        file: path(""),
+        datasync: false,
+    });
+    assert!(r.applier.sync_due());
+    r.applier.sync().expect("sync");
+}
+
 #[test]
 fn xattrs_on_files_and_directories() {
     let mut r = Replica::new();
