@@ -694,8 +694,41 @@ impl CaptureFs {
     // ---- attributes ----
 
     #[allow(clippy::too_many_arguments)]
+    /// What the kernel does to a file whose data changes, left to us by KILLPRIV_V2 (caller
+    /// holds the order lock; the change is recorded like any other): clear the set-ID bits
+    /// when `kill_setid` (the writer lacks CAP_FSETID; our own write on the backing file runs
+    /// as root, which keeps them). The set-group-ID bit only counts with group execute, as
+    /// in the kernel. File capabilities need nothing here: the backing filesystem drops
+    /// `security.capability` on any data change, whoever writes, on both nodes alike.
+    fn kill_privs(&self, fd: RawFd, file: &FileRef, kill_setid: bool) {
+        if !kill_setid {
+            return;
+        }
+        let Ok(st) = sys::fstat(fd) else { return };
+        let mut mode = st.st_mode & 0o7777;
+        mode &= !libc::S_ISUID;
+        if mode & libc::S_IXGRP != 0 {
+            mode &= !libc::S_ISGID;
+        }
+        if mode != st.st_mode & 0o7777 && sys::fchmod(fd, mode).is_ok() {
+            self.record(
+                Op::SetAttr {
+                    file: file.clone(),
+                    mode: Some(mode),
+                    uid: None,
+                    gid: None,
+                    atime: None,
+                    mtime: None,
+                },
+                Vec::new(),
+            );
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn do_setattr(
         &self,
+        req_uid: u32,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -709,19 +742,21 @@ impl CaptureFs {
         let target = self.target(ino, fh)?;
         let file = self.file_ref(ino.0)?;
         if let Some(size) = size {
-            match &target {
-                Target::Fd(h) => sys::ftruncate(h.fd(), size)?,
+            let opened;
+            let fd = match &target {
+                Target::Fd(h) => h.fd(),
                 Target::Path(p) => {
                     // No truncateat(2); open without following a final symlink instead.
-                    let fd = self.root.open(
+                    opened = self.root.open(
                         p,
                         libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK,
                         0,
                     )?;
-                    sys::ftruncate(fd.as_raw_fd(), size)?;
+                    opened.as_raw_fd()
                 }
-            }
-            let st = self.stat_target(&target)?;
+            };
+            sys::ftruncate(fd, size)?;
+            let st = sys::fstat(fd)?;
             self.record(
                 Op::Truncate {
                     file: file.clone(),
@@ -729,6 +764,9 @@ impl CaptureFs {
                 },
                 vec![(file.clone(), mtime(&st))],
             );
+            // The kernel leaves this to us (KILLPRIV_V2); it would clear set-ID bits for a
+            // caller without CAP_FSETID, which we take to be anyone but root.
+            self.kill_privs(fd, &file, req_uid != 0);
         }
         let owner = uid.is_some() || gid.is_some();
         if !(owner || mode.is_some() || atime_arg.is_some() || mtime_arg.is_some()) {
@@ -1001,7 +1039,13 @@ impl CaptureFs {
         }
     }
 
-    fn do_write(&self, fh: FileHandle, offset: u64, data: &[u8]) -> Result<usize, Errno> {
+    fn do_write(
+        &self,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        kill_setid: bool,
+    ) -> Result<usize, Errno> {
         let h = self.handle(fh)?;
         let Handle::File(f) = &*h else {
             return Err(Errno::EBADF);
@@ -1021,12 +1065,13 @@ impl CaptureFs {
             .unwrap_or_default();
         self.record(
             Op::Write {
-                file,
+                file: file.clone(),
                 offset,
                 data: copy,
             },
             mtimes,
         );
+        self.kill_privs(f.fd.as_raw_fd(), &file, kill_setid);
         self.stats.writes.fetch_add(1, Ordering::Relaxed);
         self.stats
             .write_bytes
@@ -1280,9 +1325,13 @@ impl Filesystem for CaptureFs {
         let _ = config.set_max_background(64);
         // Lookups and readdirs in one directory may run in parallel (we are thread-safe), and
         // symlink targets never change in place, so the kernel may cache them.
+        // KILLPRIV_V2: we clear set-ID bits and file capabilities on writes and truncates
+        // ourselves (`kill_privs`). Without it the kernel asks GETXATTR security.capability
+        // before every write: one more round trip to this process per write(2).
         for flag in [
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_CACHE_SYMLINKS,
+            InitFlags::FUSE_HANDLE_KILLPRIV_V2,
         ] {
             let _ = config.add_capabilities(flag);
         }
@@ -1338,7 +1387,7 @@ impl Filesystem for CaptureFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -1354,7 +1403,7 @@ impl Filesystem for CaptureFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        match self.do_setattr(ino, mode, uid, gid, size, atime, mtime, fh) {
+        match self.do_setattr(req.uid(), ino, mode, uid, gid, size, atime, mtime, fh) {
             Ok(st) => reply.attr(&TTL, &attr(ino.0, &st)),
             Err(e) => reply.error(e),
         }
@@ -1485,7 +1534,7 @@ impl Filesystem for CaptureFs {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
@@ -1493,7 +1542,8 @@ impl Filesystem for CaptureFs {
         // O_SYNC / O_DSYNC handles (and RWF_DSYNC writes) need no barrier here: the kernel
         // follows each such write with FUSE_FSYNC before write(2) returns, and `fsync` below
         // records the `Fsync` and waits for durability.
-        match self.do_write(fh, offset, data) {
+        let kill_setid = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+        match self.do_write(fh, offset, data, kill_setid) {
             Ok(n) => reply.written(u32::try_from(n).unwrap_or(u32::MAX)),
             Err(e) => reply.error(e),
         }
@@ -1508,7 +1558,9 @@ impl Filesystem for CaptureFs {
         reply: ReplyEmpty,
     ) {
         // Data reaches the backing file synchronously in write, so there is nothing to push.
-        reply.ok();
+        // ENOSYS tells the kernel so for good: it stops sending FLUSH on every close, which
+        // spares each close(2) a round trip to this process.
+        reply.error(Errno::ENOSYS);
     }
 
     fn release(

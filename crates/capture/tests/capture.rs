@@ -442,6 +442,63 @@ fn chown_that_clears_setuid_records_the_new_mode() {
     assert_eq!(last_mode, Some(0o755));
 }
 
+/// The kernel leaves set-ID clearing to us (FUSE_HANDLE_KILLPRIV_V2): a write or truncate
+/// by a caller without CAP_FSETID clears set-user-ID (and set-group-ID with group execute),
+/// on the backing file and in the journal; root's own writes keep them, as on any local
+/// filesystem.
+#[test]
+fn writes_by_others_clear_set_id_bits() {
+    if !require_root("writes_by_others_clear_set_id_bits") {
+        return;
+    }
+    let f = Fixture::new();
+    for (name, mode) in [("w", 0o6777), ("t", 0o4777), ("r", 0o4777)] {
+        fs::write(f.m(name), b"x").expect("create");
+        fs::set_permissions(f.m(name), fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+    f.journal.take();
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg("printf y >> w && : > t")
+        .current_dir(&f.mnt)
+        .uid(65534)
+        .gid(65534)
+        .status()
+        .expect("run sh");
+    assert!(status.success());
+    // Root writes too, and keeps the bits.
+    fs::OpenOptions::new()
+        .append(true)
+        .open(f.m("r"))
+        .and_then(|mut w| std::io::Write::write_all(&mut w, b"z"))
+        .expect("root write");
+    assert_eq!(
+        lstat(&f.b("w")).st_mode & 0o7777,
+        0o0777,
+        "write clears both"
+    );
+    assert_eq!(
+        lstat(&f.b("t")).st_mode & 0o7777,
+        0o0777,
+        "truncate clears setuid"
+    );
+    assert_eq!(lstat(&f.b("r")).st_mode & 0o7777, 0o4777, "root keeps it");
+    let records = f.journal.take();
+    let mode_of = |name: &[u8]| {
+        records.iter().rev().find_map(|r| match &r.op {
+            Op::SetAttr {
+                file: FileRef::Path(p),
+                mode,
+                ..
+            } if p == name => *mode,
+            _ => None,
+        })
+    };
+    assert_eq!(mode_of(b"w"), Some(0o0777));
+    assert_eq!(mode_of(b"t"), Some(0o0777));
+    assert_eq!(mode_of(b"r"), None);
+}
+
 #[test]
 fn new_files_belong_to_the_caller_with_the_callers_umask() {
     if !require_root("new_files_belong_to_the_caller_with_the_callers_umask") {

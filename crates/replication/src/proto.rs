@@ -78,7 +78,8 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     if len > FRAME_MAX_BYTES {
         return Err(ProtoError::TooLarge(len));
     }
-    buf.clear();
+    // No clear first: a reused buffer is only truncated or extended, not zeroed again
+    // (read_exact overwrites every byte of it).
     buf.resize(len - 1, 0);
     r.read_exact(buf).await?;
     Ok(header[4])

@@ -404,6 +404,18 @@ impl SetQueue {
     /// Used by a switchover, after the applications stopped. Returns the last seq and whether
     /// it was reached.
     pub fn drain(&self, timeout: Duration) -> (u64, bool) {
+        // The passive flushes only for barriers: end with one on the root, so everything
+        // before it is durable there when the drain returns. Capture is unmounted by now, so
+        // nothing else records and the order lock is not needed.
+        if self.lock().streaming {
+            self.record(
+                Op::Fsync {
+                    file: FileRef::Path(Vec::new()),
+                    datasync: false,
+                },
+                Vec::new(),
+            );
+        }
         let deadline = Instant::now() + timeout;
         let mut inner = self.lock();
         loop {

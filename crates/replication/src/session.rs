@@ -11,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 use understudy_apply::Applier;
-use understudy_oplog::decode_record;
+use understudy_oplog::{decode_record, FileRef, Op};
 use understudy_tls::NodeTls;
 
 use crate::proto::{self, kind, Hello, ProtoError, Welcome};
@@ -26,10 +26,15 @@ const APPLY_QUEUE_FRAMES: usize = 8;
 /// A session that hears nothing for this long is dead (keepalives flow every second).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 const KEEPALIVE: Duration = Duration::from_secs(1);
-/// The passive syncs at least this often, and after this many unsynced bytes, even without a
-/// barrier, so async lag stays bounded on disk too.
-const SYNC_INTERVAL: Duration = Duration::from_millis(200);
-const SYNC_BYTES: u64 = 64 << 20;
+/// The passive flushes its copy for barriers (an fsync on the active, a drain) and otherwise
+/// at most this often, so its durable position keeps moving without costing the disk a flush
+/// per group of plain writes: the active does not flush those either.
+const SYNC_INTERVAL: Duration = Duration::from_secs(10);
+/// Plain writes reach the passive's socket after at most this delay, batched; a barrier is
+/// sent at once.
+const COALESCE: Duration = Duration::from_millis(1);
+/// Buffered bytes that are sent without waiting for the coalescing delay.
+const COALESCE_BYTES: usize = 256 << 10;
 
 /// The active's side of one set: keep a session to the passive for as long as we are active.
 pub async fn run_sender(
@@ -138,6 +143,8 @@ where
     });
     let wake = queue.wake_sender.clone();
     let mut frame = Vec::with_capacity(BATCH_MAX_BYTES as usize + (1 << 20));
+    let mut urgent = false;
+    let mut hold_until: Option<tokio::time::Instant> = None;
     let why = loop {
         if queue.session_abandoned() {
             break "abandoned: the passive fell too far behind".to_string();
@@ -151,11 +158,31 @@ where
                 frame.clear();
                 for r in &records {
                     frame_record(r, &mut frame);
+                    urgent |= r.op.is_barrier();
                 }
                 send(&mut wr, kind::RECORDS, &frame).await
             }
-            Next::Encoded(bytes, _) => send(&mut wr, kind::RECORDS, &bytes).await,
+            Next::Encoded(bytes, _) => {
+                urgent = true;
+                send(&mut wr, kind::RECORDS, &bytes).await
+            }
             Next::Idle => {
+                // Plain writes wait a moment for company, so a stream of small ops costs
+                // one socket write and one ack per batch rather than per op; a barrier
+                // (someone waits in fsync) goes out at once.
+                if !urgent && !wr.buffer().is_empty() && wr.buffer().len() < COALESCE_BYTES {
+                    let until =
+                        *hold_until.get_or_insert_with(|| tokio::time::Instant::now() + COALESCE);
+                    if tokio::time::Instant::now() < until {
+                        tokio::select! {
+                            _ = wake.notified() => {}
+                            _ = tokio::time::sleep_until(until) => {}
+                        }
+                        continue;
+                    }
+                }
+                urgent = false;
+                hold_until = None;
                 if let Err(e) = wr.flush().await {
                     break format!("write: {e}");
                 }
@@ -265,11 +292,14 @@ where
         set.save();
     }
     let (tx, rx) = mpsc::channel::<Vec<u8>>(APPLY_QUEUE_FRAMES);
+    // Frame buffers go back from the apply thread to the reader, so each is allocated (and
+    // its pages faulted in and zeroed) once per session instead of once per frame.
+    let (pool_tx, pool_rx) = std::sync::mpsc::channel::<Vec<u8>>();
     let (ack_tx, ack_rx) = watch::channel((applied, applied));
     let apply_set = set.clone();
     let apply = std::thread::Builder::new()
         .name(format!("apply-{}", hello.set))
-        .spawn(move || apply_loop(apply_set, applier, rx, ack_tx));
+        .spawn(move || apply_loop(apply_set, applier, rx, ack_tx, pool_tx));
     let apply = match apply {
         Ok(h) => h,
         Err(e) => {
@@ -278,7 +308,7 @@ where
         }
     };
     set.passive.session_up.store(true, Ordering::SeqCst);
-    let net = tokio::spawn(passive_net(set.clone(), rd, wr, tx, ack_rx));
+    let net = tokio::spawn(passive_net(set.clone(), rd, wr, tx, ack_rx, pool_rx));
     *role = Role::Passive {
         applier: None,
         session: Some(PassiveSession { net, apply }),
@@ -291,6 +321,7 @@ async fn passive_net<R, W>(
     wr: W,
     tx: mpsc::Sender<Vec<u8>>,
     mut acks: watch::Receiver<(u64, u64)>,
+    pool: std::sync::mpsc::Receiver<Vec<u8>>,
 ) where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -322,7 +353,7 @@ async fn passive_net<R, W>(
     let s = set.clone();
     let reader = async move {
         loop {
-            let mut buf = Vec::new();
+            let mut buf = pool.try_recv().unwrap_or_default();
             match tokio::time::timeout(IDLE_TIMEOUT, proto::read_frame(&mut rd, &mut buf)).await {
                 Ok(Ok(kind::RECORDS)) => {
                     s.passive
@@ -357,6 +388,7 @@ fn apply_loop(
     mut applier: Applier,
     mut rx: mpsc::Receiver<Vec<u8>>,
     acks: watch::Sender<(u64, u64)>,
+    pool: std::sync::mpsc::Sender<Vec<u8>>,
 ) -> Applier {
     let mut broken = set.copy_out_of_sync();
     let sync_mode = set.cfg.mode == crate::queue::Mode::Sync;
@@ -379,9 +411,7 @@ fn apply_loop(
             Ok(f) => Some(f),
             Err(mpsc::error::TryRecvError::Empty) => {
                 // Nothing waiting: this is the moment to commit a group.
-                let due = barrier
-                    || (unsynced_bytes > 0 && last_sync.elapsed() >= SYNC_INTERVAL)
-                    || unsynced_bytes >= SYNC_BYTES;
+                let due = barrier || (unsynced_bytes > 0 && last_sync.elapsed() >= SYNC_INTERVAL);
                 if due && !broken {
                     commit(&set, &mut applier, &mut durable, &mut broken);
                     barrier = false;
@@ -431,7 +461,10 @@ fn apply_loop(
             };
             // In async mode nobody waits for our flush: sync on the interval only, and
             // leave the disk to the active's own fsyncs.
-            barrier |= sync_mode && record.op.is_barrier();
+            // (A barrier on the root is a drain's, which needs the flush in both modes.)
+            barrier |= record.op.is_barrier()
+                && (sync_mode
+                    || matches!(&record.op, Op::Fsync { file: FileRef::Path(p), .. } if p.is_empty()));
             if let Err(e) = applier.apply(&record) {
                 error!(set = set.name(), seq = record.seq, error = %e, "applying failed; the copy is out of sync");
                 set.mark_copy_out_of_sync("an op could not be applied");
@@ -440,13 +473,8 @@ fn apply_loop(
             }
             set.passive.applied.store(record.seq, Ordering::Relaxed);
         }
-        if unsynced_bytes >= SYNC_BYTES && !broken {
-            commit(&set, &mut applier, &mut durable, &mut broken);
-            unsynced_bytes = 0;
-            last_sync = Instant::now();
-            barrier = false;
-            acks.send_replace((applier.last_applied(), durable));
-        }
+        // Back to the reader for the next frame; if the reader is gone, it is just freed.
+        let _ = pool.send(frame);
     }
     if !broken {
         commit(&set, &mut applier, &mut durable, &mut broken);
