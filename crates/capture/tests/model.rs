@@ -269,6 +269,8 @@ fn show_op(op: &Op) -> String {
         }
         Op::Fsync { file, datasync } => format!("Fsync {} datasync {datasync}", show_ref(file)),
         Op::DropOrphan { orphan } => format!("DropOrphan {orphan}"),
+        // Capture never records these (only the sync engine does).
+        other => format!("{other:?}"),
     }
 }
 
@@ -307,6 +309,7 @@ fn kind(op: &Op) -> &'static str {
         Op::RemoveXattr { .. } => "removexattr",
         Op::Fsync { .. } => "fsync",
         Op::DropOrphan { .. } => "drop-orphan",
+        _ => "sync",
     }
 }
 

@@ -4,7 +4,7 @@
 //! reads input that came from the network, so every length is bounded before anything is
 //! allocated, unknown tags are errors, and trailing bytes are errors.
 
-use crate::{FileRef, NodeKind, Op, Record, Timespec};
+use crate::{EntryKind, FileRef, NodeKind, Op, Record, Timespec, TreeEntry};
 
 /// Longest path accepted (PATH_MAX).
 pub const MAX_PATH_BYTES: usize = 4096;
@@ -14,6 +14,12 @@ pub const MAX_WRITE_BYTES: usize = 16 << 20;
 pub const MAX_XATTR_BYTES: usize = 64 << 10;
 /// Most mtimes one record may carry (an op touches at most a few inodes).
 pub const MAX_MTIMES: usize = 8;
+/// Most entries in one `SyncTree` record (a listing comes in as many parts as it needs).
+pub const MAX_TREE_ENTRIES: usize = 4096;
+/// Most xattrs of one file in a listing or `SyncMeta`.
+pub const MAX_XATTRS: usize = 256;
+/// Most subtrees in a `SyncBegin` scope; a larger scope is sent as the whole tree.
+pub const MAX_SCOPE_PATHS: usize = 100_000;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -51,6 +57,11 @@ mod tag {
     pub const REMOVEXATTR: u8 = 13;
     pub const FSYNC: u8 = 14;
     pub const DROP_ORPHAN: u8 = 15;
+    pub const SYNC_BEGIN: u8 = 16;
+    pub const SYNC_TREE: u8 = 17;
+    pub const SYNC_META: u8 = 18;
+    pub const VERIFY_RANGE: u8 = 19;
+    pub const SYNC_END: u8 = 20;
 }
 
 /// Exact encoded size of a record, so callers can size buffers once.
@@ -154,6 +165,37 @@ fn put_file(out: &mut impl Sink, f: &FileRef) {
             put_u64(out, *id);
         }
     }
+}
+fn entry_kind_tag(k: EntryKind) -> u8 {
+    match k {
+        EntryKind::Dir => 0,
+        EntryKind::Regular => 1,
+        EntryKind::Symlink => 2,
+        EntryKind::Fifo => 3,
+        EntryKind::CharDevice => 4,
+        EntryKind::BlockDevice => 5,
+        EntryKind::Socket => 6,
+    }
+}
+fn put_xattrs(out: &mut impl Sink, xattrs: &[(Vec<u8>, Vec<u8>)]) {
+    put_u32(out, xattrs.len() as u32);
+    for (name, value) in xattrs {
+        put_bytes(out, name);
+        put_bytes(out, value);
+    }
+}
+fn put_entry(out: &mut impl Sink, e: &TreeEntry) {
+    put_bytes(out, &e.path);
+    put_u8(out, entry_kind_tag(e.kind));
+    put_u32(out, e.mode);
+    put_u32(out, e.uid);
+    put_u32(out, e.gid);
+    put_u64(out, e.rdev);
+    put_u64(out, e.size);
+    put_time(out, e.mtime);
+    put_bytes(out, &e.target);
+    put_opt_u32(out, e.link_to);
+    put_xattrs(out, &e.xattrs);
 }
 fn kind_tag(k: NodeKind) -> u8 {
     match k {
@@ -299,6 +341,72 @@ fn write_record(out: &mut impl Sink, r: &Record) {
             put_u8(out, tag::DROP_ORPHAN);
             put_u64(out, *orphan);
         }
+        Op::SyncBegin { id, verify, scope } => {
+            put_u8(out, tag::SYNC_BEGIN);
+            put_u64(out, *id);
+            put_u8(out, u8::from(*verify));
+            match scope {
+                None => put_u8(out, 0),
+                Some(paths) => {
+                    put_u8(out, 1);
+                    put_u32(out, paths.len() as u32);
+                    for p in paths {
+                        put_bytes(out, p);
+                    }
+                }
+            }
+        }
+        Op::SyncTree {
+            id,
+            first_index,
+            entries,
+            last,
+        } => {
+            put_u8(out, tag::SYNC_TREE);
+            put_u64(out, *id);
+            put_u32(out, *first_index);
+            put_u32(out, entries.len() as u32);
+            for e in entries {
+                put_entry(out, e);
+            }
+            put_u8(out, u8::from(*last));
+        }
+        Op::SyncMeta {
+            path,
+            size,
+            mode,
+            uid,
+            gid,
+            mtime,
+            xattrs,
+        } => {
+            put_u8(out, tag::SYNC_META);
+            put_bytes(out, path);
+            put_u64(out, *size);
+            put_u32(out, *mode);
+            put_u32(out, *uid);
+            put_u32(out, *gid);
+            put_time(out, *mtime);
+            put_xattrs(out, xattrs);
+        }
+        Op::VerifyRange {
+            id,
+            path,
+            offset,
+            len,
+            hash,
+        } => {
+            put_u8(out, tag::VERIFY_RANGE);
+            put_u64(out, *id);
+            put_bytes(out, path);
+            put_u64(out, *offset);
+            put_u64(out, *len);
+            out.put(hash);
+        }
+        Op::SyncEnd { id } => {
+            put_u8(out, tag::SYNC_END);
+            put_u64(out, *id);
+        }
     }
     // MAX_MTIMES is tiny; the decoder rejects more.
     put_u8(out, r.mtimes.len() as u8);
@@ -402,6 +510,58 @@ impl<'a> Reader<'a> {
         })
     }
 
+    /// A count of items that follow, bounded before anything is allocated for them.
+    fn count(&mut self, what: &'static str, max: usize) -> Result<usize, DecodeError> {
+        let n = self.u32()? as usize;
+        if n > max {
+            return Err(DecodeError::TooLong { what, len: n, max });
+        }
+        Ok(n)
+    }
+    fn xattrs(&mut self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, DecodeError> {
+        let n = self.count("xattr list", MAX_XATTRS)?;
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push((
+                self.bytes("xattr name", 255)?,
+                self.bytes("xattr value", MAX_XATTR_BYTES)?,
+            ));
+        }
+        Ok(out)
+    }
+    fn entry_kind(&mut self) -> Result<EntryKind, DecodeError> {
+        Ok(match self.u8()? {
+            0 => EntryKind::Dir,
+            1 => EntryKind::Regular,
+            2 => EntryKind::Symlink,
+            3 => EntryKind::Fifo,
+            4 => EntryKind::CharDevice,
+            5 => EntryKind::BlockDevice,
+            6 => EntryKind::Socket,
+            tag => {
+                return Err(DecodeError::UnknownTag {
+                    what: "entry kind",
+                    tag,
+                })
+            }
+        })
+    }
+    fn entry(&mut self) -> Result<TreeEntry, DecodeError> {
+        Ok(TreeEntry {
+            path: self.path()?,
+            kind: self.entry_kind()?,
+            mode: self.u32()?,
+            uid: self.u32()?,
+            gid: self.u32()?,
+            rdev: self.u64()?,
+            size: self.u64()?,
+            mtime: self.time()?,
+            target: self.path()?,
+            link_to: self.opt("link", Self::u32)?,
+            xattrs: self.xattrs()?,
+        })
+    }
+
     fn op(&mut self) -> Result<Op, DecodeError> {
         let op = match self.u8()? {
             tag::MKNOD => Op::Mknod {
@@ -479,6 +639,60 @@ impl<'a> Reader<'a> {
             tag::DROP_ORPHAN => Op::DropOrphan {
                 orphan: self.u64()?,
             },
+            tag::SYNC_BEGIN => {
+                let id = self.u64()?;
+                let verify = self.bool()?;
+                let scope = match self.u8()? {
+                    0 => None,
+                    1 => {
+                        let n = self.count("scope", MAX_SCOPE_PATHS)?;
+                        // Each path costs at least its 4-byte length: a count the input
+                        // cannot hold is refused before the vector is sized for it.
+                        if n > self.input.len().saturating_sub(self.pos) / 4 {
+                            return Err(DecodeError::Truncated);
+                        }
+                        let mut paths = Vec::with_capacity(n);
+                        for _ in 0..n {
+                            paths.push(self.path()?);
+                        }
+                        Some(paths)
+                    }
+                    tag => return Err(DecodeError::UnknownTag { what: "scope", tag }),
+                };
+                Op::SyncBegin { id, verify, scope }
+            }
+            tag::SYNC_TREE => {
+                let id = self.u64()?;
+                let first_index = self.u32()?;
+                let n = self.count("tree listing", MAX_TREE_ENTRIES)?;
+                let mut entries = Vec::with_capacity(n.min(64));
+                for _ in 0..n {
+                    entries.push(self.entry()?);
+                }
+                Op::SyncTree {
+                    id,
+                    first_index,
+                    entries,
+                    last: self.bool()?,
+                }
+            }
+            tag::SYNC_META => Op::SyncMeta {
+                path: self.path()?,
+                size: self.u64()?,
+                mode: self.u32()?,
+                uid: self.u32()?,
+                gid: self.u32()?,
+                mtime: self.time()?,
+                xattrs: self.xattrs()?,
+            },
+            tag::VERIFY_RANGE => Op::VerifyRange {
+                id: self.u64()?,
+                path: self.path()?,
+                offset: self.u64()?,
+                len: self.u64()?,
+                hash: self.array::<32>()?,
+            },
+            tag::SYNC_END => Op::SyncEnd { id: self.u64()? },
             other => return Err(DecodeError::UnknownOp(other)),
         };
         Ok(op)
@@ -619,12 +833,109 @@ mod tests {
             any::<u64>().prop_map(|orphan| Op::DropOrphan { orphan }),
         ]
     }
+    fn arb_xattrs() -> impl Strategy<Value = Vec<(Vec<u8>, Vec<u8>)>> {
+        proptest::collection::vec((arb_bytes(12), arb_bytes(40)), 0..3)
+    }
+    fn arb_entry() -> impl Strategy<Value = TreeEntry> {
+        let kind = prop_oneof![
+            Just(EntryKind::Dir),
+            Just(EntryKind::Regular),
+            Just(EntryKind::Symlink),
+            Just(EntryKind::Fifo),
+            Just(EntryKind::CharDevice),
+            Just(EntryKind::BlockDevice),
+            Just(EntryKind::Socket),
+        ];
+        (
+            (
+                arb_bytes(30),
+                kind,
+                any::<u32>(),
+                any::<u32>(),
+                any::<u32>(),
+            ),
+            (any::<u64>(), any::<u64>(), arb_time(), arb_bytes(20)),
+            (proptest::option::of(any::<u32>()), arb_xattrs()),
+        )
+            .prop_map(
+                |((path, kind, mode, uid, gid), (rdev, size, mtime, target), (link_to, xattrs))| {
+                    TreeEntry {
+                        path,
+                        kind,
+                        mode,
+                        uid,
+                        gid,
+                        rdev,
+                        size,
+                        mtime,
+                        target,
+                        link_to,
+                        xattrs,
+                    }
+                },
+            )
+    }
+    fn arb_sync_op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (
+                any::<u64>(),
+                any::<bool>(),
+                proptest::option::of(proptest::collection::vec(arb_bytes(20), 0..4))
+            )
+                .prop_map(|(id, verify, scope)| Op::SyncBegin { id, verify, scope }),
+            (
+                any::<u64>(),
+                any::<u32>(),
+                proptest::collection::vec(arb_entry(), 0..4),
+                any::<bool>()
+            )
+                .prop_map(|(id, first_index, entries, last)| Op::SyncTree {
+                    id,
+                    first_index,
+                    entries,
+                    last
+                }),
+            (
+                (arb_bytes(30), any::<u64>(), any::<u32>()),
+                (any::<u32>(), any::<u32>(), arb_time(), arb_xattrs())
+            )
+                .prop_map(|((path, size, mode), (uid, gid, mtime, xattrs))| {
+                    Op::SyncMeta {
+                        path,
+                        size,
+                        mode,
+                        uid,
+                        gid,
+                        mtime,
+                        xattrs,
+                    }
+                }),
+            (
+                any::<u64>(),
+                arb_bytes(30),
+                any::<u64>(),
+                any::<u64>(),
+                any::<[u8; 32]>()
+            )
+                .prop_map(|(id, path, offset, len, hash)| Op::VerifyRange {
+                    id,
+                    path,
+                    offset,
+                    len,
+                    hash
+                }),
+            any::<u64>().prop_map(|id| Op::SyncEnd { id }),
+        ]
+    }
+    fn arb_any_op() -> impl Strategy<Value = Op> {
+        prop_oneof![3 => arb_op(), 1 => arb_sync_op()]
+    }
 
     proptest! {
         #[test]
         fn records_round_trip(
             seq in any::<u64>(),
-            op in arb_op(),
+            op in arb_any_op(),
             mtimes in proptest::collection::vec((arb_file(), arb_time()), 0..MAX_MTIMES),
         ) {
             let record = Record { seq, op, mtimes };
@@ -635,7 +946,7 @@ mod tests {
         }
 
         #[test]
-        fn every_truncation_is_an_error(op in arb_op()) {
+        fn every_truncation_is_an_error(op in arb_any_op()) {
             let record = Record { seq: 7, op, mtimes: vec![] };
             let mut buf = Vec::new();
             encode_record(&record, &mut buf);

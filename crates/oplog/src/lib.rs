@@ -13,7 +13,10 @@
 
 mod codec;
 
-pub use codec::{decode_record, encode_record, encoded_len, DecodeError};
+pub use codec::{
+    decode_record, encode_record, encoded_len, DecodeError, MAX_SCOPE_PATHS, MAX_TREE_ENTRIES,
+    MAX_XATTRS,
+};
 
 /// A point in time as the kernel reports it: seconds and nanoseconds since the epoch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -39,6 +42,43 @@ pub enum NodeKind {
     CharDevice,
     BlockDevice,
     Socket,
+}
+
+/// The type of an entry in a resync listing ([`TreeEntry`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EntryKind {
+    Dir,
+    Regular,
+    Symlink,
+    Fifo,
+    CharDevice,
+    BlockDevice,
+    Socket,
+}
+
+/// One entry of a resync listing ([`Op::SyncTree`]): what a path was on the active at the
+/// listing's seq.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TreeEntry {
+    /// Relative to the set's root; the empty path is the root itself.
+    pub path: Vec<u8>,
+    pub kind: EntryKind,
+    /// Permission bits (0o7777).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Device number (character and block devices only).
+    pub rdev: u64,
+    /// Size in bytes (regular files only).
+    pub size: u64,
+    pub mtime: Timespec,
+    /// Symlink target (symlinks only).
+    pub target: Vec<u8>,
+    /// A regular file with several names: the listing index (see [`Op::SyncTree`]) of the
+    /// entry that first named the same inode. This name must be a hard link to it.
+    pub link_to: Option<u32>,
+    /// Extended attributes, name and value (regular files and directories only).
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// One mutating operation, as it took effect on the active's backing directory.
@@ -132,6 +172,51 @@ pub enum Op {
     DropOrphan {
         orphan: u64,
     },
+
+    // ---- resync and verify (see `understudy-replication`'s sync module) ----
+    /// A resync (or, with `verify`, a comparison that changes nothing) starts. `scope` lists
+    /// the subtrees it covers (`None`: the whole tree); everything outside them is already
+    /// identical on both nodes.
+    SyncBegin {
+        id: u64,
+        verify: bool,
+        scope: Option<Vec<Vec<u8>>>,
+    },
+    /// Part of the exact listing of the scope on the active at this seq, parents before
+    /// children; its entries are numbered on from `first_index` (0 in the first part). After
+    /// the `last` part, the passive's tree within the scope has exactly these names, types,
+    /// links and metadata (resync), or it reports how it differs (verify). Regular files'
+    /// contents follow as `Write`/`Fallocate` and end with a `SyncMeta`.
+    SyncTree {
+        id: u64,
+        first_index: u32,
+        entries: Vec<TreeEntry>,
+        last: bool,
+    },
+    /// A regular file's exact size and metadata on the active at this seq, after its data
+    /// was copied. Xattrs not listed are removed.
+    SyncMeta {
+        path: Vec<u8>,
+        size: u64,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        mtime: Timespec,
+        xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    },
+    /// Verify: `len` bytes at `offset` of `path` hash (blake3) to `hash` on the active at
+    /// this seq. The passive checks its copy at the same point and reports.
+    VerifyRange {
+        id: u64,
+        path: Vec<u8>,
+        offset: u64,
+        len: u64,
+        hash: [u8; 32],
+    },
+    /// The resync or verify `id` is complete at this seq.
+    SyncEnd {
+        id: u64,
+    },
 }
 
 /// One numbered change: the op plus the modification times it left behind, so the replica
@@ -156,7 +241,19 @@ impl Op {
     /// True for ops that demand durability on the passive before the active's caller returns
     /// (in sync mode).
     pub fn is_barrier(&self) -> bool {
-        matches!(self, Op::Fsync { .. })
+        matches!(self, Op::Fsync { .. } | Op::SyncEnd { .. })
+    }
+
+    /// True for the ops of a resync or verify, which only the sync engine produces.
+    pub fn is_sync(&self) -> bool {
+        matches!(
+            self,
+            Op::SyncBegin { .. }
+                | Op::SyncTree { .. }
+                | Op::SyncMeta { .. }
+                | Op::VerifyRange { .. }
+                | Op::SyncEnd { .. }
+        )
     }
 }
 

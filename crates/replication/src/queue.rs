@@ -739,6 +739,14 @@ pub fn op_paths(op: &Op) -> Vec<&[u8]> {
         | Op::SetXattr { file: f, .. }
         | Op::RemoveXattr { file: f, .. } => file(f).into_iter().collect(),
         Op::Fsync { .. } | Op::DropOrphan { .. } => vec![],
+        // Sync data changes nothing the resync that sends it does not already cover.
+        Op::SyncMeta { path, .. } => vec![path],
+        Op::SyncBegin { .. }
+        | Op::SyncTree { .. }
+        | Op::VerifyRange { .. }
+        | Op::SyncEnd { .. } => {
+            vec![]
+        }
     }
 }
 
