@@ -4,7 +4,7 @@
 //! reads input that came from the network, so every length is bounded before anything is
 //! allocated, unknown tags are errors, and trailing bytes are errors.
 
-use crate::{EntryKind, FileRef, NodeKind, Op, Record, Timespec, TreeEntry};
+use crate::{EntryKind, FileRef, NodeKind, Op, Record, Timespec, TreeEntry, Xattrs};
 
 /// Longest path accepted (PATH_MAX).
 pub const MAX_PATH_BYTES: usize = 4096;
@@ -177,7 +177,7 @@ fn entry_kind_tag(k: EntryKind) -> u8 {
         EntryKind::Socket => 6,
     }
 }
-fn put_xattrs(out: &mut impl Sink, xattrs: &[(Vec<u8>, Vec<u8>)]) {
+fn put_xattrs(out: &mut impl Sink, xattrs: &Xattrs) {
     put_u32(out, xattrs.len() as u32);
     for (name, value) in xattrs {
         put_bytes(out, name);
@@ -518,7 +518,7 @@ impl<'a> Reader<'a> {
         }
         Ok(n)
     }
-    fn xattrs(&mut self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, DecodeError> {
+    fn xattrs(&mut self) -> Result<Xattrs, DecodeError> {
         let n = self.count("xattr list", MAX_XATTRS)?;
         let mut out = Vec::with_capacity(n);
         for _ in 0..n {
@@ -833,7 +833,7 @@ mod tests {
             any::<u64>().prop_map(|orphan| Op::DropOrphan { orphan }),
         ]
     }
-    fn arb_xattrs() -> impl Strategy<Value = Vec<(Vec<u8>, Vec<u8>)>> {
+    fn arb_xattrs() -> impl Strategy<Value = Xattrs> {
         proptest::collection::vec((arb_bytes(12), arb_bytes(40)), 0..3)
     }
     fn arb_entry() -> impl Strategy<Value = TreeEntry> {

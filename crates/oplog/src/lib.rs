@@ -44,6 +44,9 @@ pub enum NodeKind {
     Socket,
 }
 
+/// Extended attributes as name and value pairs.
+pub type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// The type of an entry in a resync listing ([`TreeEntry`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum EntryKind {
@@ -78,7 +81,7 @@ pub struct TreeEntry {
     /// entry that first named the same inode. This name must be a hard link to it.
     pub link_to: Option<u32>,
     /// Extended attributes, name and value (regular files and directories only).
-    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    pub xattrs: Xattrs,
 }
 
 /// One mutating operation, as it took effect on the active's backing directory.
@@ -202,7 +205,7 @@ pub enum Op {
         uid: u32,
         gid: u32,
         mtime: Timespec,
-        xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+        xattrs: Xattrs,
     },
     /// Verify: `len` bytes at `offset` of `path` hash (blake3) to `hash` on the active at
     /// this seq. The passive checks its copy at the same point and reports.
