@@ -118,7 +118,9 @@ enum Obj<'a> {
 pub(crate) struct CaptureFs {
     root: Root,
     journal: Arc<dyn Journal>,
-    order: Mutex<()>,
+    /// Shared with [`crate::CaptureMount::order_lock`], so a resync can read the backing
+    /// directory at an exact point of the sequence.
+    order: Arc<Mutex<()>>,
     ns: RwLock<()>,
     table: Mutex<Table>,
     /// Signalled whenever a file handle is released (see `open`).
@@ -282,7 +284,7 @@ impl CaptureFs {
         Ok(CaptureFs {
             root,
             journal,
-            order: Mutex::new(()),
+            order: Arc::new(Mutex::new(())),
             ns: RwLock::new(()),
             table: Mutex::new(Table::new(Key::of(&st))),
             released: Condvar::new(),
@@ -298,6 +300,10 @@ impl CaptureFs {
 
     pub(crate) fn root_fd(&self) -> RawFd {
         self.root.raw()
+    }
+
+    pub(crate) fn order_lock(&self) -> Arc<Mutex<()>> {
+        Arc::clone(&self.order)
     }
 
     fn record(&self, op: Op, mtimes: Vec<(FileRef, Timespec)>) -> u64 {

@@ -190,6 +190,21 @@ pub struct CaptureMount {
     mount_id: Option<u64>,
     session: Option<JoinHandle<io::Result<()>>>,
     stats: Arc<Stats>,
+    order: OrderLock,
+}
+
+/// The capture filesystem's order lock, held across every mutating op's syscall and its
+/// journal record. Whoever holds it sees the backing directory exactly as the journal's
+/// last recorded seq left it, and may record ops of its own at that point (a resync reads
+/// files and records what it read this way).
+#[derive(Clone)]
+pub struct OrderLock(Arc<parking_lot::Mutex<()>>);
+
+impl OrderLock {
+    /// Blocks every mutating op on the mount until the guard is dropped. Keep it short.
+    pub fn lock(&self) -> parking_lot::MutexGuard<'_, ()> {
+        self.0.lock()
+    }
 }
 
 impl fmt::Debug for CaptureMount {
@@ -252,6 +267,7 @@ pub fn mount_with_read_passthrough(
             source,
         },
     )?;
+    let order = OrderLock(fs.order_lock());
     // Behave like the backing filesystem: same dev/suid/exec/ro flags.
     let vfs = sys::fstatvfs(fs.root_fd()).map_err(|source| CaptureError::Path {
         what: "statvfs",
@@ -329,6 +345,7 @@ pub fn mount_with_read_passthrough(
         mount_id,
         session: Some(session),
         stats,
+        order,
     })
 }
 
@@ -339,6 +356,11 @@ impl CaptureMount {
 
     pub fn stats(&self) -> CaptureStats {
         self.stats.snapshot()
+    }
+
+    /// The order lock (see [`OrderLock`]).
+    pub fn order_lock(&self) -> OrderLock {
+        self.order.clone()
     }
 
     /// Unmounts and waits for the FUSE session to end. If files are still open under the

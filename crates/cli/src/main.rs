@@ -70,6 +70,22 @@ enum Cmd {
     },
     /// Move the active role to the other node, with no data loss.
     Switchover,
+    /// Compare the passive's copy of the replicated sets with the active's, online, by
+    /// block hashes, while applications run (on the active node). Exits 0 when they are
+    /// identical, 3 when they differ.
+    Verify {
+        /// One set (default: every set).
+        set: Option<String>,
+        /// Resync what differs afterwards.
+        #[arg(long)]
+        repair: bool,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 3600)]
+        timeout_s: u64,
+    },
     /// The lease watchdog the daemon starts for itself (see `understudy_daemon::watchdog`).
     #[command(hide = true)]
     Watchdog {
@@ -137,6 +153,12 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             state_dir,
         } => run(&cli.config, cli.socket, state_dir, node, &log_format).map(|()| ExitCode::SUCCESS),
         Cmd::Status { json } => status(&cli.config, cli.socket, json),
+        Cmd::Verify {
+            set,
+            repair,
+            json,
+            timeout_s,
+        } => verify(&cli.config, cli.socket, set, repair, json, timeout_s),
         Cmd::Switchover => command(
             &cli.config,
             cli.socket,
@@ -330,4 +352,107 @@ fn command(path: &Path, socket: Option<PathBuf>, request: Request, done: &str) -
         eprintln!("refused: {}", reply.error.unwrap_or_default());
         Ok(ExitCode::from(2))
     }
+}
+
+/// Starts the verifies, then follows them in the status until each has a result.
+fn verify(
+    path: &Path,
+    socket: Option<PathBuf>,
+    set: Option<String>,
+    repair: bool,
+    json: bool,
+    timeout_s: u64,
+) -> Result<ExitCode> {
+    let reply = ask(path, socket.clone(), &Request::Verify { set, repair })?;
+    if !reply.ok {
+        eprintln!("refused: {}", reply.error.unwrap_or_default());
+        return Ok(ExitCode::from(2));
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout_s);
+    let mut results = Vec::new();
+    let mut last_line = String::new();
+    for (name, id) in &reply.started {
+        loop {
+            let status = ask(path, socket.clone(), &Request::Status)?
+                .status
+                .context("no status in the reply")?;
+            let r = status
+                .replication
+                .iter()
+                .find(|r| &r.name == name)
+                .with_context(|| format!("set {name} vanished from the status"))?;
+            if let Some(v) = r.last_verify.as_ref().filter(|v| v.id == *id) {
+                // With --repair, wait for the repair (a later sync) to end too.
+                let repairing = repair
+                    && !v.differences.is_empty()
+                    && r.sync
+                        .as_ref()
+                        .is_some_and(|s| s.id > *id && s.phase != "done" && s.phase != "failed");
+                if !repairing {
+                    results.push((name.clone(), v.clone(), r.sync.clone()));
+                    break;
+                }
+            }
+            if let Some(p) = r
+                .sync
+                .as_ref()
+                .filter(|p| p.id == *id && p.phase == "failed")
+            {
+                bail!(
+                    "verify of {name} failed ({}); see the daemon's log",
+                    p.phase
+                );
+            }
+            if !json {
+                if let Some(p) = &r.sync {
+                    let line = format!(
+                        "{name}: {} {} {}/{} files, {}/{} MiB",
+                        p.kind,
+                        p.phase,
+                        p.files_done,
+                        p.files_total,
+                        p.bytes_done >> 20,
+                        p.bytes_total >> 20
+                    );
+                    if line != last_line {
+                        eprintln!("{line}");
+                        last_line = line;
+                    }
+                }
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("verify of {name} did not finish within {timeout_s} s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+    let differences: usize = results.iter().map(|(_, v, _)| v.differences.len()).sum();
+    if json {
+        let out: Vec<_> = results
+            .iter()
+            .map(|(name, v, _)| serde_json::json!({"set": name, "verify": v}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        for (name, v, _) in &results {
+            println!(
+                "{name}: {} differences ({} files, {} MiB compared in {:.1} s)",
+                v.differences.len(),
+                v.files_compared,
+                v.bytes_compared >> 20,
+                v.elapsed_ms as f64 / 1000.0
+            );
+            for (p, what) in &v.differences {
+                println!("  {what}: {p}");
+            }
+            if repair && !v.differences.is_empty() {
+                println!("  repaired: the differing paths were resynced from this node");
+            }
+        }
+    }
+    Ok(if differences == 0 || repair {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
 }

@@ -222,17 +222,27 @@ fn no_committed_sqlite_transaction_is_lost_by_a_failover() {
 }
 
 /// The passive stays away past the queue limit: the active keeps serving, the set goes
-/// out of sync with a changed-file record, and nothing crashes.
+/// out of sync, every changed file is in the change log, and nothing crashes. When the
+/// passive returns, only those files are compared and copied (a resync, not a full scan),
+/// and its copy equals the active's again.
 #[test]
-fn a_long_disconnection_overflows_into_the_changed_file_record() {
-    if !require_root("a_long_disconnection_overflows_into_the_changed_file_record") {
+fn a_long_disconnection_overflows_then_resyncs_from_the_change_log() {
+    if !require_root("a_long_disconnection_overflows_then_resyncs_from_the_change_log") {
         return;
     }
     let (mut pair, a) = repl::start("repl_overflow", "sync", 8 << 20).expect("pair");
     let p = 1 - a;
-    pair.kill9(p);
     let m = pair.mountpoint();
     let m = m.display();
+    // Files from before the outage, which the resync must not need to touch.
+    pair.sh_in(
+        a,
+        &format!("set -e; mkdir {m}/old; for i in $(seq 1 200); do echo $i > {m}/old/$i; done"),
+    )
+    .expect("files before the outage");
+    pair.wait_drained(a, Duration::from_secs(20))
+        .expect("drained");
+    pair.kill9(p);
     pair.sh_in(
         a,
         &format!(
@@ -248,21 +258,34 @@ fn a_long_disconnection_overflows_into_the_changed_file_record() {
         "every changed file is recorded: {r:?}"
     );
     assert!(r.queue_bytes <= 8 << 20, "the queue stays bounded: {r:?}");
-    let record = std::fs::read_to_string(
-        pair.dir()
-            .join(format!("state-{}/sets/data/dirty.log", common::NAMES[a])),
-    )
-    .expect("the changed-file record is on disk");
-    assert!(record.lines().any(|l| l == "f40"), "{record}");
-    // The passive returns: it is told its copy cannot be caught up from the queue.
-    pair.start_node(p).expect("restart passive");
-    pair.wait_repl(p, "out_of_sync", Duration::from_secs(20))
-        .expect("passive out of sync");
+    let changes = pair
+        .dir()
+        .join(format!("state-{}/sets/data/changes", common::NAMES[a]));
+    let log: String = std::fs::read_dir(&changes)
+        .expect("the change log is on disk")
+        .filter_map(|e| e.ok())
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .collect();
+    assert!(log.lines().any(|l| l == "f40"), "{log}");
     assert_eq!(
         pair.role(a).as_deref(),
         Some("active"),
         "the active kept its role"
     );
+    // The passive returns: a resync of what the change log names brings it back.
+    pair.start_node(p).expect("restart passive");
+    let r = pair
+        .wait_repl(a, "in_sync", Duration::from_secs(60))
+        .expect("resynced");
+    let sync = r.sync.expect("a resync ran");
+    assert_eq!(sync.kind, "resync");
+    assert!(
+        sync.entries <= 100,
+        "only the changed paths were listed, not the 240 files: {sync:?}"
+    );
     pair.sh_in(a, &format!("echo still > {m}/after"))
         .expect("still serving");
+    pair.wait_drained(a, Duration::from_secs(20))
+        .expect("drained");
+    repl::assert_same_tree(&pair.data_dir(a), &pair.data_dir(p)).expect("identical copies");
 }

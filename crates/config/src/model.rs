@@ -603,4 +603,7 @@ pub struct ReplicateConfig {
     /// `data_dir`: this node's copy. `None`: `<state_dir>/sets/<name>/data`, resolved when
     /// the daemon starts (the state dir can be overridden on the command line).
     pub data_dir: Option<PathBuf>,
+    /// `sync_rate_max_bytes_per_s`: cap on what a resync sends (live replication always
+    /// goes first). 0: no cap.
+    pub sync_rate_max_bytes_per_s: u64,
 }

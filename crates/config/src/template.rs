@@ -187,12 +187,15 @@ targets = []
 #                   \"async\": fsync returns once the data is durable here, the
 #                   passive trails by a bounded lag. Default \"sync\".
 # queue_max_bytes:  changes waiting for the passive (memory plus a spill file)
-#                   before the set stops queueing and records which files
-#                   changed (the passive is then out of sync until resynced).
+#                   before the set stops queueing; the passive is then brought
+#                   back by a resync of the files changed since (every change
+#                   is noted in a change log).
 #                   Default 1073741824 (1 GiB); at least 4194304.
 # memory_max_bytes: the part of that queue kept in memory. Default 67108864
 #                   (64 MiB), at most queue_max_bytes.
 # data_dir:         this node's copy. Default <state_dir>/sets/<name>/data.
+# sync_rate_max_bytes_per_s: cap on what a resync of the passive sends per
+#                   second; live changes always go first. Default 0 (no cap).
 #
 # [[replicate]]
 # name = \"data\"

@@ -40,6 +40,7 @@ const REPLICATE_KEYS: &[&str] = &[
     "queue_max_bytes",
     "memory_max_bytes",
     "data_dir",
+    "sync_rate_max_bytes_per_s",
 ];
 const PAIR_KEYS: &[&str] = &[
     "name",
@@ -537,6 +538,10 @@ fn read_replicate(root: &Tbl<'_>, pair: &PairConfig) -> Result<Vec<ReplicateConf
             None => defaults::QUEUE_MEMORY_MAX_BYTES.min(queue_max_bytes),
             Some(e) => e.uint(1 << 20, queue_max_bytes)?,
         };
+        let sync_rate_max_bytes_per_s = match t.get("sync_rate_max_bytes_per_s") {
+            None => 0,
+            Some(e) => e.uint(0, 1 << 40)?,
+        };
         let data_dir = match t.get("data_dir") {
             None => None,
             Some(e) => {
@@ -556,6 +561,7 @@ fn read_replicate(root: &Tbl<'_>, pair: &PairConfig) -> Result<Vec<ReplicateConf
             queue_max_bytes,
             memory_max_bytes,
             data_dir,
+            sync_rate_max_bytes_per_s,
         });
     }
     Ok(sets)

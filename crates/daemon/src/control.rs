@@ -15,6 +15,8 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 use understudy_core::{Command, Via};
 
+use understudy_replication::Replicator;
+
 use crate::net::{self, NetCtx};
 use crate::report::StatusReport;
 use crate::runtime::ToCore;
@@ -25,6 +27,11 @@ pub enum Request {
     Status,
     Switchover,
     ForceFailover,
+    /// Compare the passive's copies with this active's; `set: None` means every set.
+    Verify {
+        set: Option<String>,
+        repair: bool,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -32,6 +39,9 @@ pub struct Reply {
     pub ok: bool,
     pub error: Option<String>,
     pub status: Option<StatusReport>,
+    /// For verify: the sets and the ids of the verifies started.
+    #[serde(default)]
+    pub started: Vec<(String, u64)>,
 }
 
 /// Longest request line accepted: requests are tiny; anything longer is refused.
@@ -64,6 +74,7 @@ pub async fn serve(
     to_core: mpsc::Sender<ToCore>,
     net: Arc<NetCtx>,
     peer_management: SocketAddr,
+    replicator: Arc<Replicator>,
 ) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -79,8 +90,9 @@ pub async fn serve(
         }
         let to_core = to_core.clone();
         let net = net.clone();
+        let replicator = replicator.clone();
         tokio::spawn(async move {
-            if let Err(e) = session(stream, to_core, net, peer_management).await {
+            if let Err(e) = session(stream, to_core, net, peer_management, replicator).await {
                 warn!(error = %e, "control session failed");
             }
         });
@@ -92,18 +104,24 @@ async fn session(
     to_core: mpsc::Sender<ToCore>,
     net: Arc<NetCtx>,
     peer_management: SocketAddr,
+    replicator: Arc<Replicator>,
 ) -> Result<()> {
     let (rd, mut wr) = stream.into_split();
     let mut line = String::new();
     let mut rd = BufReader::new(rd).take(REQUEST_MAX as u64);
     tokio::time::timeout(Duration::from_secs(5), rd.read_line(&mut line)).await??;
     let reply = match serde_json::from_str::<Request>(line.trim()) {
-        Ok(request) => execute(request, &to_core, &net, peer_management).await,
-        Err(e) => Reply {
-            ok: false,
-            error: Some(format!("bad request: {e}")),
-            status: None,
+        Ok(Request::Verify { set, repair }) => match replicator.verify(set.as_deref(), repair) {
+            Ok(started) => Reply {
+                ok: true,
+                error: None,
+                status: None,
+                started,
+            },
+            Err(e) => failure(&e),
         },
+        Ok(request) => execute(request, &to_core, &net, peer_management).await,
+        Err(e) => failure(&format!("bad request: {e}")),
     };
     let mut text = serde_json::to_string(&reply)?;
     text.push('\n');
@@ -128,11 +146,13 @@ async fn execute(
                     ok: true,
                     error: None,
                     status: Some(status),
+                    started: vec![],
                 },
                 Err(_) => failure("the daemon is stopping"),
             };
         }
         Request::Switchover => Command::Switchover,
+        Request::Verify { .. } => return failure("verify is handled before the core"),
         Request::ForceFailover => {
             // Look at the peer right now, so a reachable active peer refuses the force.
             if let Some(status) = probe_now(net, peer_management).await {
@@ -159,6 +179,7 @@ async fn execute(
             ok: true,
             error: None,
             status: None,
+            started: vec![],
         },
         Ok(Err(refusal)) => failure(&refusal),
         Err(_) => failure("the daemon is stopping"),
@@ -178,6 +199,7 @@ fn failure(text: &str) -> Reply {
         ok: false,
         error: Some(text.to_string()),
         status: None,
+        started: vec![],
     }
 }
 

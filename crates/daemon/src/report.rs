@@ -52,8 +52,21 @@ pub struct ReplicationReport {
     /// Highest seq the passive has applied.
     pub applied_seq: u64,
     pub bytes_per_s: u64,
-    /// Paths recorded as changed since the queue overflowed (out_of_sync only).
+    /// Paths in the change log's open segment: changes a resync would compare.
     pub changed_files: u64,
+    /// The resync or verify running now, or the last one: phase, files and bytes done and
+    /// to do, rate, ETA.
+    #[serde(default)]
+    pub sync: Option<understudy_replication::SyncProgress>,
+    /// The result of the last `understudy verify`.
+    #[serde(default)]
+    pub last_verify: Option<understudy_replication::VerifyOutcome>,
+    /// Resyncs this copy has completed (0 after a clean restart that compared nothing).
+    #[serde(default)]
+    pub resyncs: u64,
+    /// What the operator must look at (preserved files after a split brain).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -225,6 +238,10 @@ pub fn build(core: &PairCore, daemon: &Daemon) -> StatusReport {
                 applied_seq: s.applied_seq,
                 bytes_per_s: s.bytes_per_s,
                 changed_files: s.changed_files,
+                sync: s.sync,
+                last_verify: s.last_verify,
+                resyncs: s.resyncs,
+                warnings: s.warnings,
             })
             .collect(),
         events: daemon.events.iter().cloned().collect(),
@@ -329,6 +346,31 @@ pub fn human(r: &StatusReport) -> String {
                 s.acked_seq,
                 s.bytes_per_s
             ));
+            if let Some(p) = &s.sync {
+                let eta = p.eta_s.map_or(String::new(), |e| format!(", ETA {e} s"));
+                out.push_str(&format!(
+                    "    {} {} ({}): {}/{} files, {}/{} MiB, {} MiB sent, {} MiB/s{eta}\n",
+                    p.kind,
+                    p.phase,
+                    p.scope,
+                    p.files_done,
+                    p.files_total,
+                    p.bytes_done >> 20,
+                    p.bytes_total >> 20,
+                    p.bytes_sent >> 20,
+                    p.bytes_per_s >> 20
+                ));
+            }
+            if let Some(v) = &s.last_verify {
+                out.push_str(&format!(
+                    "    last verify: {} differences in {} files\n",
+                    v.differences.len(),
+                    v.files_compared
+                ));
+            }
+            for w in &s.warnings {
+                out.push_str(&format!("    WARNING: {w}\n"));
+            }
         }
     }
     let recent: Vec<&EventReport> = r.events.iter().rev().take(5).collect();

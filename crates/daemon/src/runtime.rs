@@ -66,6 +66,8 @@ pub enum ToCore {
     Status {
         reply: oneshot::Sender<StatusReport>,
     },
+    /// Replication has something to tell the operator (a resync, a quarantine, a verify).
+    Notice(String),
 }
 
 /// Bound on the core's inbox: senders wait (backpressure) rather than grow it.
@@ -229,6 +231,8 @@ fn build_replicator(cfg: &Config, me: usize, tls: understudy_tls::NodeTls) -> Re
             // A passive that cannot confirm within a failover timeout is treated as gone.
             stall_timeout: Duration::from_millis(cfg.pair.failover_timeout_ms.max(1000)),
             capture_threads: 4,
+            node_index: me,
+            sync_rate_max: r.sync_rate_max_bytes_per_s,
         })
         .collect();
     // A switchover waits this long for the passive to confirm the last op.
@@ -297,12 +301,6 @@ pub async fn run(cfg: Config, node_name: &str) -> Result<()> {
         ));
     }
     let control_listener = control::bind(&cfg.pair.control_socket)?;
-    tokio::spawn(control::serve(
-        control_listener,
-        to_core.clone(),
-        net.clone(),
-        peer.management,
-    ));
 
     let built: Result<Vec<_>, String> = cfg
         .resources
@@ -312,6 +310,19 @@ pub async fn run(cfg: Config, node_name: &str) -> Result<()> {
     let resources = Arc::new(ResourceSet::new(built.map_err(|e| anyhow::anyhow!(e))?));
     let hooks = Arc::new(Hooks::new(&cfg, me));
     let replicator = Arc::new(build_replicator(&cfg, me, net.tls.clone())?);
+    {
+        // Notices reach the event log through the core's inbox, like everything else.
+        let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+        replicator.set_notices(tx);
+        let to_core = to_core.clone();
+        tokio::spawn(async move {
+            while let Some(text) = rx.recv().await {
+                if to_core.send(ToCore::Notice(text)).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
     if !replicator.is_empty() {
         let addr = SocketAddr::new(my.channel[0].ip(), cfg.pair.replication_port);
         let listener = TcpListener::bind(addr)
@@ -319,6 +330,13 @@ pub async fn run(cfg: Config, node_name: &str) -> Result<()> {
             .with_context(|| format!("cannot listen on replication address {addr}"))?;
         tokio::spawn(replicator.clone().serve(listener));
     }
+    tokio::spawn(control::serve(
+        control_listener,
+        to_core.clone(),
+        net.clone(),
+        peer.management,
+        replicator.clone(),
+    ));
     let mut daemon = Daemon {
         replicator: replicator.clone(),
         cfg,
@@ -453,6 +471,7 @@ fn handle(core: &mut PairCore, daemon: &mut Daemon, msg: ToCore) {
         ToCore::Status { reply } => {
             let _ = reply.send(report::build(core, daemon));
         }
+        ToCore::Notice(text) => daemon.record(&Event::Notice { at: now, text }),
     }
 }
 

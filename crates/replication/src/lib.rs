@@ -9,6 +9,12 @@
 //! The daemon drives roles: [`Replicator::promote`] before applications start,
 //! [`Replicator::demote`] after they stop (draining the queue first, so a switchover loses
 //! nothing).
+//!
+//! When a session starts, the two copies' generation histories ([`state`]) decide whether the
+//! passive can simply be streamed to, or must be resynced ([`engine`]): then only the paths
+//! in the two nodes' change logs ([`changes`]) since their common point are compared, by
+//! block hashes, and the passive's own divergent changes are preserved in a quarantine
+//! ([`observer`]) before anything of them is overwritten.
 
 /// Asserts an invariant; stays on in release builds.
 #[macro_export]
@@ -20,13 +26,19 @@ macro_rules! invariant {
     };
 }
 
+pub mod changes;
+pub mod engine;
+pub mod hashing;
+pub mod observer;
 pub mod proto;
 pub mod queue;
 pub mod session;
 pub mod state;
+pub mod walk;
 
 mod set;
 
+pub use engine::{SyncProgress, VerifyOutcome};
 pub use queue::{Mode, SetState as ReplState};
 pub use set::{ReplicaSet, SetConfig, SetStatus};
 
@@ -120,6 +132,37 @@ impl Replicator {
             out.push((set.name().to_string(), last, drained));
         }
         out
+    }
+
+    /// Sends operator notices (resyncs, quarantines, verify results) to `tx`.
+    pub fn set_notices(&self, tx: tokio::sync::mpsc::UnboundedSender<String>) {
+        for set in &self.sets {
+            set.set_notices(tx.clone());
+        }
+    }
+
+    /// Starts a verify of one set (or all, with `None`) against the passive; with `repair`,
+    /// what differs is resynced. Returns, per set, the verify's id. Only on the active.
+    pub fn verify(&self, set: Option<&str>, repair: bool) -> Result<Vec<(String, u64)>, String> {
+        let chosen: Vec<&Arc<ReplicaSet>> = self
+            .sets
+            .iter()
+            .filter(|s| set.is_none_or(|n| n == s.name()))
+            .collect();
+        if chosen.is_empty() {
+            return Err(match set {
+                Some(n) => format!("no replicated set named '{n}'"),
+                None => "no replicated set is configured".into(),
+            });
+        }
+        chosen
+            .into_iter()
+            .map(|s| {
+                s.verify(repair)
+                    .map(|id| (s.name().to_string(), id))
+                    .map_err(|e| format!("set '{}': {e}", s.name()))
+            })
+            .collect()
     }
 
     /// True if every set's copy on this (passive) node is usable for a takeover.

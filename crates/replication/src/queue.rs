@@ -1,14 +1,15 @@
 //! The per-set replication queue on the active: numbers captured ops, holds them until the
-//! passive has applied them, spills to disk while the passive is away, and switches to a
-//! persistent changed-file record when even the spill would overflow `queue_max_bytes`.
+//! passive has applied them, and spills to disk while the passive is away. When even the
+//! spill would overflow `queue_max_bytes` the queue is dropped: the passive is then out of
+//! sync, and the change log (which notes every captured op's paths, always) says what a
+//! resync must compare.
 //!
 //! Bounds: memory holds at most `mem_max_bytes` of records; memory plus spill at most
 //! `queue_max_bytes`. A writer waits for room only while a passive is connected and making
 //! progress, and never longer than `stall_timeout`; with no passive it never waits.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -17,8 +18,7 @@ use std::time::{Duration, Instant};
 use tracing::{error, warn};
 use understudy_oplog::{decode_record, encode_record, FileRef, Journal, Op, Record, Timespec};
 
-/// Most distinct paths kept in the changed-file record before it degrades to "everything".
-pub const DIRTY_PATHS_MAX: usize = 100_000;
+use crate::changes::ChangeLog;
 
 /// The durability mode of a set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,7 +55,7 @@ pub struct QueueConfig {
     /// How long a writer may wait for room, or an fsync for the passive's ack, before the
     /// set stops waiting for this passive (the session is dropped and the set degrades).
     pub stall_timeout: Duration,
-    /// Directory for the spill file and the changed-file record.
+    /// Directory for the spill file.
     pub dir: PathBuf,
 }
 
@@ -82,13 +82,6 @@ struct SpillCursor {
     offset: u64,
 }
 
-/// The persistent record of which paths changed after the queue overflowed.
-struct DirtyRecord {
-    file: File,
-    paths: HashSet<Vec<u8>>,
-    everything: bool,
-}
-
 struct Inner {
     next_seq: u64,
     mem: VecDeque<Entry>,
@@ -105,7 +98,11 @@ struct Inner {
     streaming: bool,
     /// The passive cannot be caught up from the queue.
     out_of_sync: bool,
-    dirty: Option<DirtyRecord>,
+    /// The session is resyncing the passive: it cannot take over until the resync ends,
+    /// so writers do not wait for it to confirm fsyncs.
+    resyncing: bool,
+    /// The passive's persisted position, from its acks: change-log segments up to it go.
+    peer_persisted: u64,
     /// Set by a stalled waiter: the sender must drop the session.
     abandon_session: bool,
     bytes_sent_total: u64,
@@ -115,6 +112,9 @@ struct Inner {
 pub struct SetQueue {
     cfg: QueueConfig,
     inner: Mutex<Inner>,
+    /// Separate from `inner` so that a resync's paths do not land in it (see
+    /// `record_sync`), and so status can read it without the queue lock.
+    changes: Arc<Mutex<ChangeLog>>,
     /// Signalled when acks arrive or the session state changes.
     progress: Condvar,
     /// Wakes the sender when records arrive.
@@ -135,23 +135,18 @@ fn spill_path(dir: &Path) -> PathBuf {
     dir.join("spill.log")
 }
 
-/// Path of the changed-file record of a set whose queue overflowed.
-pub fn dirty_path(dir: &Path) -> PathBuf {
-    dir.join("dirty.log")
-}
-
 impl SetQueue {
-    /// A queue whose next op gets `next_seq`. If a changed-file record exists from an
-    /// earlier overflow (possibly before a crash), the set starts out of sync and keeps it.
-    pub fn new(cfg: QueueConfig, next_seq: u64) -> std::io::Result<Self> {
+    /// A queue whose next op gets `next_seq`, noting every captured op in `changes`.
+    /// `out_of_sync`: the passive is known to need a resync before anything streams.
+    pub fn new(
+        cfg: QueueConfig,
+        next_seq: u64,
+        changes: Arc<Mutex<ChangeLog>>,
+        out_of_sync: bool,
+    ) -> std::io::Result<Self> {
         invariant!(next_seq >= 1, "sequence numbers start at 1");
         std::fs::create_dir_all(&cfg.dir)?;
         let _ = std::fs::remove_file(spill_path(&cfg.dir));
-        let dirty = if dirty_path(&cfg.dir).exists() {
-            Some(DirtyRecord::reopen(&dirty_path(&cfg.dir))?)
-        } else {
-            None
-        };
         Ok(Self {
             inner: Mutex::new(Inner {
                 next_seq,
@@ -163,15 +158,22 @@ impl SetQueue {
                 durable_seq: next_seq - 1,
                 sent_seq: next_seq - 1,
                 streaming: false,
-                out_of_sync: dirty.is_some(),
-                dirty,
+                out_of_sync,
+                resyncing: false,
+                peer_persisted: 0,
                 abandon_session: false,
                 bytes_sent_total: 0,
             }),
+            changes,
             cfg,
             progress: Condvar::new(),
             wake_sender: Arc::new(tokio::sync::Notify::new()),
         })
+    }
+
+    /// The change log this queue notes ops in.
+    pub fn changes(&self) -> &Arc<Mutex<ChangeLog>> {
+        &self.changes
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -198,8 +200,8 @@ impl SetQueue {
         self.lock().out_of_sync
     }
 
-    /// Marks the passive as impossible to catch up from this queue: the queue is dropped and
-    /// the changed-file record takes over (persisted before this returns).
+    /// Marks the passive as impossible to catch up from this queue: the queue is dropped
+    /// (the change log knows what changed since).
     pub fn mark_out_of_sync(&self, why: &str) {
         let mut inner = self.lock();
         self.overflow(&mut inner, why);
@@ -218,10 +220,82 @@ impl SetQueue {
         inner.sent_seq = applied_seq;
         inner.spill_cursor = SpillCursor::default();
         inner.streaming = true;
+        inner.resyncing = false;
         inner.abandon_session = false;
         drop(inner);
         self.progress.notify_all();
         true
+    }
+
+    /// A resync session starts (the caller holds the capture's order lock, so nothing is
+    /// recorded meanwhile): whatever is queued is dropped, since the resync covers it, and
+    /// the sender starts with the next op, which the caller records: the `SyncBegin`.
+    /// Returns that op's seq.
+    pub fn start_resync_session(&self) -> u64 {
+        let mut inner = self.lock();
+        let last = inner.next_seq - 1;
+        inner.mem.clear();
+        inner.mem_bytes = 0;
+        if inner.spill.take().is_some() {
+            let _ = std::fs::remove_file(spill_path(&self.cfg.dir));
+        }
+        inner.spill_cursor = SpillCursor::default();
+        inner.applied_seq = last;
+        inner.durable_seq = last;
+        inner.sent_seq = last;
+        inner.streaming = true;
+        inner.resyncing = true;
+        inner.out_of_sync = false;
+        inner.abandon_session = false;
+        drop(inner);
+        self.progress.notify_all();
+        last + 1
+    }
+
+    /// The resync of the current session is durable on the passive: it is a full copy now.
+    pub fn resync_done(&self) {
+        self.lock().resyncing = false;
+        self.progress.notify_all();
+    }
+
+    /// True while the session resyncs the passive.
+    pub fn is_resyncing(&self) -> bool {
+        self.lock().resyncing
+    }
+
+    /// Waits until fewer than `bytes` are queued in memory, or `timeout` passes, or the
+    /// session ends: how a resync yields to live traffic. Returns false if the session ended.
+    pub fn wait_for_room(&self, bytes: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut inner = self.lock();
+        loop {
+            if !inner.streaming || inner.abandon_session {
+                return false;
+            }
+            let unsent = inner.mem_bytes + inner.spill.as_ref().map_or(0, |s| s.len);
+            if unsent < bytes {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return true;
+            }
+            inner = self
+                .progress
+                .wait_timeout(inner, (deadline - now).min(Duration::from_millis(20)))
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+
+    /// Highest seq the passive made durable.
+    pub fn durable_seq(&self) -> u64 {
+        self.lock().durable_seq
+    }
+
+    /// True while a session streams to a passive.
+    pub fn is_streaming(&self) -> bool {
+        self.lock().streaming
     }
 
     /// The session ended; writers stop waiting for this passive.
@@ -237,9 +311,16 @@ impl SetQueue {
         self.lock().abandon_session
     }
 
-    /// The passive reports progress.
-    pub fn ack(&self, applied_seq: u64, durable_seq: u64) {
+    /// The passive reports progress. Its persisted position lets the change log drop what
+    /// the passive would no longer need after a crash.
+    pub fn ack(&self, applied_seq: u64, durable_seq: u64, persisted_seq: u64) {
+        {
+            let mut changes = self.changes.lock().unwrap_or_else(|p| p.into_inner());
+            changes.maybe_rotate(persisted_seq);
+            changes.prune(persisted_seq);
+        }
         let mut inner = self.lock();
+        inner.peer_persisted = inner.peer_persisted.max(persisted_seq);
         if applied_seq > inner.sent_seq || durable_seq > applied_seq {
             warn!(
                 applied_seq,
@@ -324,53 +405,17 @@ impl SetQueue {
         if inner.out_of_sync {
             return;
         }
-        error!(dir = %self.cfg.dir.display(), reason = why, "replication queue dropped; recording changed files until a resync");
-        let mut dirty = match DirtyRecord::create(&dirty_path(&self.cfg.dir)) {
-            Ok(d) => d,
-            Err(e) => {
-                // Without the record we cannot know what changed: resync everything.
-                error!(error = %e, "cannot create the changed-file record; the next resync will be full");
-                inner.out_of_sync = true;
-                inner.mem.clear();
-                inner.mem_bytes = 0;
-                inner.spill = None;
-                return;
-            }
-        };
-        // Everything still queued never reached the passive: its files are changed files.
-        for entry in &inner.mem {
-            dirty.note(&entry.record);
-        }
-        if let Some(spill) = inner.spill.take() {
-            let mut offset = 0;
-            while offset < spill.len {
-                match read_spill(&spill.file, offset, spill.len, 0, 4 << 20) {
-                    Ok((encoded, _, next)) => {
-                        for record in iter_encoded(&encoded) {
-                            dirty.note(&record);
-                        }
-                        if next == offset {
-                            break;
-                        }
-                        offset = next;
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "spill unreadable while overflowing; marking everything changed");
-                        dirty.everything = true;
-                        break;
-                    }
-                }
-            }
+        error!(dir = %self.cfg.dir.display(), reason = why, "replication queue dropped; the passive needs a resync of what changed since");
+        if inner.spill.take().is_some() {
             let _ = std::fs::remove_file(spill_path(&self.cfg.dir));
         }
-        dirty.sync();
         inner.mem.clear();
         inner.mem_bytes = 0;
         inner.spill_cursor = SpillCursor::default();
         inner.out_of_sync = true;
         inner.streaming = false;
+        inner.resyncing = false;
         inner.abandon_session = true;
-        inner.dirty = Some(dirty);
         self.progress.notify_all();
     }
 
@@ -395,8 +440,8 @@ impl SetQueue {
             durable_seq: inner.durable_seq,
             streaming: inner.streaming,
             out_of_sync: inner.out_of_sync,
+            resyncing: inner.resyncing,
             bytes_sent_total: inner.bytes_sent_total,
-            dirty_paths: inner.dirty.as_ref().map_or(0, |d| d.paths.len() as u64),
         }
     }
 
@@ -407,7 +452,7 @@ impl SetQueue {
         // The passive flushes only for barriers: end with one on the root, so everything
         // before it is durable there when the drain returns. Capture is unmounted by now, so
         // nothing else records and the order lock is not needed.
-        if self.lock().streaming {
+        if self.is_streaming() {
             self.record(
                 Op::Fsync {
                     file: FileRef::Path(Vec::new()),
@@ -424,7 +469,8 @@ impl SetQueue {
                 return (last, true);
             }
             let now = Instant::now();
-            if now >= deadline || inner.out_of_sync {
+            // Without a passive there is nobody to drain to.
+            if now >= deadline || inner.out_of_sync || !inner.streaming {
                 return (last, false);
             }
             inner = self
@@ -449,8 +495,8 @@ pub struct QueueSnapshot {
     pub durable_seq: u64,
     pub streaming: bool,
     pub out_of_sync: bool,
+    pub resyncing: bool,
     pub bytes_sent_total: u64,
-    pub dirty_paths: u64,
 }
 
 /// Reads whole encoded records (`u32 len` + record) from the spill, starting at `offset`,
@@ -512,14 +558,67 @@ pub fn frame_record(record: &Record, out: &mut Vec<u8>) {
 
 impl Journal for SetQueue {
     fn record(&self, op: Op, mtimes: Vec<(FileRef, Timespec)>) -> u64 {
+        let seq = self.lock().next_seq;
+        // Noted before the op is queued (both under the capture's order lock, so the seq is
+        // this op's): a crash between the two leaves a path noted, never one missing.
+        self.changes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .note(seq, &op);
+        self.enqueue(op, mtimes)
+    }
+
+    fn must_wait(&self) -> bool {
+        // A passive being resynced cannot take over: waiting for it buys nothing.
+        let inner = self.lock();
+        self.cfg.mode == Mode::Sync && inner.streaming && !inner.resyncing
+    }
+
+    fn wait_durable(&self, seq: u64) {
+        if self.cfg.mode == Mode::Async {
+            return;
+        }
+        let started = Instant::now();
+        let mut inner = self.lock();
+        while inner.streaming
+            && !inner.resyncing
+            && inner.durable_seq < seq
+            && !inner.abandon_session
+        {
+            let waited = started.elapsed();
+            if waited >= self.cfg.stall_timeout {
+                warn!(
+                    seq,
+                    "the passive did not confirm an fsync in {waited:?}; continuing without it"
+                );
+                inner.abandon_session = true;
+                break;
+            }
+            inner = self
+                .progress
+                .wait_timeout(inner, self.cfg.stall_timeout - waited)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+        drop(inner);
+        // An abandoned session must actually end, so the passive learns it fell behind.
+        self.wake_sender.notify_one();
+    }
+}
+
+impl SetQueue {
+    /// Records an op of a resync or verify (the caller holds the capture's order lock). It
+    /// is not a change of this copy, so the change log does not note it.
+    pub fn record_sync(&self, op: Op) -> u64 {
+        self.enqueue(op, Vec::new())
+    }
+
+    fn enqueue(&self, op: Op, mtimes: Vec<(FileRef, Timespec)>) -> u64 {
         let mut inner = self.lock();
         let seq = inner.next_seq;
         inner.next_seq += 1;
         let record = Record { seq, op, mtimes };
         if inner.out_of_sync {
-            if let Some(dirty) = inner.dirty.as_mut() {
-                dirty.note(&record);
-            }
             return seq;
         }
         // Bytes as accounted: payload plus a fixed per-record overhead.
@@ -555,9 +654,6 @@ impl Journal for SetQueue {
         let queued = inner.mem_bytes + inner.spill.as_ref().map_or(0, |s| s.len);
         if queued + bytes > self.cfg.queue_max_bytes {
             self.overflow(&mut inner, "queue_max_bytes reached");
-            if let Some(dirty) = inner.dirty.as_mut() {
-                dirty.note(&record);
-            }
             return seq;
         }
         if to_memory {
@@ -570,49 +666,18 @@ impl Journal for SetQueue {
         } else if let Err(e) = self.spill(&mut inner, &record) {
             error!(error = %e, "spilling failed");
             self.overflow(&mut inner, "spill failed");
-            if let Some(dirty) = inner.dirty.as_mut() {
-                dirty.note(&record);
-            }
             return seq;
         }
+        // Wake the sender only if it may be idle: if records before this one are still
+        // unsent, it has a wake-up pending already (or is about to take them all).
+        let wake = inner.sent_seq + 1 == seq || record_is_barrier(&inner, seq);
         drop(inner);
-        self.wake_sender.notify_one();
+        if wake {
+            self.wake_sender.notify_one();
+        }
         seq
     }
 
-    fn must_wait(&self) -> bool {
-        self.cfg.mode == Mode::Sync && self.lock().streaming
-    }
-
-    fn wait_durable(&self, seq: u64) {
-        if self.cfg.mode == Mode::Async {
-            return;
-        }
-        let started = Instant::now();
-        let mut inner = self.lock();
-        while inner.streaming && inner.durable_seq < seq && !inner.abandon_session {
-            let waited = started.elapsed();
-            if waited >= self.cfg.stall_timeout {
-                warn!(
-                    seq,
-                    "the passive did not confirm an fsync in {waited:?}; continuing without it"
-                );
-                inner.abandon_session = true;
-                break;
-            }
-            inner = self
-                .progress
-                .wait_timeout(inner, self.cfg.stall_timeout - waited)
-                .map(|(g, _)| g)
-                .unwrap_or_else(|p| p.into_inner().0);
-        }
-        drop(inner);
-        // An abandoned session must actually end, so the passive learns it fell behind.
-        self.wake_sender.notify_one();
-    }
-}
-
-impl SetQueue {
     fn spill(&self, inner: &mut Inner, record: &Record) -> std::io::Result<()> {
         let mut buf = Vec::with_capacity(record.op.data_len() + 128);
         frame_record(record, &mut buf);
@@ -645,81 +710,7 @@ impl SetQueue {
     }
 }
 
-impl DirtyRecord {
-    fn create(path: &Path) -> std::io::Result<Self> {
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .read(true)
-            .open(path)?;
-        file.write_all(b"understudy-dirty-v1\n")?;
-        file.sync_all()?;
-        if let Some(dir) = path.parent() {
-            File::open(dir)?.sync_all()?;
-        }
-        Ok(Self {
-            file,
-            paths: HashSet::new(),
-            everything: false,
-        })
-    }
-
-    /// Reopens a record left by an earlier run (possibly a crash): its paths stay dirty.
-    fn reopen(path: &Path) -> std::io::Result<Self> {
-        let mut file = OpenOptions::new().append(true).read(true).open(path)?;
-        let mut text = Vec::new();
-        file.seek(SeekFrom::Start(0))?;
-        file.read_to_end(&mut text)?;
-        let mut paths = HashSet::new();
-        let mut everything = false;
-        for line in text.split(|b| *b == b'\n').skip(1) {
-            if line == b"*" {
-                everything = true;
-            } else if !line.is_empty() && paths.len() < DIRTY_PATHS_MAX {
-                paths.insert(unescape(line));
-            }
-        }
-        Ok(Self {
-            file,
-            paths,
-            everything,
-        })
-    }
-
-    /// Records the paths an op touched (orphans have no path; their names were already noted).
-    fn note(&mut self, record: &Record) {
-        for path in op_paths(&record.op) {
-            self.note_path(path);
-        }
-    }
-
-    fn note_path(&mut self, path: &[u8]) {
-        if self.everything || self.paths.contains(path) {
-            return;
-        }
-        let line = if self.paths.len() >= DIRTY_PATHS_MAX {
-            self.everything = true;
-            self.paths.clear();
-            b"*".to_vec()
-        } else {
-            self.paths.insert(path.to_vec());
-            escape(path)
-        };
-        // The page cache survives a daemon crash; `sync` below (and every overflow) makes it
-        // survive a machine crash too.
-        if let Err(e) = self.file.write_all(&[line.as_slice(), b"\n"].concat()) {
-            error!(error = %e, "cannot append to the changed-file record");
-        }
-    }
-
-    fn sync(&self) {
-        if let Err(e) = self.file.sync_data() {
-            error!(error = %e, "cannot sync the changed-file record");
-        }
-    }
-}
-
-/// The paths an op names (for the changed-file record).
+/// The paths an op names (for the change log).
 pub fn op_paths(op: &Op) -> Vec<&[u8]> {
     fn file(f: &FileRef) -> Option<&[u8]> {
         match f {
@@ -750,46 +741,11 @@ pub fn op_paths(op: &Op) -> Vec<&[u8]> {
     }
 }
 
-/// Paths are bytes; newlines and backslashes are escaped so the record stays line-based.
-fn escape(path: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(path.len());
-    for &b in path {
-        match b {
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            _ => out.push(b),
-        }
-    }
-    out
-}
-
-fn unescape(line: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(line.len());
-    let mut it = line.iter();
-    while let Some(&b) = it.next() {
-        if b == b'\\' {
-            match it.next() {
-                Some(b'n') => out.push(b'\n'),
-                Some(&other) => out.push(other),
-                None => out.push(b'\\'),
-            }
-        } else {
-            out.push(b);
-        }
-    }
-    out
-}
-
-/// Reads the changed-file record: `None` if the set never overflowed, `Some(None)` if every
-/// file must be compared, else the list of changed paths.
-pub fn read_dirty_record(dir: &Path) -> std::io::Result<Option<Option<Vec<Vec<u8>>>>> {
-    let path = dirty_path(dir);
-    if !path.exists() {
-        return Ok(None);
-    }
-    let record = DirtyRecord::reopen(&path)?;
-    if record.everything {
-        return Ok(Some(None));
-    }
-    Ok(Some(Some(record.paths.into_iter().collect())))
+/// True if the record `seq` just queued is a barrier (someone will wait on it): looked up
+/// only when the sender may not wake on its own.
+fn record_is_barrier(inner: &Inner, seq: u64) -> bool {
+    inner
+        .mem
+        .back()
+        .is_some_and(|e| e.record.seq == seq && e.record.op.is_barrier())
 }

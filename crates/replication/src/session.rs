@@ -1,10 +1,11 @@
-//! The two ends of a set's replication stream: the active's sender (dial, handshake,
-//! stream, take acks) and the passive's receiver (handshake, hand records to the apply
-//! thread, send acks). Group commit lives in the apply thread.
+//! The two ends of a set's replication stream: the active's sender (dial, handshake, decide
+//! between streaming and a resync, stream, take acks and reports) and the passive's receiver
+//! (handshake, hand records to the apply thread, send acks and reports, serve hash
+//! requests). Group commit lives in the apply thread.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
@@ -14,10 +15,13 @@ use understudy_apply::Applier;
 use understudy_oplog::{decode_record, FileRef, Op};
 use understudy_tls::NodeTls;
 
-use crate::proto::{self, kind, Hello, ProtoError, Welcome};
+use crate::changes::Changed;
+use crate::engine::Report;
+use crate::observer::{self, PassiveObserver, PreserveRule, Quarantine};
+use crate::proto::{self, kind, Ack, Hello, Plan, ProtoError, Welcome};
 use crate::queue::{frame_record, Next, SetQueue};
-use crate::set::{PassiveSession, ReplicaSet, Role};
-use crate::state::{can_resume, Generation};
+use crate::set::{ActiveSession, PassiveSession, ReplicaSet, ResyncCtx, Role};
+use crate::state::{common_point, standing, PassiveCopy};
 
 /// Most bytes of records put in one frame.
 const BATCH_MAX_BYTES: u64 = 4 << 20;
@@ -28,7 +32,8 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 const KEEPALIVE: Duration = Duration::from_secs(1);
 /// The passive flushes its copy for barriers (an fsync on the active, a drain) and otherwise
 /// at most this often, so its durable position keeps moving without costing the disk a flush
-/// per group of plain writes: the active does not flush those either.
+/// per group of plain writes: the active does not flush those either. It persists that
+/// position then too, which is where it would resume after a crash.
 const SYNC_INTERVAL: Duration = Duration::from_secs(10);
 /// Plain writes reach the passive's socket after at most this delay, batched; a barrier is
 /// sent at once.
@@ -40,7 +45,6 @@ const COALESCE_BYTES: usize = 256 << 10;
 pub async fn run_sender(
     set: Arc<ReplicaSet>,
     queue: Arc<SetQueue>,
-    history: Vec<Generation>,
     tls: NodeTls,
     peer: SocketAddr,
 ) {
@@ -49,8 +53,9 @@ pub async fn run_sender(
         let started = Instant::now();
         match understudy_tls::connect(&tls, peer, Duration::from_secs(3)).await {
             Ok(stream) => {
-                let why = sender_session(&set, &queue, &history, stream).await;
+                let why = sender_session(&set, &queue, stream).await;
                 queue.end_session();
+                set.end_active_session();
                 info!(set = set.name(), reason = %why, "replication session ended");
             }
             Err(e) => debug!(set = set.name(), error = %e, "replication connect failed"),
@@ -64,21 +69,22 @@ pub async fn run_sender(
     }
 }
 
-async fn sender_session<S>(
-    set: &ReplicaSet,
-    queue: &Arc<SetQueue>,
-    history: &[Generation],
-    stream: S,
-) -> String
+async fn sender_session<S>(set: &Arc<ReplicaSet>, queue: &Arc<SetQueue>, stream: S) -> String
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (mut rd, wr) = tokio::io::split(stream);
     let mut wr = BufWriter::with_capacity(256 << 10, wr);
+    let (history, origin_empty) = {
+        let p = set.persisted();
+        (p.history.clone(), p.origin_empty)
+    };
+    let last = queue.last_seq();
     let hello = Hello {
         set: set.name().to_string(),
-        history: history.to_vec(),
-        next_seq: queue.last_seq() + 1,
+        history: history.clone(),
+        next_seq: last + 1,
+        origin_empty,
     };
     if let Err(e) = send(&mut wr, kind::HELLO, &hello.encode()).await {
         return format!("hello: {e}");
@@ -100,54 +106,124 @@ where
     if !welcome.accepted {
         return "the peer refused the set (is it active too?)".into();
     }
-    let resumable = !welcome.out_of_sync
-        && can_resume(history, &welcome.history, welcome.applied_seq)
-        && queue.start_session(welcome.applied_seq);
-    if !resumable {
-        queue.mark_out_of_sync("the passive's copy cannot be caught up from the queue");
-        let _ = send(&mut wr, kind::OUT_OF_SYNC, &[]).await;
-        let _ = wr.flush().await;
-        // Stay connected so both sides show the state; resync (a later issue) repairs it.
-        loop {
-            tokio::time::sleep(KEEPALIVE).await;
-            if let Err(e) = send(&mut wr, kind::KEEPALIVE, &[]).await {
-                return format!("keepalive: {e}");
-            }
-            if let Err(e) = wr.flush().await {
-                return format!("keepalive: {e}");
-            }
+    // Our own view of where the copies part: the passive's claim is only a hint.
+    let common = common_point(&history, last, &welcome.history, welcome.applied_seq);
+    let (control_tx, mut control_rx) = mpsc::channel::<(u8, Vec<u8>)>(64);
+    let router: Arc<Mutex<Option<std::sync::mpsc::Sender<Report>>>> = Arc::new(Mutex::new(None));
+    let streams = welcome.exact
+        && common == welcome.applied_seq
+        && common == welcome.common
+        && queue.start_session(common);
+    let plan = if streams {
+        info!(
+            set = set.name(),
+            from_seq = common + 1,
+            "the passive is a prefix of this copy: streaming, no comparison"
+        );
+        Plan::Stream
+    } else {
+        let mut scope = queue
+            .changes()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .since(common);
+        match &welcome.changed {
+            Some(paths) => scope.merge(Changed {
+                everything: false,
+                paths: paths.iter().cloned().collect(),
+            }),
+            None => scope.merge(Changed::everything()),
         }
+        // The active's content before its first op is its origin: unless that was empty,
+        // a passive with nothing in common must compare everything.
+        if common == 0 && origin_empty != Some(true) {
+            scope.merge(Changed::everything());
+        }
+        info!(
+            set = set.name(),
+            common,
+            diverged = welcome.diverged,
+            scope = %if scope.everything { "whole tree".to_string() } else { format!("{} paths", scope.paths.len()) },
+            "the passive cannot be streamed to: resync"
+        );
+        match set.start_resync(
+            queue.clone(),
+            scope.into_scope(),
+            control_tx.clone(),
+            router.clone(),
+        ) {
+            Ok(first) => Plan::Resync { first_seq: first },
+            Err(e) => return format!("resync: {e}"),
+        }
+    };
+    set.begin_active_session(ActiveSession {
+        control: control_tx.clone(),
+        router: router.clone(),
+    });
+    if let Err(e) = send(&mut wr, kind::PLAN, &plan.encode()).await {
+        return format!("plan: {e}");
     }
-    info!(
-        set = set.name(),
-        from_seq = welcome.applied_seq + 1,
-        "streaming to the passive"
-    );
 
-    // Acks come back on the read half.
+    // Acks and reports come back on the read half.
     let q = queue.clone();
+    let routes = router.clone();
     let mut reader = tokio::spawn(async move {
         let mut buf = Vec::new();
         loop {
-            match tokio::time::timeout(IDLE_TIMEOUT, proto::read_frame(&mut rd, &mut buf)).await {
-                Ok(Ok(kind::ACK)) => match proto::decode_ack(&buf) {
-                    Ok((applied, durable)) => q.ack(applied, durable),
-                    Err(e) => return format!("ack: {e}"),
-                },
-                Ok(Ok(kind::KEEPALIVE)) => {}
-                Ok(Ok(other)) => return format!("unexpected frame {other}"),
+            let kind = match tokio::time::timeout(
+                IDLE_TIMEOUT,
+                proto::read_frame(&mut rd, &mut buf),
+            )
+            .await
+            {
+                Ok(Ok(k)) => k,
                 Ok(Err(e)) => return format!("read: {e}"),
                 Err(_) => return "the passive went silent".into(),
+            };
+            let report = match kind {
+                kind::ACK => match Ack::decode(&buf) {
+                    Ok(a) => {
+                        q.ack(a.applied, a.durable, a.persisted);
+                        continue;
+                    }
+                    Err(e) => return format!("ack: {e}"),
+                },
+                kind::KEEPALIVE => continue,
+                kind::NEED => proto::Need::decode(&buf).map(Report::Need),
+                kind::HASHES => proto::Hashes::decode(&buf).map(Report::Hashes),
+                kind::VERIFY_DIFFS => proto::VerifyDiffs::decode(&buf).map(Report::Diffs),
+                kind::VERIFY_COMPARE => proto::VerifyCompare::decode(&buf).map(Report::Compare),
+                kind::VERIFY_RANGE => proto::VerifyRangeResult::decode(&buf).map(Report::Range),
+                other => return format!("unexpected frame {other}"),
+            };
+            match report {
+                Ok(r) => {
+                    if let Some(tx) = routes.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                        let _ = tx.send(r);
+                    }
+                }
+                Err(e) => return format!("report: {e}"),
             }
         }
     });
     let wake = queue.wake_sender.clone();
     let mut frame = Vec::with_capacity(BATCH_MAX_BYTES as usize + (1 << 20));
-    let mut urgent = false;
+    let mut urgent = true;
     let mut hold_until: Option<tokio::time::Instant> = None;
     let why = loop {
         if queue.session_abandoned() {
             break "abandoned: the passive fell too far behind".to_string();
+        }
+        let mut control_err = None;
+        while let Ok((k, body)) = control_rx.try_recv() {
+            urgent = true;
+            if let Err(e) = send(&mut wr, k, &body).await {
+                control_err = Some(e);
+                break;
+            }
+        }
+        if let Some(e) = control_err {
+            break format!("write: {e}");
         }
         let next = match queue.next_batch(BATCH_MAX_BYTES) {
             Ok(n) => n,
@@ -158,7 +234,7 @@ where
                 frame.clear();
                 for r in &records {
                     frame_record(r, &mut frame);
-                    urgent |= r.op.is_barrier();
+                    urgent |= r.op.is_barrier() || r.op.is_sync();
                 }
                 send(&mut wr, kind::RECORDS, &frame).await
             }
@@ -177,6 +253,12 @@ where
                         tokio::select! {
                             _ = wake.notified() => {}
                             _ = tokio::time::sleep_until(until) => {}
+                            c = control_rx.recv() => if let Some((k, body)) = c {
+                                if let Err(e) = send(&mut wr, k, &body).await {
+                                    break format!("write: {e}");
+                                }
+                                urgent = true;
+                            },
                         }
                         continue;
                     }
@@ -188,6 +270,13 @@ where
                 }
                 tokio::select! {
                     _ = wake.notified() => Ok(()),
+                    c = control_rx.recv() => match c {
+                        Some((k, body)) => {
+                            urgent = true;
+                            send(&mut wr, k, &body).await
+                        }
+                        None => Ok(()),
+                    },
                     _ = tokio::time::sleep(KEEPALIVE) => match send(&mut wr, kind::KEEPALIVE, &[]).await {
                         Ok(()) => wr.flush().await.map_err(ProtoError::from),
                         Err(e) => Err(e),
@@ -206,6 +295,7 @@ where
         }
     };
     reader.abort();
+    *router.lock().unwrap_or_else(|p| p.into_inner()) = None;
     why
 }
 
@@ -231,75 +321,196 @@ where
     };
     let Some(set) = sets.iter().find(|s| s.name() == hello.set).cloned() else {
         warn!(set = %hello.set, "the peer replicates a set we do not have");
-        let refuse = Welcome {
-            accepted: false,
-            history: vec![],
-            applied_seq: 0,
-            out_of_sync: false,
-        };
-        let _ = send(&mut wr, kind::WELCOME, &refuse.encode()).await;
+        let _ = send(&mut wr, kind::WELCOME, &Welcome::refused().encode()).await;
         let _ = wr.flush().await;
         return;
     };
     let mut role = set.role.lock().await;
     if !matches!(*role, Role::Passive { .. }) {
         warn!(set = %hello.set, "the peer wants to replicate to us, but we are not passive");
-        let refuse = Welcome {
-            accepted: false,
-            history: vec![],
-            applied_seq: 0,
-            out_of_sync: false,
-        };
-        let _ = send(&mut wr, kind::WELCOME, &refuse.encode()).await;
+        let _ = send(&mut wr, kind::WELCOME, &Welcome::refused().encode()).await;
         let _ = wr.flush().await;
         return;
     }
     // A newer connection replaces an older one.
-    let Some(applier) = set.stop_passive_session(&mut role).await else {
+    let Some(mut applier) = set.stop_passive_session(&mut role).await else {
         error!(set = %hello.set, "no applier");
         return;
     };
-    let applied = applier.last_applied();
-    let (history, out_of_sync) = {
-        let p = set.persisted();
-        (
-            p.history.clone(),
-            p.out_of_sync || set.copy_out_of_sync() || set.passive.unclean.load(Ordering::SeqCst),
-        )
+    let state = set.persisted().clone();
+    let copy = PassiveCopy {
+        state: &state,
+        last_seq: applier.last_applied().min(if state.resync.is_some() {
+            state.last_seq
+        } else {
+            u64::MAX
+        }),
+        unclean: set.passive.unclean.load(Ordering::SeqCst),
+        own_last_generation: state.last_generation_is(|id| set.is_mine(id)),
+        origin_empty: state.history.is_empty() && set.data_dir_is_empty(),
+    };
+    let stand = standing(
+        &hello.history,
+        hello.next_seq.saturating_sub(1),
+        hello.origin_empty,
+        &copy,
+    );
+    let resync_failed = state.resync.as_ref().is_some_and(|r| r.failed);
+    let changed: Option<Vec<Vec<u8>>> = if !stand.diverged {
+        Some(Vec::new())
+    } else if stand.changes_unknown || resync_failed {
+        None
+    } else {
+        set.changes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .since(stand.common)
+            .into_scope()
+            .filter(|p| {
+                p.len() <= proto::CHANGED_MAX
+                    && p.iter().map(|x| x.len() + 4).sum::<usize>() <= proto::CHANGED_MAX_BYTES
+            })
     };
     let welcome = Welcome {
         accepted: true,
-        history: history.clone(),
-        applied_seq: applied,
-        out_of_sync,
+        history: state.history.clone(),
+        applied_seq: copy.last_seq,
+        common: stand.common,
+        exact: stand.exact,
+        diverged: stand.diverged,
+        changed: if resync_failed { None } else { changed.clone() },
     };
     let sent = match send(&mut wr, kind::WELCOME, &welcome.encode()).await {
         Ok(()) => wr.flush().await.map_err(ProtoError::from),
         Err(e) => Err(e),
     };
-    if let Err(e) = sent {
-        warn!(error = %e, "welcome failed");
-        *role = Role::Passive {
-            applier: Some(applier),
-            session: None,
-        };
-        return;
-    }
-    let resumable = !out_of_sync && can_resume(&hello.history, &history, applied);
-    if resumable {
-        // From here on this copy follows the active's history.
-        set.persisted().history = hello.history.clone();
-        set.save();
-    }
+    let plan = match sent {
+        Ok(()) => {
+            match tokio::time::timeout(IDLE_TIMEOUT, proto::read_frame(&mut rd, &mut buf)).await {
+                Ok(Ok(kind::PLAN)) => Plan::decode(&buf).map_err(|e| e.to_string()),
+                Ok(Ok(other)) => Err(format!("unexpected frame {other}")),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("no plan".into()),
+            }
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    let plan = match plan {
+        Ok(Plan::Stream) if !stand.exact => {
+            Err("the active wants to stream to a copy that is not exact".into())
+        }
+        other => other,
+    };
+    let plan = match plan {
+        Ok(p) => p,
+        Err(e) => {
+            warn!(set = %hello.set, error = %e, "replication handshake failed");
+            *role = Role::Passive {
+                applier: Some(applier),
+                session: None,
+            };
+            return;
+        }
+    };
+    let resync = match plan {
+        Plan::Stream => {
+            // From here on this copy follows the active's history; its own past changes are
+            // all in the active's lineage.
+            set.adopt_lineage(&hello.history, hello.origin_empty);
+            None
+        }
+        Plan::Resync { first_seq } => {
+            let quarantine = if stand.diverged {
+                let generation = state.history.last().map_or(0, |g| g.id);
+                match set.quarantine_dir(first_seq, state.resync.as_ref()) {
+                    Ok(dir) => match Quarantine::open(&dir, generation) {
+                        Ok(q) => Some(q),
+                        Err(e) => {
+                            error!(error = %e, "cannot open the quarantine; refusing the resync");
+                            *role = Role::Passive {
+                                applier: Some(applier),
+                                session: None,
+                            };
+                            return;
+                        }
+                    },
+                    Err(e) => {
+                        error!(error = %e, "cannot create the quarantine; refusing the resync");
+                        *role = Role::Passive {
+                            applier: Some(applier),
+                            session: None,
+                        };
+                        return;
+                    }
+                }
+            } else {
+                None
+            };
+            set.begin_resync(first_seq, quarantine.as_ref().map(|q| q.dir.clone()));
+            applier.set_last_applied(first_seq - 1);
+            let rule = if !stand.diverged {
+                PreserveRule::nothing()
+            } else {
+                match &changed {
+                    Some(paths) if !stand.changes_unknown => PreserveRule {
+                        all: false,
+                        paths: paths.iter().cloned().collect(),
+                    },
+                    _ => PreserveRule {
+                        all: true,
+                        paths: Default::default(),
+                    },
+                }
+            };
+            info!(
+                set = %hello.set,
+                first_seq,
+                common = stand.common,
+                diverged = stand.diverged,
+                quarantine = ?quarantine.as_ref().map(|q| q.dir.display().to_string()),
+                "resyncing this copy from the active"
+            );
+            Some(ResyncCtx {
+                first_seq,
+                active_history: hello.history.clone(),
+                origin_empty: hello.origin_empty,
+                rule,
+                quarantine,
+            })
+        }
+    };
+    let applied = applier.last_applied();
+    let persisted = set.persisted().last_seq;
     let (tx, rx) = mpsc::channel::<Vec<u8>>(APPLY_QUEUE_FRAMES);
     // Frame buffers go back from the apply thread to the reader, so each is allocated (and
     // its pages faulted in and zeroed) once per session instead of once per frame.
     let (pool_tx, pool_rx) = std::sync::mpsc::channel::<Vec<u8>>();
-    let (ack_tx, ack_rx) = watch::channel((applied, applied));
+    let (ack_tx, ack_rx) = watch::channel(Ack {
+        applied,
+        durable: applied,
+        persisted,
+    });
+    let (report_tx, report_rx) = mpsc::unbounded_channel::<(u8, Vec<u8>)>();
+    let (hash_tx, hash_rx) = std::sync::mpsc::channel::<proto::HashRequest>();
+    let handles: observer::Handles = Default::default();
+    match set.replica_root() {
+        Ok(root) => observer::spawn_hashers(hash_rx, handles.clone(), root, report_tx.clone()),
+        Err(e) => warn!(error = %e, "cannot open the replica for hashing"),
+    }
+    let mut obs = PassiveObserver::new(report_tx, set.cfg.data_dir.clone(), handles);
     let apply_set = set.clone();
     let apply = std::thread::Builder::new()
         .name(format!("apply-{}", hello.set))
-        .spawn(move || apply_loop(apply_set, applier, rx, ack_tx, pool_tx));
+        .spawn(move || {
+            if let Some(ctx) = &resync {
+                obs.rule = ctx.rule.clone();
+            }
+            let mut resync = resync;
+            if let Some(ctx) = resync.as_mut() {
+                obs.quarantine = ctx.quarantine.take();
+            }
+            apply_loop(apply_set, applier, rx, ack_tx, pool_tx, obs, resync)
+        });
     let apply = match apply {
         Ok(h) => h,
         Err(e) => {
@@ -308,20 +519,32 @@ where
         }
     };
     set.passive.session_up.store(true, Ordering::SeqCst);
-    let net = tokio::spawn(passive_net(set.clone(), rd, wr, tx, ack_rx, pool_rx));
+    let net = tokio::spawn(passive_net(
+        set.clone(),
+        rd,
+        wr,
+        tx,
+        ack_rx,
+        pool_rx,
+        report_rx,
+        hash_tx,
+    ));
     *role = Role::Passive {
         applier: None,
         session: Some(PassiveSession { net, apply }),
     };
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn passive_net<R, W>(
     set: Arc<ReplicaSet>,
     mut rd: R,
     wr: W,
     tx: mpsc::Sender<Vec<u8>>,
-    mut acks: watch::Receiver<(u64, u64)>,
+    mut acks: watch::Receiver<Ack>,
     pool: std::sync::mpsc::Receiver<Vec<u8>>,
+    mut reports: mpsc::UnboundedReceiver<(u8, Vec<u8>)>,
+    hashes: std::sync::mpsc::Sender<proto::HashRequest>,
 ) where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -334,9 +557,17 @@ async fn passive_net<R, W>(
                     if changed.is_err() {
                         return "the apply thread stopped".to_string();
                     }
-                    let (applied, durable) = *acks.borrow_and_update();
-                    if let Err(e) = send(&mut wr, kind::ACK, &proto::encode_ack(applied, durable)).await {
+                    let ack = *acks.borrow_and_update();
+                    if let Err(e) = send(&mut wr, kind::ACK, &ack.encode()).await {
                         return format!("ack: {e}");
+                    }
+                }
+                report = reports.recv() => {
+                    let Some((k, body)) = report else {
+                        return "the apply thread stopped".to_string();
+                    };
+                    if let Err(e) = send(&mut wr, k, &body).await {
+                        return format!("report: {e}");
                     }
                 }
                 _ = tokio::time::sleep(KEEPALIVE) => {
@@ -363,9 +594,14 @@ async fn passive_net<R, W>(
                         return "the apply thread stopped".to_string();
                     }
                 }
-                Ok(Ok(kind::OUT_OF_SYNC)) => {
-                    s.mark_copy_out_of_sync("the active cannot catch this copy up from its queue")
-                }
+                Ok(Ok(kind::HASH_REQUEST)) => match proto::HashRequest::decode(&buf) {
+                    Ok(r) => {
+                        if hashes.send(r).is_err() {
+                            return "the hashing threads stopped".to_string();
+                        }
+                    }
+                    Err(e) => return format!("hash request: {e}"),
+                },
                 Ok(Ok(kind::KEEPALIVE)) => {}
                 Ok(Ok(other)) => return format!("unexpected frame {other}"),
                 Ok(Err(e)) => return format!("read: {e}"),
@@ -382,20 +618,25 @@ async fn passive_net<R, W>(
 }
 
 /// Applies received frames in order; syncs when a barrier was applied and nothing more is
-/// waiting (group commit), or periodically; reports progress as acks.
+/// waiting (group commit), or periodically; reports progress as acks, and what a resync or
+/// verify finds through the observer.
 fn apply_loop(
     set: Arc<ReplicaSet>,
     mut applier: Applier,
     mut rx: mpsc::Receiver<Vec<u8>>,
-    acks: watch::Sender<(u64, u64)>,
+    acks: watch::Sender<Ack>,
     pool: std::sync::mpsc::Sender<Vec<u8>>,
+    mut obs: PassiveObserver,
+    mut resync: Option<ResyncCtx>,
 ) -> Applier {
-    let mut broken = set.copy_out_of_sync();
+    let mut broken = set.copy_out_of_sync() && resync.is_none();
     let sync_mode = set.cfg.mode == crate::queue::Mode::Sync;
     let mut barrier = false;
     let mut unsynced_bytes = 0u64;
     let mut last_sync = Instant::now();
     let mut durable = applier.last_applied();
+    // The SyncEnd that completes this session's resync, once applied.
+    let mut resync_end: Option<u64> = None;
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
@@ -405,6 +646,11 @@ fn apply_loop(
             error!(set = set.name(), error = %e, "cannot start the apply thread's timer");
             return applier;
         }
+    };
+    let ack = |applier: &Applier, durable: u64| Ack {
+        applied: applier.last_applied(),
+        durable,
+        persisted: set.persisted().last_seq,
     };
     loop {
         let frame = match rx.try_recv() {
@@ -417,8 +663,19 @@ fn apply_loop(
                     barrier = false;
                     unsynced_bytes = 0;
                     last_sync = Instant::now();
+                    if !broken {
+                        if let (Some(end), Some(ctx)) = (resync_end, resync.as_ref()) {
+                            if durable >= end {
+                                set.finish_resync(ctx, end, obs.quarantine.as_ref());
+                                resync = None;
+                                resync_end = None;
+                            }
+                        } else if resync.is_none() {
+                            set.persist_position(durable);
+                        }
+                    }
                 }
-                acks.send_replace((applier.last_applied(), durable));
+                acks.send_replace(ack(&applier, durable));
                 // Wait for more, but wake up to honour the sync interval.
                 match wait_frame(
                     &rt,
@@ -438,6 +695,7 @@ fn apply_loop(
         };
         let Some(frame) = frame else { continue };
         if broken {
+            let _ = pool.send(frame);
             continue;
         }
         unsynced_bytes += frame.len() as u64;
@@ -464,12 +722,38 @@ fn apply_loop(
             // (A barrier on the root is a drain's, which needs the flush in both modes.)
             barrier |= record.op.is_barrier()
                 && (sync_mode
-                    || matches!(&record.op, Op::Fsync { file: FileRef::Path(p), .. } if p.is_empty()));
-            if let Err(e) = applier.apply(&record) {
+                    || matches!(&record.op, Op::Fsync { file: FileRef::Path(p), .. } if p.is_empty())
+                    || matches!(&record.op, Op::SyncEnd { .. }));
+            let mut listing_done = false;
+            let mut verify_listing = false;
+            match &record.op {
+                Op::SyncBegin { id, verify, .. } => {
+                    obs.sync_id = *id;
+                    set.passive_sync_started(*id, *verify);
+                }
+                Op::SyncTree { last: true, .. } => {
+                    listing_done = true;
+                    verify_listing = set.passive_sync_is_verify();
+                }
+                Op::SyncEnd { id } if resync.as_ref().is_some_and(|c| c.first_seq == *id) => {
+                    resync_end = Some(record.seq);
+                }
+                _ => {}
+            }
+            if let Err(e) = applier.apply_observed(&record, &mut obs) {
                 error!(set = set.name(), seq = record.seq, error = %e, "applying failed; the copy is out of sync");
                 set.mark_copy_out_of_sync("an op could not be applied");
+                if resync.is_some() {
+                    set.resync_failed();
+                }
                 broken = true;
                 break;
+            }
+            if record.op.is_sync() {
+                obs.flush(listing_done);
+                if listing_done && verify_listing && !obs.has_compare() {
+                    obs.end_compare();
+                }
             }
             set.passive.applied.store(record.seq, Ordering::Relaxed);
         }
@@ -478,6 +762,11 @@ fn apply_loop(
     }
     if !broken {
         commit(&set, &mut applier, &mut durable, &mut broken);
+        if let (Some(end), Some(ctx)) = (resync_end, resync.as_ref()) {
+            if !broken && durable >= end {
+                set.finish_resync(ctx, end, obs.quarantine.as_ref());
+            }
+        }
     }
     applier
 }

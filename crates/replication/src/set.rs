@@ -1,20 +1,24 @@
 //! One replicated set on this node: its role (capturing and sending, or receiving and
-//! applying), its persisted position, and its status figures.
+//! applying), its persisted state, its change log, resyncs and verifies, and its status.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 use understudy_apply::Applier;
-use understudy_capture::{CaptureMount, CaptureOptions};
+use understudy_capture::{CaptureMount, CaptureOptions, OrderLock};
 use understudy_tls::NodeTls;
 
+use crate::changes::ChangeLog;
+use crate::engine::{Engine, EngineIo, Report, SyncProgress, VerifyOutcome};
+use crate::observer::{PreserveRule, Quarantine};
 use crate::queue::{Mode, QueueConfig, SetQueue, SetState as ReplState};
-use crate::state::SetState;
+use crate::state::{Generation, PendingResync, SetState, UNKNOWN_GENERATION};
 
 #[derive(Clone, Debug)]
 pub struct SetConfig {
@@ -26,10 +30,14 @@ pub struct SetConfig {
     pub mem_max_bytes: u64,
     /// This node's copy: the backing directory on the active, the replica on the passive.
     pub data_dir: PathBuf,
-    /// Spill file, changed-file record, persisted state and parked orphans.
+    /// Spill file, change log, persisted state, parked orphans, quarantine.
     pub state_dir: PathBuf,
     pub stall_timeout: Duration,
     pub capture_threads: usize,
+    /// This node's index in the pair (0 or 1): its epochs are even or odd.
+    pub node_index: usize,
+    /// Bytes per second a resync may send; 0: no cap.
+    pub sync_rate_max: u64,
 }
 
 /// `understudy status` figures for one set.
@@ -46,7 +54,15 @@ pub struct SetStatus {
     pub acked_seq: u64,
     pub applied_seq: u64,
     pub bytes_per_s: u64,
+    /// Paths in the change log's open segment (what a resync would compare at least).
     pub changed_files: u64,
+    /// The resync or verify running now, or the last one.
+    pub sync: Option<SyncProgress>,
+    pub last_verify: Option<VerifyOutcome>,
+    /// Resyncs this copy completed.
+    pub resyncs: u64,
+    /// Things the operator must know (a quarantine to look at).
+    pub warnings: Vec<String>,
 }
 
 /// A running passive session: the network task and the thread applying what it receives.
@@ -69,16 +85,44 @@ pub(crate) enum Role {
     Idle,
 }
 
+/// The active's live session, for starting a verify in it.
+#[derive(Clone)]
+pub(crate) struct ActiveSession {
+    pub control: tokio::sync::mpsc::Sender<(u8, Vec<u8>)>,
+    pub router: Arc<Mutex<Option<std::sync::mpsc::Sender<Report>>>>,
+}
+
+/// What the active side needs to run an engine: where its copy is and the capture's lock.
+#[derive(Clone)]
+struct ActiveCopy {
+    root: Arc<OwnedFd>,
+    root_path: Vec<u8>,
+    order: OrderLock,
+    queue: Arc<SetQueue>,
+}
+
+/// A resync of this (passive) copy that started with the session.
+pub(crate) struct ResyncCtx {
+    /// The `SyncBegin`'s seq, which is also the sync's id.
+    pub first_seq: u64,
+    pub active_history: Vec<Generation>,
+    pub origin_empty: Option<bool>,
+    pub rule: PreserveRule,
+    pub quarantine: Option<Quarantine>,
+}
+
 /// Progress of the passive side, shared with the apply thread and status.
 #[derive(Default)]
 pub(crate) struct PassiveProgress {
     pub applied: AtomicU64,
     pub durable: AtomicU64,
     pub received_bytes: AtomicU64,
-    pub session_up: std::sync::atomic::AtomicBool,
-    pub out_of_sync: std::sync::atomic::AtomicBool,
-    /// The copy was left by a crash: it cannot resume a stream.
-    pub unclean: std::sync::atomic::AtomicBool,
+    pub session_up: AtomicBool,
+    pub out_of_sync: AtomicBool,
+    /// The copy was left by a crash: its exact end is unknown until a resync.
+    pub unclean: AtomicBool,
+    /// The sync records being applied are a verify's.
+    pub verifying: AtomicBool,
 }
 
 pub struct ReplicaSet {
@@ -86,8 +130,19 @@ pub struct ReplicaSet {
     pub(crate) role: tokio::sync::Mutex<Role>,
     pub(crate) persisted: Mutex<SetState>,
     pub(crate) passive: PassiveProgress,
+    pub(crate) changes: Arc<Mutex<ChangeLog>>,
     active_queue: Mutex<Option<Arc<SetQueue>>>,
+    active_copy: Mutex<Option<ActiveCopy>>,
+    session: Mutex<Option<ActiveSession>>,
+    engine_busy: Arc<AtomicBool>,
+    progress: Arc<Mutex<SyncProgress>>,
+    last_verify: Arc<Mutex<Option<VerifyOutcome>>>,
+    notices: Mutex<Option<tokio::sync::mpsc::UnboundedSender<String>>>,
     rate: Mutex<(Instant, u64, u64)>,
+}
+
+fn is_dir_empty(path: &Path) -> bool {
+    std::fs::read_dir(path).map_or(true, |mut d| d.next().is_none())
 }
 
 impl ReplicaSet {
@@ -99,15 +154,18 @@ impl ReplicaSet {
         detach_stale_mount(&cfg.path);
         let mut persisted = SetState::load(&cfg.state_dir)?;
         // After a crash the copy may hold applied-but-unsynced ops the state file does not
-        // count: it cannot resume a stream. It is not marked out of sync by itself (after a
-        // power loss of both nodes one of them must still serve); the active decides, when
-        // it hears this in the handshake.
+        // count (or captures, if this node was active): its exact end is unknown, so it
+        // cannot simply be streamed to. It is not out of sync by itself (after a power loss
+        // of both nodes one of them must still serve); the peers decide when they meet.
         let unclean = !persisted.clean;
         if unclean {
-            warn!(set = %cfg.name, "the last run did not stop cleanly: this copy cannot resume streaming");
+            warn!(set = %cfg.name, "the last run did not stop cleanly: this copy will be compared with the peer's");
+        } else {
+            info!(set = %cfg.name, last_seq = persisted.last_seq, "the last run stopped cleanly");
         }
         persisted.clean = false;
         persisted.save(&cfg.state_dir)?;
+        let changes = ChangeLog::open(&cfg.state_dir.join("changes"))?;
         let mut applier = Applier::open(&cfg.data_dir, &cfg.state_dir.join("orphans"))
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         applier.set_last_applied(persisted.last_seq);
@@ -125,7 +183,14 @@ impl ReplicaSet {
             }),
             persisted: Mutex::new(persisted),
             passive,
+            changes: Arc::new(Mutex::new(changes)),
             active_queue: Mutex::new(None),
+            active_copy: Mutex::new(None),
+            session: Mutex::new(None),
+            engine_busy: Arc::new(AtomicBool::new(false)),
+            progress: Arc::new(Mutex::new(SyncProgress::default())),
+            last_verify: Arc::new(Mutex::new(None)),
+            notices: Mutex::new(None),
             rate: Mutex::new((Instant::now(), 0, 0)),
             cfg,
         })
@@ -135,8 +200,20 @@ impl ReplicaSet {
         &self.cfg.name
     }
 
+    /// Where operator-facing notices (resync done, quarantine) go: the daemon's event log.
+    pub fn set_notices(&self, tx: tokio::sync::mpsc::UnboundedSender<String>) {
+        *lock(&self.notices) = Some(tx);
+    }
+
+    pub(crate) fn notice(&self, text: String) {
+        info!(set = %self.cfg.name, "{text}");
+        if let Some(tx) = lock(&self.notices).as_ref() {
+            let _ = tx.send(format!("set {}: {text}", self.cfg.name));
+        }
+    }
+
     pub(crate) fn persisted(&self) -> MutexGuard<'_, SetState> {
-        self.persisted.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.persisted)
     }
 
     pub(crate) fn save(&self) {
@@ -144,6 +221,20 @@ impl ReplicaSet {
         if let Err(e) = state.save(&self.cfg.state_dir) {
             error!(set = %self.cfg.name, error = %e, "cannot persist the set's state");
         }
+    }
+
+    /// Is generation `id` one of this node's (its epochs have its parity)?
+    pub(crate) fn is_mine(&self, id: u64) -> bool {
+        id != UNKNOWN_GENERATION && id % 2 == self.cfg.node_index as u64
+    }
+
+    pub(crate) fn data_dir_is_empty(&self) -> bool {
+        is_dir_empty(&self.cfg.data_dir)
+    }
+
+    /// The replica's root, for the hashing threads.
+    pub(crate) fn replica_root(&self) -> std::io::Result<Arc<OwnedFd>> {
+        Ok(Arc::new(std::fs::File::open(&self.cfg.data_dir)?.into()))
     }
 
     /// Marks this node's copy (as a passive) out of sync, persistently.
@@ -160,10 +251,127 @@ impl ReplicaSet {
     }
 
     fn queue(&self) -> Option<Arc<SetQueue>> {
-        self.active_queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        lock(&self.active_queue).clone()
+    }
+
+    // ---- the passive side -------------------------------------------------------------
+
+    /// Streaming resumes: this copy is a prefix of the active's lineage, which it adopts.
+    pub(crate) fn adopt_lineage(&self, history: &[Generation], origin_empty: Option<bool>) {
+        {
+            let mut p = self.persisted();
+            p.history = history.to_vec();
+            p.origin_empty = origin_empty;
+        }
+        self.save();
+        lock(&self.changes).clear();
+    }
+
+    /// The quarantine of a resync starting at `first_seq` (an interrupted one's is reused,
+    /// so a file preserved before is not preserved again in its half-synced state).
+    pub(crate) fn quarantine_dir(
+        &self,
+        first_seq: u64,
+        pending: Option<&PendingResync>,
+    ) -> std::io::Result<PathBuf> {
+        if let Some(dir) = pending.and_then(|p| p.quarantine.clone()) {
+            return Ok(dir);
+        }
+        let stamp = utc_stamp(SystemTime::now());
+        let dir = self
+            .cfg
+            .state_dir
+            .join("quarantine")
+            .join(format!("{stamp}-sync{first_seq}"));
+        std::fs::create_dir_all(&dir)?;
+        Ok(dir)
+    }
+
+    /// A resync of this copy starts: until it ends, the copy is neither the old one nor the
+    /// active's, so it is out of sync (not eligible), persistently.
+    pub(crate) fn begin_resync(&self, first_seq: u64, quarantine: Option<PathBuf>) {
+        {
+            let mut p = self.persisted();
+            let quarantine =
+                quarantine.or_else(|| p.resync.as_ref().and_then(|r| r.quarantine.clone()));
+            p.resync = Some(PendingResync {
+                id: first_seq,
+                quarantine,
+                failed: false,
+            });
+            p.out_of_sync = true;
+        }
+        self.passive.out_of_sync.store(true, Ordering::SeqCst);
+        self.save();
+    }
+
+    pub(crate) fn resync_failed(&self) {
+        if let Some(r) = self.persisted().resync.as_mut() {
+            r.failed = true;
+        }
+        self.save();
+    }
+
+    /// The resync's `SyncEnd` is durable: this copy is now exactly the active's at `end`.
+    pub(crate) fn finish_resync(&self, ctx: &ResyncCtx, end: u64, quarantine: Option<&Quarantine>) {
+        let resyncs = {
+            let mut p = self.persisted();
+            p.history = ctx.active_history.clone();
+            p.origin_empty = ctx.origin_empty;
+            p.last_seq = end;
+            p.out_of_sync = false;
+            p.resync = None;
+            p.resyncs += 1;
+            p.resyncs
+        };
+        self.save();
+        lock(&self.changes).clear();
+        self.passive.out_of_sync.store(false, Ordering::SeqCst);
+        self.passive.unclean.store(false, Ordering::SeqCst);
+        let mut text =
+            format!("resync #{resyncs} complete: this copy equals the active's at seq {end}");
+        if let Some(q) = quarantine.filter(|q| q.files > 0) {
+            text = format!(
+                "split brain resolved: {} of this node's changed files ({} bytes) were preserved in {} (see MANIFEST.jsonl) before the active's data replaced them; {text}",
+                q.files,
+                q.bytes,
+                q.dir.display()
+            );
+            warn!(set = %self.cfg.name, quarantine = %q.dir.display(), files = q.files, "{text}");
+        }
+        self.notice(text);
+    }
+
+    /// Streaming: the durable position is where this copy resumes after a crash.
+    pub(crate) fn persist_position(&self, durable: u64) {
+        let changed = {
+            let mut p = self.persisted();
+            if p.resync.is_none() && durable > p.last_seq {
+                p.last_seq = durable;
+                true
+            } else {
+                false
+            }
+        };
+        if changed {
+            self.save();
+        }
+    }
+
+    pub(crate) fn passive_sync_started(&self, id: u64, verify: bool) {
+        self.passive.verifying.store(verify, Ordering::SeqCst);
+        let mut p = lock(&self.progress);
+        *p = SyncProgress {
+            id,
+            kind: if verify { "verify" } else { "resync" }.into(),
+            phase: "applying".into(),
+            started: Some(Instant::now()),
+            ..SyncProgress::default()
+        };
+    }
+
+    pub(crate) fn passive_sync_is_verify(&self) -> bool {
+        self.passive.verifying.load(Ordering::SeqCst)
     }
 
     /// Stops a passive session and returns the applier once everything received is applied
@@ -203,9 +411,21 @@ impl ReplicaSet {
         let last = a.last_applied();
         self.passive.applied.store(last, Ordering::SeqCst);
         self.passive.durable.store(last, Ordering::SeqCst);
-        self.persisted().last_seq = last;
+        // Mid-resync, the copy's position stays the one before the resync.
+        let streaming = {
+            let mut p = self.persisted();
+            if p.resync.is_none() {
+                p.last_seq = last;
+            }
+            p.resync.is_none()
+        };
+        if !streaming {
+            a.set_last_applied(self.persisted().last_seq);
+        }
         Some(a)
     }
+
+    // ---- the active side --------------------------------------------------------------
 
     pub(crate) async fn promote(
         self: Arc<Self>,
@@ -220,21 +440,32 @@ impl ReplicaSet {
         let Some(applier) = self.stop_passive_session(&mut role).await else {
             return Err("no copy to promote (the apply state was lost)".into());
         };
-        if self.copy_out_of_sync() {
+        let out_of_sync = self.copy_out_of_sync();
+        if out_of_sync {
             warn!(set = %self.cfg.name, "promoting a copy that is out of sync: it may lack the old active's last changes");
         }
-        let last = applier.last_applied();
         drop(applier);
+        // A copy that is not exactly its lineage up to its last seq (left by a crash, out of
+        // sync, mid-resync) starts its generation after a gap, so the peer compares.
+        let certain = !self.passive.unclean.load(Ordering::SeqCst) && !out_of_sync;
+        let data_empty = self.data_dir_is_empty();
+        let (start, history) = {
+            let mut p = self.persisted();
+            if p.resync.is_some() {
+                // The resync never finished: the position is the one before it.
+                p.resync = None;
+            }
+            let start = p.promote(generation, certain, data_empty);
+            p.out_of_sync = false;
+            (start, p.history.clone())
+        };
+        if out_of_sync {
+            // Its content, compared with the lineage, is unknown: a peer compares everything.
+            lock(&self.changes).note_everything(start);
+        }
         // From here on this copy is the pair's data; the peer's copy is the one to check.
         self.passive.out_of_sync.store(false, Ordering::SeqCst);
         self.passive.unclean.store(false, Ordering::SeqCst);
-        let history = {
-            let mut p = self.persisted();
-            p.begin_generation(generation, last + 1);
-            p.last_seq = last;
-            p.out_of_sync = false;
-            p.history.clone()
-        };
         self.save();
         let queue = Arc::new(
             SetQueue::new(
@@ -245,10 +476,20 @@ impl ReplicaSet {
                     stall_timeout: self.cfg.stall_timeout,
                     dir: self.cfg.state_dir.clone(),
                 },
-                last + 1,
+                start,
+                self.changes.clone(),
+                false,
             )
             .map_err(|e| format!("queue: {e}"))?,
         );
+        // The engine reads the copy through a descriptor opened before the mount covers it.
+        let root: Arc<OwnedFd> = Arc::new(
+            std::fs::File::open(&self.cfg.data_dir)
+                .map_err(|e| format!("opening {}: {e}", self.cfg.data_dir.display()))?
+                .into(),
+        );
+        let root_path = std::fs::canonicalize(&self.cfg.data_dir)
+            .map_err(|e| format!("{}: {e}", self.cfg.data_dir.display()))?;
         let journal: Arc<dyn understudy_oplog::Journal> = queue.clone();
         let (data, path, threads, name) = (
             self.cfg.data_dir.clone(),
@@ -271,21 +512,174 @@ impl ReplicaSet {
         .await
         .map_err(|e| format!("mount task: {e}"))?
         .map_err(|e| format!("mounting {}: {e}", self.cfg.path.display()))?;
-        *self.active_queue.lock().unwrap_or_else(|p| p.into_inner()) = Some(queue.clone());
+        *lock(&self.active_queue) = Some(queue.clone());
+        *lock(&self.active_copy) = Some(ActiveCopy {
+            root,
+            root_path: {
+                use std::os::unix::ffi::OsStrExt;
+                root_path.as_os_str().as_bytes().to_vec()
+            },
+            order: mount.order_lock(),
+            queue: queue.clone(),
+        });
         let sender = tokio::spawn(crate::session::run_sender(
             self.clone(),
             queue.clone(),
-            history,
             tls,
             peer,
         ));
-        info!(set = %self.cfg.name, path = %self.cfg.path.display(), next_seq = last + 1, generation, "capturing");
+        info!(set = %self.cfg.name, path = %self.cfg.path.display(), next_seq = start, generation, history = ?history, "capturing");
         *role = Role::Active {
             queue,
             mount: Some(mount),
             sender,
         };
         Ok(())
+    }
+
+    pub(crate) fn begin_active_session(&self, s: ActiveSession) {
+        *lock(&self.session) = Some(s);
+    }
+
+    pub(crate) fn end_active_session(&self) {
+        *lock(&self.session) = None;
+    }
+
+    fn engine_io(
+        &self,
+        control: tokio::sync::mpsc::Sender<(u8, Vec<u8>)>,
+        router: &Arc<Mutex<Option<std::sync::mpsc::Sender<Report>>>>,
+    ) -> Result<EngineIo, String> {
+        let copy = lock(&self.active_copy)
+            .clone()
+            .ok_or("this node is not active")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        *lock(router) = Some(tx);
+        Ok(EngineIo {
+            queue: copy.queue,
+            order: copy.order,
+            root: copy.root,
+            root_path: copy.root_path,
+            control,
+            reports: rx,
+            progress: self.progress.clone(),
+            rate_max: self.cfg.sync_rate_max,
+        })
+    }
+
+    /// The session found the passive cannot be streamed to: start the resync engine on its
+    /// own thread. Returns the seq the passive must resume at (the `SyncBegin`) once the
+    /// listing is recorded.
+    pub(crate) fn start_resync(
+        self: &Arc<Self>,
+        queue: Arc<SetQueue>,
+        scope: Option<Vec<Vec<u8>>>,
+        control: tokio::sync::mpsc::Sender<(u8, Vec<u8>)>,
+        router: Arc<Mutex<Option<std::sync::mpsc::Sender<Report>>>>,
+    ) -> Result<u64, String> {
+        if self.engine_busy.swap(true, Ordering::SeqCst) {
+            // A verify of the previous session may still be winding down.
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.engine_busy.store(true, Ordering::SeqCst);
+        let io = self.engine_io(control, &router)?;
+        let id = queue.last_seq() + 1;
+        let mut engine = Engine::new(io, id);
+        {
+            let mut p = lock(&self.progress);
+            *p = SyncProgress {
+                id,
+                kind: "resync".into(),
+                ..SyncProgress::default()
+            };
+        }
+        let (first, listing) = match engine.begin(false, scope, true) {
+            Ok(x) => x,
+            Err(e) => {
+                self.engine_busy.store(false, Ordering::SeqCst);
+                return Err(e.to_string());
+            }
+        };
+        let me = self.clone();
+        let busy = self.engine_busy.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("resync-{}", self.cfg.name))
+            .spawn(move || {
+                let result = engine.resync(&listing);
+                match result {
+                    Ok(end) => {
+                        queue.resync_done();
+                        let p = lock(&me.progress).clone();
+                        me.notice(format!(
+                            "resync of the passive complete at seq {end} ({}, {} entries, {} of {} files copied or patched, {} bytes sent in {} ms)",
+                            p.scope, p.entries, p.files_done, p.files_total, p.bytes_sent, p.elapsed_ms
+                        ));
+                    }
+                    Err(e) => {
+                        lock(&me.progress).phase = "failed".into();
+                        warn!(set = %me.cfg.name, error = %e, "resync stopped; it starts again with the next session");
+                    }
+                }
+                busy.store(false, Ordering::SeqCst);
+            });
+        if let Err(e) = spawned {
+            self.engine_busy.store(false, Ordering::SeqCst);
+            return Err(format!("cannot start the resync thread: {e}"));
+        }
+        Ok(first)
+    }
+
+    /// `understudy verify`: compares the passive's copy with this (active) one, online, and
+    /// with `repair` resyncs the files that differ. Runs in the background; status shows its
+    /// progress and result.
+    pub fn verify(self: &Arc<Self>, repair: bool) -> Result<u64, String> {
+        let session = lock(&self.session)
+            .clone()
+            .ok_or("no passive is connected to this (active) node's set")?;
+        if self.engine_busy.swap(true, Ordering::SeqCst) {
+            return Err("a resync or verify of this set is already running".into());
+        }
+        if lock(&self.active_copy)
+            .as_ref()
+            .is_some_and(|c| c.queue.is_resyncing())
+        {
+            self.engine_busy.store(false, Ordering::SeqCst);
+            return Err("the passive is being resynced; verify it afterwards".into());
+        }
+        let io = match self.engine_io(session.control.clone(), &session.router) {
+            Ok(io) => io,
+            Err(e) => {
+                self.engine_busy.store(false, Ordering::SeqCst);
+                return Err(e);
+            }
+        };
+        let queue = io.queue.clone();
+        let id = queue.last_seq() + 1;
+        {
+            let mut p = lock(&self.progress);
+            *p = SyncProgress {
+                id,
+                kind: "verify".into(),
+                ..SyncProgress::default()
+            };
+        }
+        let me = self.clone();
+        let busy = self.engine_busy.clone();
+        std::thread::Builder::new()
+            .name(format!("verify-{}", self.cfg.name))
+            .spawn(move || {
+                let outcome = run_verify(&me, io, id, repair, &session);
+                if let Err(e) = outcome {
+                    lock(&me.progress).phase = "failed".into();
+                    me.notice(format!("verify {id} stopped: {e}"));
+                }
+                busy.store(false, Ordering::SeqCst);
+            })
+            .map_err(|e| {
+                self.engine_busy.store(false, Ordering::SeqCst);
+                format!("cannot start the verify thread: {e}")
+            })?;
+        Ok(id)
     }
 
     pub(crate) async fn demote(self: Arc<Self>, drain_timeout: Duration) -> (u64, bool) {
@@ -315,11 +709,10 @@ impl ReplicaSet {
         sender.abort();
         let _ = sender.await;
         queue.end_session();
-        *self.active_queue.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        {
-            let mut p = self.persisted();
-            p.last_seq = last;
-        }
+        *lock(&self.active_queue) = None;
+        *lock(&self.active_copy) = None;
+        self.end_active_session();
+        self.persisted().last_seq = last;
         self.save();
         let applier = Applier::open(&self.cfg.data_dir, &self.cfg.state_dir.join("orphans"));
         match applier {
@@ -351,17 +744,20 @@ impl ReplicaSet {
                 if let Some(mount) = mount {
                     let _ = tokio::task::spawn_blocking(move || mount.unmount()).await;
                 }
-                queue.last_seq()
+                Some(queue.last_seq())
             }
             mut passive @ Role::Passive { .. } => {
                 let _ = self.stop_passive_session(&mut passive).await;
-                self.persisted().last_seq
+                None
             }
-            Role::Idle => self.persisted().last_seq,
+            Role::Idle => None,
         };
+        lock(&self.changes).seal();
         {
             let mut p = self.persisted();
-            p.last_seq = last;
+            if let Some(last) = last {
+                p.last_seq = last;
+            }
             p.clean = true;
         }
         self.save();
@@ -372,13 +768,36 @@ impl ReplicaSet {
             Mode::Sync => "sync",
             Mode::Async => "async",
         };
+        let progress = lock(&self.progress).clone();
+        let sync = (progress.id != 0).then(|| {
+            let mut p = progress;
+            if p.phase != "done" && p.phase != "failed" {
+                if let Some(s) = p.started {
+                    p.elapsed_ms = s.elapsed().as_millis() as u64;
+                }
+            }
+            p
+        });
+        let (resyncs, quarantine) = {
+            let p = self.persisted();
+            (
+                p.resyncs,
+                p.resync.as_ref().and_then(|r| r.quarantine.clone()),
+            )
+        };
+        let warnings = self.quarantine_warnings(quarantine);
+        let last_verify = lock(&self.last_verify).clone();
+        let changed_files = lock(&self.changes).open_paths();
         if let Some(q) = self.queue() {
             let s = q.snapshot();
             let state = if s.out_of_sync {
                 ReplState::OutOfSync
             } else if !s.streaming {
                 ReplState::Disconnected
-            } else if s.queue_bytes > s.mem_bytes || s.last_seq - s.applied_seq > 100_000 {
+            } else if s.resyncing
+                || s.queue_bytes > s.mem_bytes
+                || s.last_seq - s.applied_seq > 100_000
+            {
                 ReplState::CatchingUp
             } else {
                 ReplState::InSync
@@ -397,11 +816,18 @@ impl ReplicaSet {
                 acked_seq: s.durable_seq,
                 applied_seq: s.applied_seq,
                 bytes_per_s: self.rate(s.bytes_sent_total),
-                changed_files: s.dirty_paths,
+                changed_files,
+                sync,
+                last_verify,
+                resyncs,
+                warnings,
             };
         }
         let p = &self.passive;
-        let state = if p.out_of_sync.load(Ordering::SeqCst) || p.unclean.load(Ordering::SeqCst) {
+        let resyncing = self.persisted().resync.is_some();
+        let state = if resyncing && p.session_up.load(Ordering::SeqCst) {
+            ReplState::CatchingUp
+        } else if p.out_of_sync.load(Ordering::SeqCst) || p.unclean.load(Ordering::SeqCst) {
             ReplState::OutOfSync
         } else if p.session_up.load(Ordering::SeqCst) {
             ReplState::InSync
@@ -421,13 +847,40 @@ impl ReplicaSet {
             acked_seq: p.durable.load(Ordering::SeqCst),
             applied_seq: applied,
             bytes_per_s: self.rate(p.received_bytes.load(Ordering::Relaxed)),
-            changed_files: 0,
+            changed_files,
+            sync,
+            last_verify,
+            resyncs,
+            warnings,
         }
+    }
+
+    /// One warning per quarantine directory that still exists (the operator removes it
+    /// once the files are looked at).
+    fn quarantine_warnings(&self, current: Option<PathBuf>) -> Vec<String> {
+        let base = self.cfg.state_dir.join("quarantine");
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir(&base)
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        dirs.sort();
+        dirs.into_iter()
+            .filter_map(|dir| {
+                let manifest = std::fs::read_to_string(dir.join("MANIFEST.jsonl")).ok()?;
+                let files = manifest.lines().count();
+                if files == 0 && current.as_ref() != Some(&dir) {
+                    return None;
+                }
+                Some(format!(
+                    "{files} files this node changed before its copy was replaced by the active's are preserved in {} (MANIFEST.jsonl lists them); remove the directory once handled",
+                    dir.display()
+                ))
+            })
+            .collect()
     }
 
     /// Bytes per second over the last status interval of at least one second.
     fn rate(&self, total: u64) -> u64 {
-        let mut r = self.rate.lock().unwrap_or_else(|p| p.into_inner());
+        let mut r = lock(&self.rate);
         let elapsed = r.0.elapsed();
         if elapsed >= Duration::from_secs(1) {
             r.2 = (total.saturating_sub(r.1) as f64 / elapsed.as_secs_f64()) as u64;
@@ -435,6 +888,114 @@ impl ReplicaSet {
         }
         r.2
     }
+}
+
+/// A verify, then with `repair` a resync of what differs, in the live session.
+fn run_verify(
+    set: &Arc<ReplicaSet>,
+    io: EngineIo,
+    id: u64,
+    repair: bool,
+    session: &ActiveSession,
+) -> Result<(), String> {
+    let mut engine = Engine::new(io, id);
+    let (_, listing) = engine.begin(true, None, false).map_err(|e| e.to_string())?;
+    let outcome = engine.verify(&listing).map_err(|e| e.to_string())?;
+    let n = outcome.differences.len();
+    *lock(&set.last_verify) = Some(outcome.clone());
+    set.notice(format!(
+        "verify {id}: {n} differences ({} files, {} bytes compared in {} ms)",
+        outcome.files_compared, outcome.bytes_compared, outcome.elapsed_ms
+    ));
+    if !repair || n == 0 {
+        return Ok(());
+    }
+    let paths: Vec<Vec<u8>> = outcome
+        .differences
+        .iter()
+        .map(|(p, _)| unescape_ascii(p))
+        .collect();
+    let io = set.engine_io(session.control.clone(), &session.router)?;
+    let repair_id = io.queue.last_seq() + 1;
+    {
+        let mut p = lock(&set.progress);
+        *p = SyncProgress {
+            id: repair_id,
+            kind: "repair".into(),
+            ..SyncProgress::default()
+        };
+    }
+    let mut engine = Engine::new(io, repair_id);
+    let scope = if paths.iter().any(|p| p.is_empty()) {
+        None
+    } else {
+        Some(paths)
+    };
+    let (_, listing) = engine
+        .begin(false, scope, false)
+        .map_err(|e| e.to_string())?;
+    let end = engine.resync(&listing).map_err(|e| e.to_string())?;
+    set.notice(format!(
+        "repair after verify {id}: {n} differing paths resynced (done at seq {end})"
+    ));
+    Ok(())
+}
+
+/// Reverses `escape_ascii` (how paths are shown) for the paths a verify reported.
+fn unescape_ascii(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 1 < b.len() {
+            match b[i + 1] {
+                b'x' if i + 3 < b.len() => {
+                    let hex = std::str::from_utf8(&b[i + 2..i + 4]).unwrap_or("00");
+                    out.push(u8::from_str_radix(hex, 16).unwrap_or(0));
+                    i += 4;
+                    continue;
+                }
+                b'n' => out.push(b'\n'),
+                b't' => out.push(b'\t'),
+                b'r' => out.push(b'\r'),
+                b'0' => out.push(0),
+                other => out.push(other),
+            }
+            i += 2;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `YYYYMMDDTHHMMSSZ` for a quarantine directory's name.
+fn utc_stamp(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
 }
 
 /// Lazily detaches whatever is mounted at `path` (a capture mount left by a dead daemon
@@ -448,5 +1009,21 @@ pub fn detach_stale_mount(path: &std::path::Path) {
     let rc = unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
     if rc == 0 {
         info!(path = %path.display(), "detached a stale mount");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_and_escapes() {
+        assert_eq!(utc_stamp(UNIX_EPOCH), "19700101T000000Z");
+        assert_eq!(
+            utc_stamp(UNIX_EPOCH + Duration::from_secs(1_795_000_000)),
+            "20261118T110640Z"
+        );
+        let raw = b"a\\b\n\xff c".to_vec();
+        assert_eq!(unescape_ascii(&raw.escape_ascii().to_string()), raw);
     }
 }

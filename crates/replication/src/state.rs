@@ -1,6 +1,15 @@
-//! What a node remembers about a replicated set across restarts: the generation history
-//! (which node captured which range of sequence numbers), how far its copy goes, and whether
-//! it shut down cleanly. Written atomically (temp file, fsync, rename, fsync dir).
+//! What a node remembers about a replicated set across restarts, and the pure decisions
+//! made from it when the two nodes meet: how far their copies agree, whether the passive
+//! can simply be streamed to, and whether it holds changes of its own (a divergence).
+//!
+//! A copy is described by its generation history (like DRBD's generation identifiers):
+//! which node captured which range of sequence numbers. Op `s` of a lineage was captured in
+//! the generation with the largest `start_seq <= s`. Two copies agree on op `s` exactly when
+//! both hold it and both attribute it to the same generation, so the history alone tells
+//! where two copies parted, with no data compared. Generation ids are the pair's epochs,
+//! which are unique per node (node 0 even, node 1 odd), so a node knows its own.
+//!
+//! The state file is written atomically (temp file, fsync, rename, fsync dir).
 
 use std::fs::File;
 use std::io::Write;
@@ -11,6 +20,14 @@ use serde::{Deserialize, Serialize};
 /// Most generations remembered; older ones are dropped (a node that far behind resyncs).
 pub const HISTORY_MAX: usize = 64;
 
+/// The generation id of a range no copy can vouch for: what a node that crashed while
+/// active may or may not have captured after its last recorded seq. Never a real epoch.
+pub const UNKNOWN_GENERATION: u64 = u64::MAX;
+
+/// Seqs skipped after a copy whose end is uncertain (see [`SetState::promote`]), so the new
+/// generation can never reuse a seq the crashed one might have used.
+pub const CRASH_GAP: u64 = 1 << 40;
+
 /// One generation: a period in which one node was active and captured from `start_seq` on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Generation {
@@ -18,16 +35,40 @@ pub struct Generation {
     pub start_seq: u64,
 }
 
+/// A resync this passive started and has not finished: its copy is between its old state
+/// (the history and seq kept in [`SetState`]) and the active's.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingResync {
+    pub id: u64,
+    /// Where this copy's own divergent files were preserved, if it diverged.
+    pub quarantine: Option<PathBuf>,
+    /// A record of it failed to apply: the next attempt compares the whole tree.
+    #[serde(default)]
+    pub failed: bool,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SetState {
     pub history: Vec<Generation>,
-    /// Last seq captured (active) or applied (passive) into this node's copy.
+    /// Last seq captured (active) or applied and synced (passive) into this node's copy.
     pub last_seq: u64,
     /// False while the daemon runs; true after a clean stop. A copy left unclean by a crash
-    /// may hold applied-but-unsynced ops or miss some: it is out of sync until resynced.
+    /// may hold applied-but-unsynced ops, or captured ops beyond `last_seq`.
     pub clean: bool,
-    /// Known out of sync (overflowed queue, diverged history, refused or failed apply).
+    /// Known out of sync (overflowed queue, failed apply, an unfinished resync).
     pub out_of_sync: bool,
+    /// Whether the lineage started from an empty directory (set by the first promotion of
+    /// the set, handed down with the history). Two copies with no generation in common
+    /// agree only if both started empty.
+    #[serde(default)]
+    pub origin_empty: Option<bool>,
+    /// A resync in progress on this (passive) copy.
+    #[serde(default)]
+    pub resync: Option<PendingResync>,
+    /// Completed resyncs and what they compared, for status and the controlled-shutdown
+    /// check (a restart after a clean stop compares nothing).
+    #[serde(default)]
+    pub resyncs: u64,
 }
 
 impl SetState {
@@ -62,37 +103,172 @@ impl SetState {
         File::open(dir)?.sync_all()
     }
 
-    /// Starts a new generation at `start_seq` (this node becomes the capturer).
-    pub fn begin_generation(&mut self, id: u64, start_seq: u64) {
-        if self.history.last().is_some_and(|g| g.id == id) {
-            return;
+    /// This copy becomes the active one in generation `id`. Returns the first seq it will
+    /// capture. `certain` says whether the copy is exactly `last_seq` of its lineage; if
+    /// not (a crash left it unclean), the range after `last_seq` is marked unknown and the
+    /// new generation starts [`CRASH_GAP`] later, so no seq is ever used twice.
+    /// `data_empty` tells a brand-new set whether it starts from an empty directory.
+    pub fn promote(&mut self, id: u64, certain: bool, data_empty: bool) -> u64 {
+        if self.history.is_empty() && self.origin_empty.is_none() {
+            self.origin_empty = Some(data_empty && self.last_seq == 0);
         }
-        self.history.push(Generation { id, start_seq });
+        if self.history.last().is_some_and(|g| g.id == id) {
+            return self.last_seq + 1;
+        }
+        let start = if certain {
+            self.last_seq + 1
+        } else {
+            self.push(Generation {
+                id: UNKNOWN_GENERATION,
+                start_seq: self.last_seq + 1,
+            });
+            self.last_seq + CRASH_GAP
+        };
+        self.push(Generation {
+            id,
+            start_seq: start,
+        });
+        start
+    }
+
+    fn push(&mut self, g: Generation) {
+        // A generation that captured nothing is replaced by the next one at the same start.
+        if self
+            .history
+            .last()
+            .is_some_and(|last| last.start_seq == g.start_seq)
+        {
+            self.history.pop();
+        }
+        self.history.push(g);
         if self.history.len() > HISTORY_MAX {
             self.history.remove(0);
         }
     }
+
+    /// Is the last generation of this copy's history this node's own (`is_mine` tells
+    /// epochs apart)? Then an unclean copy may hold captures beyond `last_seq`.
+    pub fn last_generation_is(&self, is_mine: impl Fn(u64) -> bool) -> bool {
+        self.history.last().is_some_and(|g| is_mine(g.id))
+    }
 }
 
-/// Can a passive whose copy follows `passive` up to `applied` be caught up by streaming
-/// the active's ops after `applied`? Only if its copy is a prefix of the active's history:
-/// every generation it holds data from is in the active's history with the same start, and
-/// it holds nothing from beyond where the active's history left that generation.
-pub fn can_resume(active: &[Generation], passive: &[Generation], applied: u64) -> bool {
-    let held: Vec<Generation> = passive
+/// The generation that captured op `seq` according to `history`, if any.
+fn generation_of(history: &[Generation], seq: u64) -> Option<u64> {
+    history
         .iter()
-        .copied()
-        .filter(|g| g.start_seq <= applied)
+        .rev()
+        .find(|g| g.start_seq <= seq)
+        .map(|g| g.id)
+}
+
+/// The last seq up to which two copies hold exactly the same ops: copy A holds ops
+/// `1..=a_last` of history `a`, copy P ops `1..=p_last` of history `p`. 0 if they agree on
+/// nothing (whether their starting points agree is [`origins_agree`]'s question).
+pub fn common_point(a: &[Generation], a_last: u64, p: &[Generation], p_last: u64) -> u64 {
+    let limit = a_last.min(p_last);
+    if limit == 0 {
+        return 0;
+    }
+    // Between two consecutive generation starts (of either history) both attributions are
+    // constant, so checking the first seq of each interval suffices.
+    let mut bounds: Vec<u64> = a
+        .iter()
+        .chain(p)
+        .map(|g| g.start_seq)
+        .filter(|&s| (1..=limit).contains(&s))
         .collect();
-    if held.is_empty() {
-        return applied == 0 && active.first().is_none_or(|g| g.start_seq == 1);
+    bounds.push(1);
+    bounds.sort_unstable();
+    bounds.dedup();
+    let mut agreed = 0;
+    for (i, &lo) in bounds.iter().enumerate() {
+        let hi = bounds.get(i + 1).map_or(limit, |next| next - 1);
+        let (ga, gp) = (generation_of(a, lo), generation_of(p, lo));
+        if ga.is_none() || ga != gp || ga == Some(UNKNOWN_GENERATION) {
+            break;
+        }
+        agreed = hi;
     }
-    if active.len() < held.len() || active[..held.len()] != held[..] {
-        return false;
+    agreed
+}
+
+/// Do two copies start from the same point (before op 1)? Yes if they share their first
+/// generation (one lineage), or if both started empty.
+pub fn origins_agree(
+    a: &[Generation],
+    a_origin_empty: Option<bool>,
+    p: &[Generation],
+    p_origin_empty: bool,
+) -> bool {
+    match (a.first(), p.first()) {
+        (Some(x), Some(y)) if x == y => true,
+        _ => a_origin_empty == Some(true) && p_origin_empty,
     }
-    match active.get(held.len()) {
-        Some(next) => applied < next.start_seq,
-        None => true,
+}
+
+/// What the passive knows of its own copy when the active introduces itself.
+#[derive(Clone, Debug)]
+pub struct PassiveCopy<'a> {
+    pub state: &'a SetState,
+    /// The position the passive is sure of: the applier's in memory while the daemon runs,
+    /// else the persisted one.
+    pub last_seq: u64,
+    /// The copy was left by a crash of this node (its exact end is unknown).
+    pub unclean: bool,
+    /// The last generation of its history is this node's own.
+    pub own_last_generation: bool,
+    /// For a copy with no history: is its directory empty?
+    pub origin_empty: bool,
+}
+
+/// How a passive's copy stands against the active's, decided by the passive from the
+/// active's hello and its own state. The active then streams or resyncs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Standing {
+    /// Both copies hold exactly the same ops up to here.
+    pub common: u64,
+    /// The passive holds exactly ops `1..=common` and nothing else: streaming the active's
+    /// ops after `common` makes it an exact copy.
+    pub exact: bool,
+    /// The passive may hold changes the active does not have (it was active itself, or
+    /// its origin differs): before a resync overwrites them they must be preserved.
+    pub diverged: bool,
+    /// When diverged, whether the passive's own changes since `common` cannot be listed
+    /// (its change log is untrusted, or its whole origin differs): then everything the
+    /// resync would change is preserved.
+    pub changes_unknown: bool,
+}
+
+pub fn standing(
+    active_history: &[Generation],
+    active_last: u64,
+    active_origin_empty: Option<bool>,
+    passive: &PassiveCopy<'_>,
+) -> Standing {
+    let p = passive.state;
+    let common = common_point(active_history, active_last, &p.history, passive.last_seq);
+    let origins = origins_agree(
+        active_history,
+        active_origin_empty,
+        &p.history,
+        passive.origin_empty,
+    );
+    let exact = !passive.unclean
+        && !p.out_of_sync
+        && p.resync.is_none()
+        && passive.last_seq == common
+        && (common > 0 || origins);
+    // Beyond the common point the passive holds ops the active lacks, or (crashed while
+    // active) may hold captures nobody recorded; or its starting content is its own.
+    let beyond = passive.last_seq > common;
+    let crashed_capturing = passive.unclean && passive.own_last_generation;
+    let foreign_origin = common == 0 && !origins && !passive.origin_empty;
+    Standing {
+        common,
+        exact,
+        diverged: beyond || crashed_capturing || foreign_origin,
+        changes_unknown: foreign_origin,
     }
 }
 
@@ -104,34 +280,157 @@ mod tests {
         Generation { id, start_seq }
     }
 
-    #[test]
-    fn a_fresh_passive_resumes_from_the_first_generation() {
-        assert!(can_resume(&[g(2, 1)], &[], 0));
-        assert!(can_resume(&[], &[], 0));
+    fn copy(state: &SetState) -> PassiveCopy<'_> {
+        PassiveCopy {
+            state,
+            last_seq: state.last_seq,
+            unclean: false,
+            own_last_generation: false,
+            origin_empty: true,
+        }
+    }
+
+    fn st(history: Vec<Generation>, last_seq: u64) -> SetState {
+        SetState {
+            history,
+            last_seq,
+            clean: true,
+            origin_empty: Some(true),
+            ..SetState::default()
+        }
     }
 
     #[test]
-    fn an_old_active_that_captured_past_the_failover_point_cannot_resume() {
-        // Node A captured 1..=1000 in generation 2; B had applied 990 when it took over.
-        let active = [g(2, 1), g(3, 991)];
-        assert!(!can_resume(&active, &[g(2, 1)], 1000));
-        // A switchover drained everything first: 1000 applied, B starts at 1001.
-        assert!(can_resume(&[g(2, 1), g(3, 1001)], &[g(2, 1)], 1000));
+    fn common_point_follows_the_generations() {
+        let a = [g(2, 1), g(3, 991)];
+        // The passive streamed from A's generation 2 and stopped at 990: all common.
+        assert_eq!(common_point(&a, 2000, &[g(2, 1)], 990), 990);
+        // The old active captured up to 1000, but B took over at 991: they part at 990.
+        assert_eq!(common_point(&a, 2000, &[g(2, 1)], 1000), 990);
+        // Nothing in common.
+        assert_eq!(common_point(&a, 2000, &[g(4, 1)], 10), 0);
+        assert_eq!(common_point(&a, 2000, &[], 0), 0);
+        // Same history, the passive behind.
+        assert_eq!(common_point(&a, 2000, &a, 1500), 1500);
     }
 
     #[test]
-    fn unknown_generations_cannot_resume() {
-        assert!(!can_resume(&[g(2, 1)], &[g(4, 1)], 10));
-        assert!(!can_resume(&[g(2, 1)], &[g(2, 5)], 10));
+    fn an_unknown_range_is_never_common() {
+        let mut crashed = st(vec![g(2, 1)], 500);
+        let start = crashed.promote(4, false, false);
+        assert_eq!(start, 500 + CRASH_GAP);
+        assert_eq!(
+            crashed.history,
+            vec![g(2, 1), g(UNKNOWN_GENERATION, 501), g(4, 500 + CRASH_GAP)]
+        );
+        // The peer applied up to 800 of generation 2; the crashed node vouches for 500.
+        assert_eq!(
+            common_point(&crashed.history, start + 10, &[g(2, 1)], 800),
+            500
+        );
     }
 
     #[test]
-    fn an_empty_generation_on_the_passive_does_not_matter() {
-        // The passive was briefly active at 991 but captured nothing.
-        assert!(can_resume(
-            &[g(2, 1), g(5, 991)],
-            &[g(2, 1), g(3, 991)],
-            990
-        ));
+    fn a_clean_prefix_streams() {
+        let a = [g(2, 1)];
+        let p = st(vec![g(2, 1)], 700);
+        let s = standing(&a, 900, Some(true), &copy(&p));
+        assert_eq!(
+            s,
+            Standing {
+                common: 700,
+                exact: true,
+                diverged: false,
+                changes_unknown: false
+            }
+        );
+    }
+
+    #[test]
+    fn the_old_active_after_a_failover_diverged() {
+        // A captured to 1000 in generation 2; B took over at 991 (generation 3).
+        let b = [g(2, 1), g(3, 991)];
+        let a = st(vec![g(2, 1)], 1000);
+        let s = standing(&b, 1200, Some(true), &copy(&a));
+        assert_eq!(s.common, 990);
+        assert!(!s.exact && s.diverged && !s.changes_unknown);
+        // Crashed: it vouches only for 950, but it was capturing: it may hold more.
+        let crashed = PassiveCopy {
+            last_seq: 950,
+            unclean: true,
+            own_last_generation: true,
+            ..copy(&a)
+        };
+        let s = standing(&b, 1200, Some(true), &crashed);
+        assert_eq!(s.common, 950);
+        assert!(!s.exact && s.diverged);
+    }
+
+    #[test]
+    fn a_crashed_passive_resyncs_without_diverging() {
+        let a = [g(2, 1)];
+        let p = st(vec![g(2, 1)], 700);
+        let crashed = PassiveCopy {
+            unclean: true,
+            ..copy(&p)
+        };
+        let s = standing(&a, 900, Some(true), &crashed);
+        assert!(!s.exact && !s.diverged);
+        assert_eq!(s.common, 700);
+    }
+
+    #[test]
+    fn new_pairs_need_no_sync_only_if_both_start_empty() {
+        let a = [g(2, 1)];
+        let fresh = SetState {
+            clean: true,
+            ..SetState::default()
+        };
+        let s = standing(&a, 50, Some(true), &copy(&fresh));
+        assert!(s.exact && !s.diverged, "{s:?}");
+        // The active started from a populated directory: initial sync.
+        let s = standing(&a, 50, Some(false), &copy(&fresh));
+        assert!(!s.exact && !s.diverged);
+        // The passive has files of its own: they are preserved.
+        let populated = PassiveCopy {
+            origin_empty: false,
+            ..copy(&fresh)
+        };
+        let s = standing(&a, 50, Some(true), &populated);
+        assert!(!s.exact && s.diverged && s.changes_unknown);
+    }
+
+    #[test]
+    fn both_active_in_a_split_brain_diverge() {
+        // Parted at 400: A kept generation 2, B started 3; both wrote.
+        let a = [g(2, 1)];
+        let b = st(vec![g(2, 1), g(3, 401)], 600);
+        let s = standing(&a, 800, Some(true), &copy(&b));
+        assert_eq!(s.common, 400);
+        assert!(s.diverged && !s.exact);
+    }
+
+    #[test]
+    fn an_unfinished_resync_is_not_exact() {
+        let a = [g(2, 1)];
+        let mut p = st(vec![g(2, 1)], 700);
+        p.resync = Some(PendingResync {
+            id: 1,
+            quarantine: None,
+            failed: false,
+        });
+        assert!(!standing(&a, 900, Some(true), &copy(&p)).exact);
+    }
+
+    #[test]
+    fn a_generation_that_captured_nothing_is_replaced() {
+        let mut s = st(vec![g(2, 1)], 10);
+        assert_eq!(s.promote(3, true, false), 11);
+        if let Some(x) = s.history.last_mut() {
+            x.id = 3;
+        }
+        // Promoted again (epoch 5) without capturing anything in 3.
+        assert_eq!(s.promote(5, true, false), 11);
+        assert_eq!(s.history, vec![g(2, 1), g(5, 11)]);
     }
 }

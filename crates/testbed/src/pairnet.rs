@@ -336,6 +336,45 @@ impl PairNet {
     }
 }
 
+impl PairNet {
+    /// Splits the two nodes apart on the public network while each keeps reaching the
+    /// client (so both keep passing their public checks): every IP packet a node sends to
+    /// the other's public address is dropped (an OUTPUT rule in each node's namespace).
+    /// With the channel cut as well, each node believes the other dead: a split brain.
+    /// nftables only. Idempotent.
+    pub fn split_public(&self) -> Result<()> {
+        let Firewall::Nft(nft) = firewall()? else {
+            bail!("split_public needs `nft` (Debian package nftables)");
+        };
+        for i in 0..2 {
+            let peer = Self::public_addr(1 - i);
+            let t = PEER_TABLE;
+            let script = format!(
+                "add table inet {t}; delete table inet {t}; \
+                 add table inet {t} {{ chain out {{ type filter hook output priority 0; \
+                 policy accept; ip daddr {peer} counter drop; }}; }}"
+            );
+            self.node(i).run_ok(&[&nft, &script])?;
+        }
+        Ok(())
+    }
+
+    /// Removes what [`PairNet::split_public`] added. Idempotent.
+    pub fn heal_split_public(&self) -> Result<()> {
+        let Firewall::Nft(nft) = firewall()? else {
+            bail!("heal_split_public needs `nft` (Debian package nftables)");
+        };
+        let t = PEER_TABLE;
+        for i in 0..2 {
+            self.node(i)
+                .run_ok(&[&nft, &format!("add table inet {t}; delete table inet {t}")])?;
+        }
+        Ok(())
+    }
+}
+
+const PEER_TABLE: &str = "ustb_split_public";
+
 fn check_node(i: usize) -> usize {
     assert!(i < 2, "node index must be 0 (a) or 1 (b), got {i}");
     i

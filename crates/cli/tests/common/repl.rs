@@ -160,6 +160,21 @@ pub fn tree_digest(root: &Path) -> Result<Vec<String>> {
     Ok(out)
 }
 
+/// Fails with the first differences if two trees' digests differ.
+pub fn assert_same_tree(a: &Path, b: &Path) -> Result<()> {
+    let (da, db) = (tree_digest(a)?, tree_digest(b)?);
+    if da == db {
+        return Ok(());
+    }
+    let only_a: Vec<&String> = da.iter().filter(|l| !db.contains(l)).take(10).collect();
+    let only_b: Vec<&String> = db.iter().filter(|l| !da.contains(l)).take(10).collect();
+    bail!(
+        "{} and {} differ:\n  only in the first: {only_a:#?}\n  only in the second: {only_b:#?}",
+        a.display(),
+        b.display()
+    )
+}
+
 fn fxhash(data: &[u8]) -> u64 {
     // FNV-1a: enough to tell contents apart in a test.
     let mut h: u64 = 0xcbf29ce484222325;

@@ -1,0 +1,335 @@
+//! Synchronization lifecycle system tests: real daemons in network namespaces. An empty
+//! passive synced while a writer works, `understudy verify`, the old active's unreplicated
+//! writes preserved after a failback, a split brain resolved, and a restart after a clean
+//! stop that compares nothing.
+
+mod common;
+
+use std::time::Duration;
+
+use common::repl::{self, assert_same_tree};
+use common::{Pair, NAMES};
+use understudy_testbed::require_root;
+
+/// Runs `understudy verify --json` on node i and returns the differences it reports.
+fn verify(pair: &Pair, i: usize, repair: bool) -> Vec<(String, String)> {
+    let mut args = vec!["verify", "--json", "--timeout-s", "300"];
+    if repair {
+        args.push("--repair");
+    }
+    let out = pair.cli(i, &args);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.code() == Some(0) || out.status.code() == Some(3),
+        "verify failed: {text} {}; logs in {}",
+        String::from_utf8_lossy(&out.stderr),
+        pair.dir().display()
+    );
+    let v: serde_json::Value = serde_json::from_str(&text).expect("verify JSON");
+    v.as_array()
+        .expect("one entry per set")
+        .iter()
+        .flat_map(|s| {
+            s["verify"]["differences"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .map(|d| {
+            (
+                d[0].as_str().unwrap_or_default().to_string(),
+                d[1].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// A varied tree: many small files, big files, a sparse file, hard links, symlinks, xattrs,
+/// a fifo, odd modes and times.
+fn populate(pair: &Pair, i: usize, root: &str) {
+    pair.sh_in(
+        i,
+        &format!(
+            "set -e; cd {root}; mkdir -p small deep/a/b/c; \
+             for d in 0 1 2 3; do mkdir -p small/$d; for f in $(seq 1 250); do echo \"$d $f\" > small/$d/$f; done; done; \
+             dd if=/dev/urandom of=big1 bs=1M count=24 status=none; \
+             dd if=/dev/urandom of=big2 bs=1M count=8 status=none; \
+             truncate -s 64M sparse; printf hello | dd of=sparse bs=1 seek=33554432 conv=notrunc status=none; \
+             echo linked > deep/a/b/c/f; ln deep/a/b/c/f hard1; ln deep/a/b/c/f deep/hard2; \
+             ln -s deep/a/b/c/f soft; ln -s /nonexistent/target dangling; \
+             setfattr -n user.color -v blue big2; setfattr -n user.k -v v deep; \
+             mkfifo pipe; chmod 4750 big2; chmod 1777 deep/a; chown 1234:5678 small/0/1; \
+             touch -h -d '2001-02-03 04:05:06.123456789' soft; \
+             touch -d '2010-01-01 00:00:00.5' deep/a/b"
+        ),
+    )
+    .expect("populate");
+}
+
+/// A new, empty passive (a replaced node) is synced from the active while a writer keeps
+/// changing files; afterwards verify finds no difference and the trees are identical.
+#[test]
+fn an_empty_passive_is_synced_while_a_writer_works() {
+    if !require_root("an_empty_passive_is_synced_while_a_writer_works") {
+        return;
+    }
+    let (mut pair, a) = repl::start("resync_initial", "sync", 256 << 20).expect("pair");
+    let p = 1 - a;
+    let m = pair.mountpoint().display().to_string();
+    populate(&pair, a, &m);
+    pair.wait_drained(a, Duration::from_secs(60))
+        .expect("drained");
+    // The passive is replaced by an empty one: its copy and state are gone.
+    pair.kill9(p);
+    let state = pair.dir().join(format!("state-{}", NAMES[p]));
+    std::fs::remove_dir_all(state.join("sets")).expect("wipe the passive's copy");
+    // A writer changes files (small, big, renames, deletes) during the sync.
+    let writer = pair
+        .python_in(
+            a,
+            r#"
+import os, sys, time, random
+root = sys.argv[1]
+random.seed(7)
+end = time.time() + 8
+i = 0
+while time.time() < end:
+    i += 1
+    k = random.randrange(4)
+    if k == 0:
+        with open(os.path.join(root, "small/1/%d" % random.randrange(1, 251)), "a") as f:
+            f.write("more %d\n" % i)
+    elif k == 1:
+        with open(os.path.join(root, "big1"), "r+b") as f:
+            f.seek(random.randrange(0, 24 << 20))
+            f.write(os.urandom(4096))
+    elif k == 2:
+        p = os.path.join(root, "new%d" % i)
+        with open(p, "w") as f:
+            f.write("x" * i)
+        os.rename(p, os.path.join(root, "small/2/renamed%d" % i))
+    else:
+        try:
+            os.unlink(os.path.join(root, "small/3/%d" % random.randrange(1, 251)))
+        except FileNotFoundError:
+            pass
+    time.sleep(0.002)
+"#,
+            &[&m],
+        )
+        .expect("writer");
+    pair.start_node(p).expect("start the new passive");
+    let r = pair
+        .wait_repl(a, "in_sync", Duration::from_secs(120))
+        .expect("synced");
+    let sync = r.sync.expect("a resync ran");
+    assert_eq!(sync.kind, "resync", "{sync:?}");
+    // Let the writer finish, then compare online and on disk.
+    let mut writer = writer;
+    let _ = writer.0.wait();
+    pair.wait_drained(a, Duration::from_secs(60))
+        .expect("drained");
+    let diffs = verify(&pair, a, false);
+    assert!(diffs.is_empty(), "verify found differences: {diffs:?}");
+    assert_same_tree(&pair.data_dir(a), &pair.data_dir(p)).expect("identical copies");
+}
+
+/// Verify finds a difference planted behind replication's back, and --repair fixes it.
+#[test]
+fn verify_reports_a_planted_difference_and_repair_fixes_it() {
+    if !require_root("verify_reports_a_planted_difference_and_repair_fixes_it") {
+        return;
+    }
+    let (pair, a) = repl::start("resync_verify", "sync", 256 << 20).expect("pair");
+    let p = 1 - a;
+    let m = pair.mountpoint().display().to_string();
+    populate(&pair, a, &m);
+    pair.wait_drained(a, Duration::from_secs(60))
+        .expect("drained");
+    assert!(
+        verify(&pair, a, false).is_empty(),
+        "a fresh copy verifies clean"
+    );
+    // Corrupt the passive's copy directly: one block of a big file, one mode, one extra file.
+    let copy = pair.data_dir(p);
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(copy.join("big1"))
+            .expect("open");
+        f.write_all_at(b"corrupted", 5 << 20).expect("corrupt");
+    }
+    std::fs::write(copy.join("stray"), b"not on the active").expect("stray");
+    let diffs = verify(&pair, a, false);
+    let paths: Vec<&str> = diffs.iter().map(|(p, _)| p.as_str()).collect();
+    assert!(paths.contains(&"big1"), "{diffs:?}");
+    assert!(paths.contains(&"stray"), "{diffs:?}");
+    let _ = verify(&pair, a, true);
+    let after = verify(&pair, a, false);
+    assert!(after.is_empty(), "repair left differences: {after:?}");
+    assert_same_tree(&pair.data_dir(a), &pair.data_dir(p)).expect("identical copies");
+}
+
+/// Reads the quarantine manifest(s) of node i.
+fn quarantined(pair: &Pair, i: usize) -> Vec<serde_json::Value> {
+    let q = pair
+        .dir()
+        .join(format!("state-{}/sets/data/quarantine", NAMES[i]));
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(&q).into_iter().flatten().flatten() {
+        let text = std::fs::read_to_string(e.path().join("MANIFEST.jsonl")).unwrap_or_default();
+        out.extend(text.lines().filter_map(|l| serde_json::from_str(l).ok()));
+    }
+    out
+}
+
+/// A is active and writes; its channel (and so replication) is cut, it writes more, and
+/// loses power; B takes over and writes. When A comes back it becomes passive, the writes
+/// B never got are preserved in A's quarantine, and then A's copy equals B's.
+#[test]
+fn failback_preserves_the_old_actives_unreplicated_writes() {
+    if !require_root("failback_preserves_the_old_actives_unreplicated_writes") {
+        return;
+    }
+    let (mut pair, a) = repl::start("resync_failback", "sync", 256 << 20).expect("pair");
+    let b = 1 - a;
+    let m = pair.mountpoint().display().to_string();
+    pair.sh_in(
+        a,
+        &format!("set -e; mkdir {m}/d; for i in $(seq 1 50); do echo base$i > {m}/d/$i; done"),
+    )
+    .expect("base");
+    pair.wait_drained(a, Duration::from_secs(20))
+        .expect("drained");
+    // Cut the channel: what A writes now never reaches B.
+    pair.net.cut_all_channels(a).expect("cut");
+    pair.sh_in(
+        a,
+        &format!("set -e; echo lost > {m}/only-on-a; echo changed-on-a > {m}/d/7; rm {m}/d/8"),
+    )
+    .expect("writes during the cut");
+    // Power loss of A, cables back (A is dead, B must take over on evidence).
+    pair.kill9(a);
+    pair.net.heal_all_channels(a).expect("heal");
+    pair.wait_role(b, "active", Duration::from_secs(20))
+        .expect("B takes over");
+    pair.sh_in(
+        b,
+        &format!("set -e; echo from-b > {m}/only-on-b; echo changed-on-b > {m}/d/9"),
+    )
+    .expect("B writes");
+    // A comes back.
+    pair.start_node(a).expect("restart A");
+    pair.wait_repl(b, "in_sync", Duration::from_secs(60))
+        .expect("A resynced from B");
+    assert_eq!(pair.role(a).as_deref(), Some("passive"));
+    let q = quarantined(&pair, a);
+    let paths: Vec<String> = q
+        .iter()
+        .map(|e| e["path"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(paths.contains(&"only-on-a".to_string()), "{q:#?}");
+    assert!(paths.contains(&"d/7".to_string()), "{q:#?}");
+    let status = pair.status(a).expect("status");
+    let warnings = &status.replication[0].warnings;
+    assert!(
+        warnings.iter().any(|w| w.contains("quarantine")),
+        "the status tells the operator: {warnings:?}"
+    );
+    assert!(
+        status
+            .events
+            .iter()
+            .any(|e| e.text.as_deref().unwrap_or("").contains("preserved")),
+        "an event tells the operator: {:?}",
+        status.events
+    );
+    pair.wait_drained(b, Duration::from_secs(20))
+        .expect("drained");
+    assert_same_tree(&pair.data_dir(b), &pair.data_dir(a)).expect("A equals B");
+    assert!(verify(&pair, b, false).is_empty());
+}
+
+/// Both networks between the nodes are cut while each still reaches the public network:
+/// both become active and both write. When the networks heal exactly one stays active, the
+/// other's changes are in its quarantine, and the copies converge.
+#[test]
+fn a_split_brain_ends_with_one_active_and_the_others_changes_preserved() {
+    if !require_root("a_split_brain_ends_with_one_active_and_the_others_changes_preserved") {
+        return;
+    }
+    let (pair, a) = repl::start("resync_split", "sync", 256 << 20).expect("pair");
+    let b = 1 - a;
+    let m = pair.mountpoint().display().to_string();
+    pair.sh_in(
+        a,
+        &format!("set -e; for i in $(seq 1 20); do echo base$i > {m}/f$i; done"),
+    )
+    .expect("base");
+    pair.wait_drained(a, Duration::from_secs(20))
+        .expect("drained");
+    pair.net.cut_all_channels(a).expect("cut channel");
+    pair.net.split_public().expect("split public");
+    pair.wait_role(b, "active", Duration::from_secs(20))
+        .expect("B takes over: split brain");
+    assert_eq!(pair.role(a).as_deref(), Some("active"), "A still active");
+    pair.sh_in(a, &format!("set -e; echo a > {m}/by-a; echo a > {m}/f1"))
+        .expect("A writes");
+    pair.sh_in(b, &format!("set -e; echo b > {m}/by-b; echo b > {m}/f2"))
+        .expect("B writes");
+    pair.net.heal_split_public().expect("heal public");
+    pair.net.heal_all_channels(a).expect("heal channel");
+    // Exactly one active, and the pair settles with the passive resynced.
+    let winner = pair.wait_settled(Duration::from_secs(30)).expect("settled");
+    let loser = 1 - winner;
+    pair.wait_repl(winner, "in_sync", Duration::from_secs(60))
+        .expect("resynced");
+    let q = quarantined(&pair, loser);
+    let mine = if loser == a { "by-a" } else { "by-b" };
+    assert!(
+        q.iter().any(|e| e["path"] == mine),
+        "the loser's own file is preserved: {q:#?}"
+    );
+    pair.wait_drained(winner, Duration::from_secs(20))
+        .expect("drained");
+    assert_same_tree(&pair.data_dir(winner), &pair.data_dir(loser)).expect("converged");
+}
+
+/// After a clean stop of both nodes (the active drains first), a restart compares nothing:
+/// no resync runs, and the logs say so.
+#[test]
+fn a_restart_after_a_clean_stop_compares_nothing() {
+    if !require_root("a_restart_after_a_clean_stop_compares_nothing") {
+        return;
+    }
+    let (mut pair, a) = repl::start("resync_clean", "sync", 256 << 20).expect("pair");
+    let p = 1 - a;
+    let m = pair.mountpoint().display().to_string();
+    populate(&pair, a, &m);
+    pair.wait_drained(a, Duration::from_secs(60))
+        .expect("drained");
+    // Clean stops: the active first (it drains to the passive), then the passive.
+    for i in [a, p] {
+        pair.procs[i]
+            .as_mut()
+            .expect("running")
+            .terminate(Duration::from_secs(30));
+        pair.procs[i] = None;
+    }
+    pair.start_node(0).expect("start");
+    pair.start_node(1).expect("start");
+    let a2 = pair.wait_settled(Duration::from_secs(30)).expect("settled");
+    let r = pair
+        .wait_repl(a2, "in_sync", Duration::from_secs(30))
+        .expect("in sync");
+    assert!(r.sync.is_none(), "no resync ran: {:?}", r.sync);
+    for i in 0..2 {
+        assert_eq!(pair.repl(i).expect("status").resyncs, 0);
+    }
+    assert!(
+        pair.log(a2).contains("no comparison"),
+        "the log says nothing was compared"
+    );
+    assert_same_tree(&pair.data_dir(a2), &pair.data_dir(1 - a2)).expect("identical copies");
+}

@@ -1,0 +1,673 @@
+//! The active's resync and verify engine, run on its own thread while the session streams.
+//!
+//! # How a resync stays exact while applications write
+//!
+//! Everything the engine sends goes through the set's queue as ordinary numbered records,
+//! recorded while it holds the capture's order lock. Under the lock the backing directory is
+//! exactly what the last recorded seq left, so every record the engine makes is exact at
+//! its own seq, and the passive applies it in order with the live ops around it:
+//! 1. `SyncBegin` and the listing (`SyncTree` parts) are recorded in one hold of the lock:
+//!    the passive's tree within the scope becomes exactly the active's at that seq, names,
+//!    types, links and metadata. From then on every live op applies exactly there too.
+//! 2. For each file whose content differs, the differing blocks are read and recorded as
+//!    `Write`s, each under the lock (its bytes are exactly the file's at that seq), and a
+//!    `SyncMeta` sets the final size and metadata. Live writes in between are replayed in
+//!    order, so nothing is lost and no stale data overwrites newer data.
+//! 3. `SyncEnd` closes it. Once the passive made it durable, its copy is exact.
+//!
+//! Which blocks differ is decided outside the lock, by comparing block hashes of both copies
+//! taken at slightly different moments. That is safe: a block whose hashes match at any two
+//! moments stays equal, because every later change to it is replayed on both sides in the
+//! same order (writes, truncates and hole punches set bytes absolutely). A mismatch only
+//! costs a needless copy of the block.
+//!
+//! A verify works the same way without changing anything: the passive compares the listing
+//! with its tree at the listing's seq, both sides hash their files, and blocks that seem to
+//! differ are checked exactly with `VerifyRange` records (hashed under the lock here, and at
+//! the same seq there).
+//!
+//! The engine yields to live replication: it adds a record only while less than
+//! [`YIELD_BYTES`] wait in the queue, and honours the configured rate cap.
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::OwnedFd;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rustix::fs::{self as rfs, SeekFrom};
+use rustix::io::Errno;
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+use understudy_capture::OrderLock;
+use understudy_oplog::{FileRef, Op, TreeEntry, MAX_TREE_ENTRIES};
+
+use crate::hashing::{self, BLOCK_SIZE};
+use crate::proto::{
+    self, HashRequest, Hashes, Need, VerifyCompare, VerifyDiffs, VerifyRangeResult,
+};
+use crate::queue::SetQueue;
+use crate::walk::{self, ListedFile, Listing};
+
+/// The engine adds a record only while fewer bytes than this wait to be sent.
+pub const YIELD_BYTES: u64 = 8 << 20;
+/// Largest data record the engine makes.
+const CHUNK_BYTES: usize = 1 << 20;
+/// Hash requests outstanding at once.
+const HASH_WINDOW: usize = 32;
+/// Bytes of listing per `SyncTree` record, at most.
+const TREE_PART_BYTES: usize = 4 << 20;
+/// How long the engine waits for any one report before giving up on the session.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(120);
+/// PUNCH_HOLE | KEEP_SIZE.
+const PUNCH_HOLE: i32 = 0x02 | 0x01;
+
+/// What the passive reports to the engine (routed from the session's reader).
+#[derive(Debug)]
+pub enum Report {
+    Need(Need),
+    Hashes(Hashes),
+    Diffs(VerifyDiffs),
+    Compare(VerifyCompare),
+    Range(VerifyRangeResult),
+}
+
+/// Progress, for `understudy status`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SyncProgress {
+    pub id: u64,
+    /// resync, verify or repair.
+    pub kind: String,
+    /// listing, comparing, copying, finishing, done or failed.
+    pub phase: String,
+    /// "whole tree" or the number of changed paths compared.
+    pub scope: String,
+    pub entries: u64,
+    pub files_total: u64,
+    pub files_done: u64,
+    pub bytes_total: u64,
+    pub bytes_done: u64,
+    pub bytes_sent: u64,
+    pub bytes_per_s: u64,
+    pub eta_s: Option<u64>,
+    pub elapsed_ms: u64,
+    #[serde(skip)]
+    pub started: Option<Instant>,
+}
+
+impl SyncProgress {
+    fn tick(&mut self) {
+        let Some(started) = self.started else { return };
+        let secs = started.elapsed().as_secs_f64().max(0.001);
+        self.elapsed_ms = (secs * 1000.0) as u64;
+        self.bytes_per_s = (self.bytes_done as f64 / secs) as u64;
+        self.eta_s = (self.bytes_per_s > 0)
+            .then(|| self.bytes_total.saturating_sub(self.bytes_done) / self.bytes_per_s.max(1));
+    }
+}
+
+/// The result of a verify: every difference found, as (path, what).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct VerifyOutcome {
+    pub id: u64,
+    pub differences: Vec<(String, String)>,
+    pub files_compared: u64,
+    pub bytes_compared: u64,
+    pub elapsed_ms: u64,
+}
+
+/// What the engine needs.
+pub struct EngineIo {
+    pub queue: Arc<SetQueue>,
+    pub order: OrderLock,
+    /// The active's copy (the capture's backing directory), opened before mounting.
+    pub root: Arc<OwnedFd>,
+    /// Its path as `/proc/self/fd` shows it, to turn an open file back into a path.
+    pub root_path: Vec<u8>,
+    /// Frames to the passive (hash requests), sent by the session's writer.
+    pub control: tokio::sync::mpsc::Sender<(u8, Vec<u8>)>,
+    pub reports: Receiver<Report>,
+    pub progress: Arc<Mutex<SyncProgress>>,
+    /// Bytes per second the engine may send; 0: no cap.
+    pub rate_max: u64,
+}
+
+/// Why the engine stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("the session ended")]
+    SessionEnded,
+    #[error("the passive did not report in time")]
+    Timeout,
+    #[error("listing the active's copy: {0}")]
+    Walk(#[from] walk::WalkError),
+    #[error("{0}")]
+    Other(String),
+}
+
+struct Pacer {
+    rate_max: u64,
+    since: Instant,
+    sent: u64,
+}
+
+impl Pacer {
+    fn pay(&mut self, bytes: u64) {
+        if self.rate_max == 0 {
+            return;
+        }
+        self.sent += bytes;
+        let due = Duration::from_secs_f64(self.sent as f64 / self.rate_max as f64);
+        let elapsed = self.since.elapsed();
+        if due > elapsed {
+            std::thread::sleep((due - elapsed).min(Duration::from_secs(1)));
+        }
+        // Restart the window now and then so a pause is not paid back in a burst.
+        if elapsed > Duration::from_secs(5) {
+            self.since = Instant::now();
+            self.sent = 0;
+        }
+    }
+}
+
+pub struct Engine {
+    io: EngineIo,
+    id: u64,
+    pacer: Pacer,
+    /// Hashes that arrived before they were needed.
+    stash: HashMap<u32, Hashes>,
+    /// Reports of other kinds that arrived while waiting for hashes.
+    deferred: VecDeque<Report>,
+}
+
+impl Engine {
+    pub fn new(io: EngineIo, id: u64) -> Self {
+        let rate_max = io.rate_max;
+        Engine {
+            io,
+            id,
+            pacer: Pacer {
+                rate_max,
+                since: Instant::now(),
+                sent: 0,
+            },
+            stash: HashMap::new(),
+            deferred: VecDeque::new(),
+        }
+    }
+
+    fn progress(&self, f: impl FnOnce(&mut SyncProgress)) {
+        let mut p = self.io.progress.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut p);
+        p.tick();
+    }
+
+    /// Step 1, under the order lock: `SyncBegin` and the listing. With `session_start`, the
+    /// queue is reset so the session streams from the `SyncBegin` on. Returns its seq.
+    pub fn begin(
+        &mut self,
+        verify: bool,
+        scope: Option<Vec<Vec<u8>>>,
+        session_start: bool,
+    ) -> Result<(u64, Listing), EngineError> {
+        let scope = scope.map(walk::normalize_scope);
+        let scope_text = match &scope {
+            None => "whole tree".to_string(),
+            Some(p) => format!("{} changed paths", p.len()),
+        };
+        self.progress(|p| {
+            p.id = self.id;
+            p.phase = "listing".into();
+            p.scope = scope_text.clone();
+            p.started = Some(Instant::now());
+        });
+        let started = Instant::now();
+        let _order = self.io.order.lock();
+        let listing = walk::list(&self.io.root, scope.as_deref())?;
+        let first = if session_start {
+            self.io.queue.start_resync_session()
+        } else {
+            self.io.queue.last_seq() + 1
+        };
+        let seq = self.io.queue.record_sync(Op::SyncBegin {
+            id: self.id,
+            verify,
+            scope,
+        });
+        invariant!(seq == first, "SyncBegin got seq {seq}, expected {first}");
+        record_listing(&self.io.queue, self.id, &listing.entries);
+        drop(_order);
+        info!(
+            id = self.id,
+            verify,
+            scope = %scope_text,
+            entries = listing.entries.len(),
+            held_ms = started.elapsed().as_millis() as u64,
+            "resync listing recorded"
+        );
+        self.progress(|p| p.entries = listing.entries.len() as u64);
+        Ok((first, listing))
+    }
+
+    fn next_report(&mut self) -> Result<Report, EngineError> {
+        if let Some(r) = self.deferred.pop_front() {
+            return Ok(r);
+        }
+        self.recv()
+    }
+
+    fn recv(&mut self) -> Result<Report, EngineError> {
+        let deadline = Instant::now() + REPORT_TIMEOUT;
+        loop {
+            match self.io.reports.recv_timeout(Duration::from_millis(200)) {
+                Ok(r) => return Ok(r),
+                Err(RecvTimeoutError::Disconnected) => return Err(EngineError::SessionEnded),
+                Err(RecvTimeoutError::Timeout) => {
+                    if !self.io.queue.is_streaming() {
+                        return Err(EngineError::SessionEnded);
+                    }
+                    if Instant::now() > deadline {
+                        return Err(EngineError::Timeout);
+                    }
+                }
+            }
+        }
+    }
+
+    fn request_hashes(&self, index: u32) -> Result<(), EngineError> {
+        let req = HashRequest {
+            id: self.id,
+            index,
+            block_size: BLOCK_SIZE,
+        };
+        self.io
+            .control
+            .blocking_send((proto::kind::HASH_REQUEST, req.encode()))
+            .map_err(|_| EngineError::SessionEnded)
+    }
+
+    /// Waits for the passive's hashes of `index`, keeping other reports for later.
+    fn hashes_of(&mut self, index: u32) -> Result<Hashes, EngineError> {
+        loop {
+            if let Some(h) = self.stash.remove(&index) {
+                return Ok(h);
+            }
+            match self.recv()? {
+                Report::Hashes(h) if h.id == self.id => {
+                    self.stash.insert(h.index, h);
+                }
+                Report::Hashes(_) => {}
+                other => self.deferred.push_back(other),
+            }
+        }
+    }
+
+    /// Steps 2 and 3 of a resync: the files the passive asks for, then `SyncEnd`, then
+    /// waits until the passive made it durable.
+    pub fn resync(&mut self, listing: &Listing) -> Result<u64, EngineError> {
+        self.progress(|p| p.phase = "comparing".into());
+        // The passive lists what it needs once it applied the listing.
+        let mut need: Vec<(u32, bool)> = Vec::new();
+        loop {
+            match self.next_report()? {
+                Report::Need(n) if n.id == self.id => {
+                    need.extend(n.items);
+                    if n.last {
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let files: Vec<(ListedFile, bool)> = need
+            .into_iter()
+            .filter_map(|(i, has)| listing.files.get(&i).map(|f| (f.clone(), has)))
+            .collect();
+        let total: u64 = files.iter().map(|(f, _)| f.size).sum();
+        self.progress(|p| {
+            p.phase = "copying".into();
+            p.files_total = files.len() as u64;
+            p.bytes_total = total;
+        });
+        // Hash requests run ahead of the copying, so the passive hashes while we copy.
+        let mut requested = 0;
+        for i in 0..files.len() {
+            while requested < files.len() && requested < i + HASH_WINDOW {
+                if files[requested].1 {
+                    self.request_hashes(files[requested].0.index)?;
+                }
+                requested += 1;
+            }
+            let (file, has_data) = &files[i];
+            self.copy_file(file, *has_data)?;
+            self.progress(|p| p.files_done += 1);
+        }
+        self.finish()
+    }
+
+    /// Records `SyncEnd` and waits until the passive holds it durably. Returns its seq.
+    fn finish(&mut self) -> Result<u64, EngineError> {
+        self.progress(|p| p.phase = "finishing".into());
+        let end = {
+            let _order = self.io.order.lock();
+            self.io.queue.record_sync(Op::SyncEnd { id: self.id })
+        };
+        let deadline = Instant::now() + REPORT_TIMEOUT;
+        while self.io.queue.durable_seq() < end {
+            if !self.io.queue.is_streaming() {
+                return Err(EngineError::SessionEnded);
+            }
+            if Instant::now() > deadline {
+                return Err(EngineError::Timeout);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.progress(|p| {
+            p.phase = "done".into();
+            p.bytes_done = p.bytes_total;
+        });
+        Ok(end)
+    }
+
+    fn wait_room(&mut self, bytes: u64) -> Result<(), EngineError> {
+        if !self
+            .io
+            .queue
+            .wait_for_room(YIELD_BYTES, Duration::from_secs(5))
+        {
+            return Err(EngineError::SessionEnded);
+        }
+        self.pacer.pay(bytes);
+        Ok(())
+    }
+
+    /// Sends the content of one file: all of it (the passive has none), or the blocks whose
+    /// hashes differ; then its exact size and metadata.
+    fn copy_file(&mut self, file: &ListedFile, has_data: bool) -> Result<(), EngineError> {
+        let Some(handle) = &file.handle else {
+            // No handle (a filesystem without them): the passive keeps what it has until
+            // a later verify repairs it.
+            warn!(index = file.index, "no file handle; content not compared");
+            return Ok(());
+        };
+        // Gone since the listing: its removal was replicated in order.
+        let Ok(fd) = walk::open_handle(&self.io.root, handle) else {
+            self.progress(|p| p.bytes_done += file.size);
+            return Ok(());
+        };
+        if has_data {
+            let theirs = self.hashes_of(file.index)?;
+            let (_, mine) = hashing::hash_blocks(&fd, BLOCK_SIZE)
+                .map_err(|e| EngineError::Other(format!("hashing: {e}")))?;
+            let block = u64::from(BLOCK_SIZE);
+            for (start, end) in hashing::differing_blocks(&mine, &theirs.hashes) {
+                let (from, to) = (start as u64 * block, end as u64 * block);
+                if !self.copy_range(&fd, from, to)? {
+                    return Ok(());
+                }
+            }
+        } else if !self.copy_data(&fd, file.size)? {
+            return Ok(());
+        }
+        self.progress(|p| p.bytes_done += file.size);
+        self.send_meta(&fd)
+    }
+
+    /// Copies every data extent of a file the passive does not have (holes stay holes: the
+    /// passive's file is empty and `SyncMeta` sets the size). False if the file is gone.
+    fn copy_data(&mut self, fd: &OwnedFd, size: u64) -> Result<bool, EngineError> {
+        let mut pos = 0u64;
+        while pos < size {
+            let data = match rfs::seek(fd, SeekFrom::Data(pos)) {
+                Ok(d) => d,
+                Err(Errno::NXIO) => break,
+                Err(_) => pos,
+            };
+            let hole = match rfs::seek(fd, SeekFrom::Hole(data)) {
+                Ok(h) => h.min(size),
+                Err(_) => size,
+            };
+            if data >= hole {
+                break;
+            }
+            if !self.copy_range(fd, data, hole)? {
+                return Ok(false);
+            }
+            pos = hole;
+        }
+        Ok(true)
+    }
+
+    /// Records `[from, to)` of the file as `Write`s (or a hole punch where the active has a
+    /// hole), each exact at its seq. False if the file has no name any more.
+    fn copy_range(&mut self, fd: &OwnedFd, from: u64, to: u64) -> Result<bool, EngineError> {
+        let mut buf = vec![0u8; CHUNK_BYTES];
+        let mut at = from;
+        while at < to {
+            let want = ((to - at) as usize).min(CHUNK_BYTES);
+            self.wait_room(want as u64)?;
+            // Read once outside the lock, so the read under it comes from the page cache:
+            // the lock blocks every writer of the set while held.
+            let _ = rustix::io::pread(fd, &mut buf[..want], at);
+            let recorded = {
+                let _order = self.io.order.lock();
+                let Some(path) = walk::current_path(fd, &self.io.root_path) else {
+                    return Ok(false);
+                };
+                let n = pread_full(fd, &mut buf[..want], at)
+                    .map_err(|e| EngineError::Other(format!("reading: {e}")))?;
+                if n == 0 {
+                    // Truncated meanwhile (replicated in order): nothing more to send.
+                    return Ok(true);
+                }
+                let op = if is_hole(fd, at, n) {
+                    Op::Fallocate {
+                        file: FileRef::Path(path),
+                        mode: PUNCH_HOLE,
+                        offset: at,
+                        len: n as u64,
+                    }
+                } else {
+                    Op::Write {
+                        file: FileRef::Path(path),
+                        offset: at,
+                        data: buf[..n].to_vec(),
+                    }
+                };
+                self.io.queue.record_sync(op);
+                n
+            };
+            self.progress(|p| p.bytes_sent += recorded as u64);
+            at += recorded as u64;
+        }
+        Ok(true)
+    }
+
+    /// Records the file's exact size and metadata now.
+    fn send_meta(&mut self, fd: &OwnedFd) -> Result<(), EngineError> {
+        let _order = self.io.order.lock();
+        let Some(path) = walk::current_path(fd, &self.io.root_path) else {
+            return Ok(());
+        };
+        let st = rfs::fstat(fd).map_err(|e| EngineError::Other(format!("stat: {e}")))?;
+        let xattrs = walk::xattrs_of(fd).map_err(|e| EngineError::Other(format!("xattrs: {e}")))?;
+        self.io.queue.record_sync(Op::SyncMeta {
+            path,
+            size: st.st_size as u64,
+            mode: st.st_mode & 0o7777,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            mtime: understudy_oplog::Timespec {
+                sec: st.st_mtime,
+                nsec: st.st_mtime_nsec as u32,
+            },
+            xattrs,
+        });
+        Ok(())
+    }
+
+    /// A verify: the passive compares the listing with its tree and reports; both sides hash
+    /// every file present on both; blocks that seem to differ are checked exactly.
+    pub fn verify(&mut self, listing: &Listing) -> Result<VerifyOutcome, EngineError> {
+        let started = Instant::now();
+        self.progress(|p| p.phase = "comparing".into());
+        let mut differences: Vec<(String, String)> = Vec::new();
+        let mut compare: Vec<u32> = Vec::new();
+        loop {
+            match self.next_report()? {
+                Report::Diffs(d) if d.id == self.id => differences.extend(
+                    d.items
+                        .into_iter()
+                        .map(|(p, what)| (p.escape_ascii().to_string(), what)),
+                ),
+                Report::Compare(c) if c.id == self.id => {
+                    compare.extend(c.indexes);
+                    if c.last {
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let files: Vec<ListedFile> = compare
+            .iter()
+            .filter_map(|i| listing.files.get(i).cloned())
+            .collect();
+        let total: u64 = files.iter().map(|f| f.size).sum();
+        self.progress(|p| {
+            p.files_total = files.len() as u64;
+            p.bytes_total = total;
+        });
+        let block = u64::from(BLOCK_SIZE);
+        let mut pending_ranges = 0usize;
+        let mut requested = 0;
+        for i in 0..files.len() {
+            while requested < files.len() && requested < i + HASH_WINDOW {
+                self.request_hashes(files[requested].index)?;
+                requested += 1;
+            }
+            let file = &files[i];
+            let theirs = self.hashes_of(file.index)?;
+            let fd = file
+                .handle
+                .as_ref()
+                .and_then(|h| walk::open_handle(&self.io.root, h).ok());
+            if let Some(fd) = fd {
+                let (_, mine) = hashing::hash_blocks(&fd, BLOCK_SIZE)
+                    .map_err(|e| EngineError::Other(format!("hashing: {e}")))?;
+                for (start, end) in hashing::differing_blocks(&mine, &theirs.hashes) {
+                    for b in start..end {
+                        self.wait_room(block)?;
+                        pending_ranges += self.check_range(&fd, b as u64 * block, block)?;
+                    }
+                }
+            }
+            self.progress(|p| {
+                p.files_done += 1;
+                p.bytes_done += file.size;
+            });
+        }
+        // The exact checks come back as the passive applies them.
+        let mut mismatched: Vec<String> = Vec::new();
+        while pending_ranges > 0 {
+            match self.next_report()? {
+                Report::Range(r) if r.id == self.id => {
+                    pending_ranges -= 1;
+                    if !r.matches {
+                        let path = r.path.escape_ascii().to_string();
+                        if !mismatched.contains(&path) {
+                            mismatched.push(path);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        differences.extend(mismatched.into_iter().map(|p| (p, "content".to_string())));
+        self.finish()?;
+        Ok(VerifyOutcome {
+            id: self.id,
+            differences,
+            files_compared: files.len() as u64,
+            bytes_compared: total,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        })
+    }
+
+    /// Records a `VerifyRange` for `len` bytes at `offset`, hashed under the lock. Returns 1
+    /// if a result will come back (0 if the file has no name any more).
+    fn check_range(&mut self, fd: &OwnedFd, offset: u64, len: u64) -> Result<usize, EngineError> {
+        let mut buf = vec![0u8; len as usize];
+        let _order = self.io.order.lock();
+        let Some(path) = walk::current_path(fd, &self.io.root_path) else {
+            return Ok(0);
+        };
+        let n = pread_full(fd, &mut buf, offset)
+            .map_err(|e| EngineError::Other(format!("reading: {e}")))?;
+        self.io.queue.record_sync(Op::VerifyRange {
+            id: self.id,
+            path,
+            offset,
+            len: n as u64,
+            hash: *blake3::hash(&buf[..n]).as_bytes(),
+        });
+        Ok(1)
+    }
+}
+
+/// Records a listing as `SyncTree` parts of bounded size (the caller holds the order lock).
+fn record_listing(queue: &SetQueue, id: u64, entries: &[TreeEntry]) {
+    let mut first = 0usize;
+    let mut part: Vec<TreeEntry> = Vec::new();
+    let mut bytes = 0usize;
+    for (i, e) in entries.iter().enumerate() {
+        let size = e.path.len()
+            + e.target.len()
+            + e.xattrs
+                .iter()
+                .map(|(n, v)| n.len() + v.len() + 8)
+                .sum::<usize>()
+            + 64;
+        if !part.is_empty() && (part.len() >= MAX_TREE_ENTRIES || bytes + size > TREE_PART_BYTES) {
+            queue.record_sync(Op::SyncTree {
+                id,
+                first_index: first as u32,
+                entries: std::mem::take(&mut part),
+                last: false,
+            });
+            first = i;
+            bytes = 0;
+        }
+        bytes += size;
+        part.push(e.clone());
+    }
+    queue.record_sync(Op::SyncTree {
+        id,
+        first_index: first as u32,
+        entries: part,
+        last: true,
+    });
+}
+
+fn pread_full(fd: &OwnedFd, buf: &mut [u8], offset: u64) -> Result<usize, Errno> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match rustix::io::pread(fd, &mut buf[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// True if `[offset, offset + len)` of the file is one hole (reads as zeros, holds no data).
+fn is_hole(fd: &OwnedFd, offset: u64, len: usize) -> bool {
+    match rfs::seek(fd, SeekFrom::Data(offset)) {
+        Ok(next_data) => next_data >= offset + len as u64,
+        // No data at or after offset.
+        Err(Errno::NXIO) => true,
+        Err(_) => false,
+    }
+}

@@ -1,0 +1,466 @@
+//! The active's side of a resync listing: walks the scope of its copy (the capture's backing
+//! directory) and describes every entry as a [`TreeEntry`], parents before children. The
+//! caller holds the capture's order lock, so the listing is exact at one seq.
+//!
+//! Scope paths may come from the passive's change log, so they are resolved confined to the
+//! copy (openat2 beneath the root, no symlinks, no mount crossings) like any path from the
+//! network; one that does not resolve simply has no entries (the passive removes it).
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+
+use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags, StatxFlags};
+use rustix::io::Errno;
+use understudy_oplog::{EntryKind, Timespec, TreeEntry, Xattrs};
+
+/// Most entries one listing may hold (the passive's buffer has the same bound).
+pub const LISTING_MAX: usize = understudy_apply::MAX_LISTING_ENTRIES;
+
+const RESOLVE: ResolveFlags = ResolveFlags::BENEATH
+    .union(ResolveFlags::NO_SYMLINKS)
+    .union(ResolveFlags::NO_MAGICLINKS)
+    .union(ResolveFlags::NO_XDEV);
+
+/// A file of the active's copy, reopened later without its path (`name_to_handle_at`).
+#[derive(Clone, Debug)]
+pub struct ActiveHandle {
+    handle_type: i32,
+    bytes: Vec<u8>,
+}
+
+impl ActiveHandle {
+    pub fn from_parts(handle_type: i32, bytes: &[u8]) -> Self {
+        ActiveHandle {
+            handle_type,
+            bytes: bytes.to_vec(),
+        }
+    }
+}
+
+/// A regular file of the listing whose content may have to be sent.
+#[derive(Clone, Debug)]
+pub struct ListedFile {
+    pub index: u32,
+    pub size: u64,
+    pub handle: Option<ActiveHandle>,
+}
+
+/// The listing: its entries (recorded as `SyncTree` parts) and, by listing index, the
+/// regular files that lead their hard-link group.
+pub struct Listing {
+    pub entries: Vec<TreeEntry>,
+    pub files: HashMap<u32, ListedFile>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WalkError {
+    #[error("{what} `{}`: {source}", .path.escape_ascii())]
+    Io {
+        what: &'static str,
+        path: Vec<u8>,
+        source: std::io::Error,
+    },
+    #[error("the scope holds more than {LISTING_MAX} entries")]
+    TooLarge,
+}
+
+fn io<'a>(what: &'static str, path: &'a [u8]) -> impl FnOnce(Errno) -> WalkError + 'a {
+    move |e| WalkError::Io {
+        what,
+        path: path.to_vec(),
+        source: e.into(),
+    }
+}
+
+/// Keeps only the scope roots not inside another one, sorted.
+pub fn normalize_scope(mut paths: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+    paths.retain(|p| !p.is_empty());
+    paths.sort();
+    paths.dedup();
+    let mut out: Vec<Vec<u8>> = Vec::with_capacity(paths.len());
+    for p in paths {
+        // Sorted, so an ancestor comes right before its descendants.
+        let covered = out
+            .last()
+            .is_some_and(|a| p.len() > a.len() && p.starts_with(a) && p[a.len()] == b'/');
+        if !covered {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    if dir.is_empty() {
+        name.to_vec()
+    } else {
+        let mut p = Vec::with_capacity(dir.len() + 1 + name.len());
+        p.extend_from_slice(dir);
+        p.push(b'/');
+        p.extend_from_slice(name);
+        p
+    }
+}
+
+fn split_parent(path: &[u8]) -> (&[u8], &[u8]) {
+    match path.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => (&[], path),
+    }
+}
+
+struct Walker<'a> {
+    root: &'a OwnedFd,
+    out: Listing,
+    /// (dev, ino) of regular files with several links -> listing index of the first name.
+    links: HashMap<(u64, u64), u32>,
+}
+
+/// Lists `scope` (`None`: the whole tree, root included) of the copy at `root`.
+pub fn list(root: &OwnedFd, scope: Option<&[Vec<u8>]>) -> Result<Listing, WalkError> {
+    let mut w = Walker {
+        root,
+        out: Listing {
+            entries: Vec::new(),
+            files: HashMap::new(),
+        },
+        links: HashMap::new(),
+    };
+    match scope {
+        None => {
+            let dup = rfs::openat(
+                root,
+                ".",
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(io("open", b""))?;
+            w.entry_at(&dup, b"", b"")?;
+        }
+        Some(paths) => {
+            for path in normalize_scope(paths.to_vec()) {
+                let (parent, name) = split_parent(&path);
+                let dir = if parent.is_empty() {
+                    rfs::openat(
+                        root,
+                        ".",
+                        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                        Mode::empty(),
+                    )
+                } else {
+                    rfs::openat2(
+                        root,
+                        parent,
+                        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                        Mode::empty(),
+                        RESOLVE,
+                    )
+                };
+                // Not there (or not a plain directory path) on the active: no entries.
+                let Ok(dir) = dir else { continue };
+                w.entry_at(&dir, name, &path)?;
+            }
+        }
+    }
+    Ok(w.out)
+}
+
+impl Walker<'_> {
+    /// Describes `name` in `dir` (the root itself when `name` is empty, with `dir` the
+    /// root) and everything below it if it is a directory. Parents always come before
+    /// their children; a directory's entries are listed in name order before its
+    /// subdirectories are entered.
+    fn entry_at(&mut self, dir: &OwnedFd, name: &[u8], path: &[u8]) -> Result<(), WalkError> {
+        // Paths on an explicit stack, not open descriptors: trees can be deep and wide.
+        let mut stack: Vec<Vec<u8>> = Vec::new();
+        if self.describe(dir, name, path)? {
+            stack.push(path.to_vec());
+        }
+        while let Some(dir_path) = stack.pop() {
+            let dir_fd = if dir_path.is_empty() {
+                rfs::openat(
+                    self.root,
+                    ".",
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+            } else {
+                rfs::openat2(
+                    self.root,
+                    &dir_path[..],
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                    RESOLVE,
+                )
+            }
+            .map_err(io("open", &dir_path))?;
+            let mut names: Vec<Vec<u8>> = Vec::new();
+            let mut reader = rfs::Dir::read_from(&dir_fd).map_err(io("readdir", &dir_path))?;
+            for item in reader.by_ref() {
+                let item = item.map_err(io("readdir", &dir_path))?;
+                let n = item.file_name().to_bytes();
+                if n != b"." && n != b".." {
+                    names.push(n.to_vec());
+                }
+            }
+            names.sort();
+            let mut subdirs = Vec::new();
+            for n in &names {
+                let child = join(&dir_path, n);
+                if self.describe(&dir_fd, n, &child)? {
+                    subdirs.push(child);
+                }
+            }
+            // Reversed, so the stack enters them in name order.
+            stack.extend(subdirs.into_iter().rev());
+        }
+        Ok(())
+    }
+
+    /// Adds the entry for `name` in `dir`. Returns true if it is a directory.
+    fn describe(&mut self, dir: &OwnedFd, name: &[u8], path: &[u8]) -> Result<bool, WalkError> {
+        if self.out.entries.len() >= LISTING_MAX {
+            return Err(WalkError::TooLarge);
+        }
+        let at: &[u8] = if name.is_empty() { b"" } else { name };
+        let flags = if name.is_empty() {
+            AtFlags::EMPTY_PATH
+        } else {
+            AtFlags::SYMLINK_NOFOLLOW
+        };
+        let st = match rfs::statx(dir, at, flags, StatxFlags::BASIC_STATS) {
+            Ok(st) => st,
+            // Gone since the directory was read: impossible under the order lock, unless
+            // something outside the mount changed the directory; then it simply is not there.
+            Err(Errno::NOENT) => return Ok(false),
+            Err(e) => return Err(io("stat", path)(e)),
+        };
+        let kind = match FileType::from_raw_mode(u32::from(st.stx_mode)) {
+            FileType::Directory => EntryKind::Dir,
+            FileType::RegularFile => EntryKind::Regular,
+            FileType::Symlink => EntryKind::Symlink,
+            FileType::Fifo => EntryKind::Fifo,
+            FileType::CharacterDevice => EntryKind::CharDevice,
+            FileType::BlockDevice => EntryKind::BlockDevice,
+            FileType::Socket => EntryKind::Socket,
+            FileType::Unknown => return Ok(false),
+        };
+        let index = self.out.entries.len() as u32;
+        let mut entry = TreeEntry {
+            path: path.to_vec(),
+            kind,
+            mode: u32::from(st.stx_mode) & 0o7777,
+            uid: st.stx_uid,
+            gid: st.stx_gid,
+            rdev: if matches!(kind, EntryKind::CharDevice | EntryKind::BlockDevice) {
+                libc::makedev(st.stx_rdev_major, st.stx_rdev_minor)
+            } else {
+                0
+            },
+            size: if kind == EntryKind::Regular {
+                st.stx_size
+            } else {
+                0
+            },
+            mtime: Timespec {
+                sec: st.stx_mtime.tv_sec,
+                nsec: st.stx_mtime.tv_nsec,
+            },
+            target: Vec::new(),
+            link_to: None,
+            xattrs: Vec::new(),
+        };
+        match kind {
+            EntryKind::Symlink => {
+                entry.target = rfs::readlinkat(dir, at, Vec::new())
+                    .map_err(io("readlink", path))?
+                    .into_bytes();
+            }
+            EntryKind::Dir => {
+                let fd = if name.is_empty() {
+                    rfs::openat(
+                        dir,
+                        ".",
+                        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                        Mode::empty(),
+                    )
+                } else {
+                    rfs::openat(
+                        dir,
+                        name,
+                        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                        Mode::empty(),
+                    )
+                }
+                .map_err(io("open", path))?;
+                entry.xattrs = xattrs_of(&fd).map_err(io("xattrs", path))?;
+            }
+            EntryKind::Regular => {
+                let key = (
+                    libc::makedev(st.stx_dev_major, st.stx_dev_minor),
+                    st.stx_ino,
+                );
+                if st.stx_nlink > 1 {
+                    if let Some(&first) = self.links.get(&key) {
+                        entry.link_to = Some(first);
+                        entry.xattrs = self.out.entries[first as usize].xattrs.clone();
+                        self.out.entries.push(entry);
+                        return Ok(false);
+                    }
+                    self.links.insert(key, index);
+                }
+                let fd = rfs::openat(
+                    dir,
+                    name,
+                    OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(io("open", path))?;
+                entry.xattrs = xattrs_of(&fd).map_err(io("xattrs", path))?;
+                let handle = handle_of(&fd).ok();
+                self.out.files.insert(
+                    index,
+                    ListedFile {
+                        index,
+                        size: st.stx_size,
+                        handle,
+                    },
+                );
+            }
+            _ => {}
+        }
+        self.out.entries.push(entry);
+        Ok(kind == EntryKind::Dir)
+    }
+}
+
+/// Every xattr of an open file or directory.
+pub fn xattrs_of(fd: impl AsFd) -> Result<Xattrs, Errno> {
+    let fd = fd.as_fd();
+    let mut names = vec![0u8; 4096];
+    let n = loop {
+        match rfs::flistxattr(fd, &mut names) {
+            Ok(n) => break n,
+            Err(Errno::RANGE) if names.len() < (1 << 20) => names.resize(names.len() * 4, 0),
+            Err(Errno::NOTSUP) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        }
+    };
+    let mut out = Vec::new();
+    for name in names[..n].split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let mut value = vec![0u8; 256];
+        let len = loop {
+            match rfs::fgetxattr(fd, name, &mut value) {
+                Ok(len) => break Some(len),
+                Err(Errno::RANGE) if value.len() < (64 << 10) => {
+                    value.resize((value.len() * 4).min(64 << 10), 0)
+                }
+                // Removed in between (outside the lock's reach): skip it.
+                Err(Errno::NODATA) => break None,
+                Err(e) => return Err(e),
+            }
+        };
+        if let Some(len) = len {
+            value.truncate(len);
+            out.push((name.to_vec(), value));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// `name_to_handle_at(fd, "", AT_EMPTY_PATH)`.
+pub fn handle_of(fd: &OwnedFd) -> std::io::Result<ActiveHandle> {
+    const MAX_HANDLE_SZ: usize = 128;
+    #[repr(C)]
+    struct FileHandle {
+        handle_bytes: u32,
+        handle_type: i32,
+        f_handle: [u8; MAX_HANDLE_SZ],
+    }
+    let mut fh = FileHandle {
+        handle_bytes: MAX_HANDLE_SZ as u32,
+        handle_type: 0,
+        f_handle: [0; MAX_HANDLE_SZ],
+    };
+    let mut mount_id: libc::c_int = 0;
+    let empty = CString::default();
+    // SAFETY: fh is a valid file_handle with room for MAX_HANDLE_SZ bytes; the path is a
+    // valid empty C string, used with AT_EMPTY_PATH on an open descriptor.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_name_to_handle_at,
+            fd.as_raw_fd(),
+            empty.as_ptr(),
+            &mut fh as *mut FileHandle,
+            &mut mount_id as *mut libc::c_int,
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let len = (fh.handle_bytes as usize).min(MAX_HANDLE_SZ);
+    Ok(ActiveHandle {
+        handle_type: fh.handle_type,
+        bytes: fh.f_handle[..len].to_vec(),
+    })
+}
+
+/// `open_by_handle_at(root, handle, O_RDONLY)`: the file wherever it lives now, even
+/// renamed. Needs CAP_DAC_READ_SEARCH (the daemon runs as root).
+pub fn open_handle(root: &OwnedFd, h: &ActiveHandle) -> std::io::Result<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let mut buf = Vec::with_capacity(8 + h.bytes.len());
+    buf.extend_from_slice(&(h.bytes.len() as u32).to_ne_bytes());
+    buf.extend_from_slice(&h.handle_type.to_ne_bytes());
+    buf.extend_from_slice(&h.bytes);
+    // SAFETY: buf holds a struct file_handle (u32 size, i32 type, bytes) of the stated size.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_by_handle_at,
+            root.as_raw_fd(),
+            buf.as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// The path of an open file of the copy at `root_path`, relative to it, as the kernel
+/// knows it now; `None` if the file has no name left (unlinked) or lives elsewhere.
+pub fn current_path(fd: &OwnedFd, root_path: &[u8]) -> Option<Vec<u8>> {
+    let link = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    let target = std::fs::read_link(link).ok()?;
+    let bytes = target.as_os_str().as_bytes();
+    if bytes.ends_with(b" (deleted)") {
+        return None;
+    }
+    let rest = bytes.strip_prefix(root_path)?;
+    let rest = rest.strip_prefix(b"/")?;
+    (!rest.is_empty()).then(|| rest.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nested_scope_roots_collapse_into_their_ancestor() {
+        let s = normalize_scope(vec![
+            b"a/b".to_vec(),
+            b"a".to_vec(),
+            b"ab".to_vec(),
+            b"c/d/e".to_vec(),
+            b"c/d".to_vec(),
+            b"".to_vec(),
+        ]);
+        assert_eq!(s, vec![b"a".to_vec(), b"ab".to_vec(), b"c/d".to_vec()]);
+    }
+}
