@@ -29,6 +29,14 @@
 //! orphans directory, named by its decimal orphan id, until [`Op::DropOrphan`]. The orphans
 //! directory must be on the same mount as the root (parking is a rename) and outside it.
 //!
+//! # Resync and verify
+//!
+//! [`Op::SyncBegin`] .. [`Op::SyncEnd`] make the replica's tree within a scope exactly the
+//! active's listing, or compare it, reporting to a [`SyncObserver`] (see `sync.rs` for the
+//! records and their checks, `resync.rs` for how a listing is applied). They use the same
+//! confinement: a listing names paths, never follows them, and replaces a symlink found where
+//! it lists a directory rather than walking through it.
+//!
 //! # Deployment note
 //!
 //! The replica's parent directory should be mode 0700: nothing but the applier should be able
@@ -1362,6 +1370,41 @@ mod tests {
             op,
             mtimes: vec![],
         }
+    }
+
+    #[test]
+    fn handles_reopen_only_regular_files_of_the_replica() {
+        // open_by_handle_at needs CAP_DAC_READ_SEARCH.
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            println!("SKIP handles_reopen_only_regular_files_of_the_replica: needs root");
+            return;
+        }
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let (root, orphans) = (tmp.path().join("root"), tmp.path().join("orphans"));
+        std::fs::create_dir(&root).expect("mkdir");
+        std::fs::create_dir(&orphans).expect("mkdir");
+        std::fs::write(root.join("f"), b"content").expect("write");
+        std::fs::create_dir(root.join("d")).expect("mkdir");
+        let applier = Applier::open(&root, &orphans).expect("open");
+        let file = std::fs::File::open(root.join("f")).expect("open f");
+        let handle = handle::handle_of(file.as_fd()).expect("handle of f");
+        let fd = applier.open_handle(&handle).expect("reopen f");
+        let mut read = Vec::new();
+        std::io::Read::read_to_end(&mut std::fs::File::from(fd), &mut read)
+            .expect("read through the handle");
+        assert_eq!(read, b"content");
+        let dir = std::fs::File::open(root.join("d")).expect("open d");
+        let handle = handle::handle_of(dir.as_fd()).expect("handle of d");
+        assert!(matches!(
+            applier.open_handle(&handle),
+            Err(ApplyError::Refused { .. })
+        ));
+        let garbage = LocalHandle {
+            handle_type: handle.handle_type,
+            bytes: vec![0xff; 200],
+        };
+        assert!(applier.open_handle(&garbage).is_err());
     }
 
     #[test]

@@ -552,7 +552,7 @@ fn hash_range(fd: &OwnedFd, offset: u64, len: u64) -> Result<Option<[u8; 32]>, E
     Ok(Some(*hasher.finalize().as_bytes()))
 }
 
-/// Orders paths so that each comes after its parent: by depth, shallowest first.
+/// How many components `path` has (the root, the empty path, has none).
 pub(crate) fn depth(path: &[u8]) -> usize {
     if path.is_empty() {
         0
@@ -576,5 +576,31 @@ pub(crate) fn observer_failed(ctx: Ctx, path: &[u8], source: io::Error) -> Apply
             path.escape_ascii()
         ),
         source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(paths: &[&str]) -> BTreeSet<Vec<u8>> {
+        paths.iter().map(|p| p.as_bytes().to_vec()).collect()
+    }
+
+    #[test]
+    fn scope_roots_inside_others_are_dropped() {
+        let scope: Vec<Vec<u8>> = ["a/b/c", "a-b", "a", "x/y", "a/b", "x/y", "x/yz", "x/y/z"]
+            .iter()
+            .map(|p| p.as_bytes().to_vec())
+            .collect();
+        assert_eq!(normalise(&scope), set(&["a", "a-b", "x/y", "x/yz"]));
+        assert_eq!(normalise(&[]), set(&[]));
+    }
+
+    #[test]
+    fn depth_orders_children_before_parents() {
+        let mut paths = vec![&b""[..], b"a", b"a/b/c", b"a/b", b"z"];
+        paths.sort_by(|a, b| deepest_first(a, b));
+        assert_eq!(paths, vec![&b"a/b/c"[..], b"a/b", b"a", b"z", b""]);
     }
 }
