@@ -27,9 +27,9 @@
 //! A file that needs content keeps a stale mtime until its `SyncMeta`: if the resync stops
 //! halfway, the next quick check must not mistake the old content for the new.
 //!
-//! A scope root's parent is outside the scope: creating or removing the root moves the
-//! parent's mtime on the passive, as it did on the active, and the active's value arrives as
-//! one of the record's mtimes (or with a later op), like for any other op.
+//! A scope root's parent is outside the scope and is left alone, but creating or removing the
+//! root moves its mtime. The sender can set the active's value through the record's mtimes,
+//! which are applied after the listing like after any other op.
 //!
 //! Durability is not tracked inode by inode here: a listing can touch millions of them, so
 //! the next `sync` is a `syncfs` of the replica (the dirty set's overflow).

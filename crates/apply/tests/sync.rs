@@ -667,6 +667,16 @@ fn differing_trees(reference: &Path, replica: &Path) {
     std::fs::hard_link(replica.join("h1"), replica.join("h2")).expect("link");
     std::fs::remove_file(reference.join("n2")).expect("rm");
     std::fs::hard_link(reference.join("n1"), reference.join("n2")).expect("link");
+    // Kept, with another owner or mode: metadata only.
+    mknod(&reference.join("pipe"), FileType::Fifo, 0o644, 0);
+    mknod(&replica.join("pipe"), FileType::Fifo, 0o600, 0);
+    own(&replica.join("pipe"), 5, 5);
+    symlink("same", reference.join("lnk")).expect("symlink");
+    symlink("same", replica.join("lnk")).expect("symlink");
+    own(&replica.join("lnk"), 7, 7);
+    mkdir(&reference.join("kept_dir"), 0o750);
+    mkdir(&replica.join("kept_dir"), 0o777);
+    own(&replica.join("kept_dir"), 9, 9);
     // Only in the replica.
     mkfile(&replica.join("extra_file"), b"extra", 0o644);
     mkdir(&replica.join("extra_dir"), 0o755);
@@ -694,6 +704,10 @@ fn a_resync_onto_a_different_replica_changes_exactly_what_differs() {
     let grown_ino = ino(&r.at("grown"));
     let same_ino = ino(&r.at("same"));
     let n1_ino = ino(&r.at("n1"));
+    let kept: BTreeMap<&str, u64> = ["pipe", "lnk", "kept_dir"]
+        .into_iter()
+        .map(|p| (p, ino(&r.at(p))))
+        .collect();
 
     let mut obs = Recorder::new(&r);
     let entries = listing(&reference, None);
@@ -763,6 +777,9 @@ fn a_resync_onto_a_different_replica_changes_exactly_what_differs() {
         assert!(needed[path].is_none(), "{path}: created empty");
     }
     assert_eq!(ino(&r.at("same")), same_ino, "quick check passed: kept");
+    for (p, i) in &kept {
+        assert_eq!(ino(&r.at(p)), *i, "{p}: kept, metadata changed in place");
+    }
     assert_eq!(ino(&r.at("n1")), n1_ino, "the new group's leader is kept");
     assert_eq!(ino(&r.at("n2")), n1_ino, "and linked to");
     assert_ne!(
