@@ -80,6 +80,12 @@ impl FdCache {
         });
     }
 
+    /// Drops every entry named by a path (a whole-tree resync may have changed any of them).
+    pub(crate) fn forget_all_paths(&mut self) {
+        self.entries
+            .retain(|key, _| matches!(key, FileRef::Orphan(_)));
+    }
+
     pub(crate) fn forget_orphan(&mut self, id: u64) {
         self.entries.remove(&FileRef::Orphan(id));
     }

@@ -98,6 +98,13 @@ impl Dirty {
         self.files.remove(&id);
     }
 
+    /// Too much changed to track one by one (a resync): the next sync is a `syncfs`.
+    pub(crate) fn overflow(&mut self) {
+        self.files.clear();
+        self.dirs.clear();
+        self.overflow = true;
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         !self.overflow && self.files.is_empty() && self.dirs.is_empty()
     }

@@ -29,6 +29,14 @@
 //! orphans directory, named by its decimal orphan id, until [`Op::DropOrphan`]. The orphans
 //! directory must be on the same mount as the root (parking is a rename) and outside it.
 //!
+//! # Resync and verify
+//!
+//! [`Op::SyncBegin`] .. [`Op::SyncEnd`] make the replica's tree within a scope exactly the
+//! active's listing, or compare it, reporting to a [`SyncObserver`] (see `sync.rs` for the
+//! records and their checks, `resync.rs` for how a listing is applied). They use the same
+//! confinement: a listing names paths, never follows them, and replaces a symlink found where
+//! it lists a directory rather than walking through it.
+//!
 //! # Deployment note
 //!
 //! The replica's parent directory should be mode 0700: nothing but the applier should be able
@@ -38,8 +46,11 @@
 mod cache;
 mod confine;
 mod dirty;
+mod handle;
+mod resync;
 mod sync;
 mod sys;
+mod xattr;
 
 pub use crate::sync::{LocalHandle, NoObserver, SyncObserver, MAX_LISTING_ENTRIES};
 
@@ -142,6 +153,8 @@ pub struct Applier {
     cache: FdCache,
     dirty: Dirty,
     sync_due: bool,
+    /// The resync or verify in progress, between its `SyncBegin` and `SyncEnd`.
+    sync: Option<sync::SyncState>,
 }
 
 /// The op being applied, for error reports.
@@ -279,8 +292,9 @@ fn rustix_time(t: Option<Timespec>) -> rfs::Timespec {
 type Bad = (Vec<u8>, &'static str);
 
 /// Syntactic checks on everything in a record that came from the network, so that a bad
-/// record is refused before any of it takes effect.
-fn check_record(record: &Record) -> Result<(), Bad> {
+/// record is refused before any of it takes effect. Sync records are also checked against
+/// the sync in progress (`sync`): its id, its scope, the listing so far.
+fn check_record(record: &Record, sync: Option<&sync::SyncState>) -> Result<(), Bad> {
     fn path(p: &[u8]) -> Result<(), Bad> {
         confine::check_path(p).map_err(|why| (p.to_vec(), why))
     }
@@ -401,12 +415,30 @@ fn check_record(record: &Record) -> Result<(), Bad> {
             xattr_name(f, name)?;
         }
         Op::DropOrphan { .. } => {}
-        // TODO(sync): validated in full by the sync implementation.
-        Op::SyncBegin { .. }
-        | Op::SyncTree { .. }
-        | Op::SyncMeta { .. }
-        | Op::VerifyRange { .. }
-        | Op::SyncEnd { .. } => {}
+        Op::SyncBegin { scope, .. } => sync::check_begin(scope.as_deref())?,
+        Op::SyncTree {
+            id,
+            first_index,
+            entries,
+            ..
+        } => sync::check_tree(sync, *id, *first_index, entries)?,
+        Op::SyncMeta {
+            path: p,
+            size,
+            uid,
+            gid,
+            mtime,
+            xattrs,
+            ..
+        } => sync::check_meta(p, *size, *uid, *gid, *mtime, xattrs)?,
+        Op::VerifyRange {
+            id,
+            path: p,
+            offset,
+            len,
+            ..
+        } => sync::check_range(sync, *id, p, *offset, *len)?,
+        Op::SyncEnd { id } => sync::check_end(sync, *id)?,
     }
     for (f, t) in &record.mtimes {
         match f {
@@ -501,6 +533,7 @@ impl Applier {
             cache: FdCache::new(FD_CACHE_ENTRIES),
             dirty: Dirty::default(),
             sync_due: false,
+            sync: None,
         })
     }
 
@@ -542,7 +575,7 @@ impl Applier {
     pub fn apply_observed(
         &mut self,
         record: &Record,
-        _observer: &mut dyn SyncObserver,
+        observer: &mut dyn SyncObserver,
     ) -> Result<(), ApplyError> {
         let expected = self.last_applied.wrapping_add(1);
         if record.seq != expected {
@@ -555,8 +588,9 @@ impl Applier {
             seq: record.seq,
             op: op_name(&record.op),
         };
-        check_record(record).map_err(|(path, reason)| ctx.refuse(&path, reason))?;
-        self.apply_op(ctx, &record.op)?;
+        check_record(record, self.sync.as_ref())
+            .map_err(|(path, reason)| ctx.refuse(&path, reason))?;
+        self.apply_op(ctx, &record.op, observer)?;
         let ctx = Ctx { op: "mtime", ..ctx };
         for (file, time) in &record.mtimes {
             self.set_mtime(ctx, file, *time)?;
@@ -567,11 +601,35 @@ impl Applier {
 
     /// Reopens a file of the replica read-only from a handle that a [`SyncObserver`] was
     /// given (`open_by_handle_at`; needs CAP_DAC_READ_SEARCH).
-    pub fn open_handle(&self, _handle: &LocalHandle) -> Result<OwnedFd, ApplyError> {
-        Err(io_error(
-            "open_by_handle_at".into(),
-            io::Error::from(io::ErrorKind::Unsupported),
-        ))
+    ///
+    /// Only a regular file on the replica's filesystem is ever opened: the handle is first
+    /// opened `O_PATH` and checked, so even a stale or forged handle cannot open a device.
+    pub fn open_handle(&self, handle: &LocalHandle) -> Result<OwnedFd, ApplyError> {
+        let failed = |e: Errno| io_error("open_by_handle_at on the replica".into(), e);
+        let refused = |reason| ApplyError::Refused {
+            seq: self.last_applied,
+            path: b"<handle>".to_vec(),
+            reason,
+        };
+        let is_replica_file = |fd: &OwnedFd| -> Result<Option<InodeId>, ApplyError> {
+            let st =
+                rfs::statx(fd, "", AtFlags::EMPTY_PATH, StatxFlags::BASIC_STATS).map_err(failed)?;
+            let id = InodeId::of(&st);
+            let on_replica =
+                (id.dev_major, id.dev_minor) == (self.root_id.dev_major, self.root_id.dev_minor);
+            Ok((kind_of(&st) == FileType::RegularFile && on_replica).then_some(id))
+        };
+        let path =
+            handle::open_by_handle(self.root.as_fd(), handle, libc::O_PATH).map_err(failed)?;
+        let Some(id) = is_replica_file(&path)? else {
+            return Err(refused("the handle is not a regular file of the replica"));
+        };
+        let fd =
+            handle::open_by_handle(self.root.as_fd(), handle, libc::O_RDONLY).map_err(failed)?;
+        if is_replica_file(&fd)? != Some(id) {
+            return Err(refused("the handle changed while being opened"));
+        }
+        Ok(fd)
     }
 
     /// Makes every op applied so far durable (group commit). On error the replica's
@@ -626,7 +684,12 @@ impl Applier {
         first_error.map_or(Ok(()), Err)
     }
 
-    fn apply_op(&mut self, ctx: Ctx, op: &Op) -> Result<(), ApplyError> {
+    fn apply_op(
+        &mut self,
+        ctx: Ctx,
+        op: &Op,
+        observer: &mut dyn SyncObserver,
+    ) -> Result<(), ApplyError> {
         match op {
             Op::Mknod {
                 path,
@@ -723,11 +786,32 @@ impl Applier {
                 Ok(())
             }
             Op::DropOrphan { orphan } => self.drop_orphan(ctx, *orphan),
-            Op::SyncBegin { .. }
-            | Op::SyncTree { .. }
-            | Op::SyncMeta { .. }
-            | Op::VerifyRange { .. }
-            | Op::SyncEnd { .. } => Err(ctx.refuse(b"", "sync records are not implemented yet")),
+            Op::SyncBegin { id, verify, scope } => {
+                self.sync_begin(ctx, *id, *verify, scope.as_deref())
+            }
+            Op::SyncTree { entries, last, .. } => self.sync_tree(ctx, observer, entries, *last),
+            Op::SyncMeta {
+                path,
+                size,
+                mode,
+                uid,
+                gid,
+                mtime,
+                xattrs,
+            } => self.sync_meta(ctx, path, *size, *mode, *uid, *gid, *mtime, xattrs),
+            Op::VerifyRange {
+                id,
+                path,
+                offset,
+                len,
+                hash,
+            } => self.verify_range(ctx, observer, *id, path, *offset, *len, hash),
+            Op::SyncEnd { .. } => {
+                // A durability barrier, like Fsync: everything the sync changed is synced
+                // by the next `sync`, which the caller is told is due.
+                self.sync_end();
+                Ok(())
+            }
         }
     }
 
@@ -1289,6 +1373,41 @@ mod tests {
     }
 
     #[test]
+    fn handles_reopen_only_regular_files_of_the_replica() {
+        // open_by_handle_at needs CAP_DAC_READ_SEARCH.
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            println!("SKIP handles_reopen_only_regular_files_of_the_replica: needs root");
+            return;
+        }
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let (root, orphans) = (tmp.path().join("root"), tmp.path().join("orphans"));
+        std::fs::create_dir(&root).expect("mkdir");
+        std::fs::create_dir(&orphans).expect("mkdir");
+        std::fs::write(root.join("f"), b"content").expect("write");
+        std::fs::create_dir(root.join("d")).expect("mkdir");
+        let applier = Applier::open(&root, &orphans).expect("open");
+        let file = std::fs::File::open(root.join("f")).expect("open f");
+        let handle = handle::handle_of(file.as_fd()).expect("handle of f");
+        let fd = applier.open_handle(&handle).expect("reopen f");
+        let mut read = Vec::new();
+        std::io::Read::read_to_end(&mut std::fs::File::from(fd), &mut read)
+            .expect("read through the handle");
+        assert_eq!(read, b"content");
+        let dir = std::fs::File::open(root.join("d")).expect("open d");
+        let handle = handle::handle_of(dir.as_fd()).expect("handle of d");
+        assert!(matches!(
+            applier.open_handle(&handle),
+            Err(ApplyError::Refused { .. })
+        ));
+        let garbage = LocalHandle {
+            handle_type: handle.handle_type,
+            bytes: vec![0xff; 200],
+        };
+        assert!(applier.open_handle(&garbage).is_err());
+    }
+
+    #[test]
     fn malformed_fields_fail_the_record_check() {
         let bad = [
             record(Op::Rename {
@@ -1351,13 +1470,13 @@ mod tests {
             },
         ];
         for r in &bad {
-            assert!(check_record(r).is_err(), "{r:?}");
+            assert!(check_record(r, None).is_err(), "{r:?}");
         }
         let root_mtime = Record {
             seq: 1,
             op: Op::DropOrphan { orphan: 1 },
             mtimes: vec![(FileRef::Path(vec![]), Timespec::default())],
         };
-        assert!(check_record(&root_mtime).is_ok());
+        assert!(check_record(&root_mtime, None).is_ok());
     }
 }

@@ -558,3 +558,464 @@ fn a_record_out_of_order_is_checked_before_its_paths() {
         Err(ApplyError::OutOfOrder { .. })
     ));
 }
+
+// ---- resync and verify records ----------------------------------------------------------
+
+fn entry(path: &[u8], kind: understudy_oplog::EntryKind) -> understudy_oplog::TreeEntry {
+    let (uid, gid) = me();
+    understudy_oplog::TreeEntry {
+        path: path.to_vec(),
+        kind,
+        mode: 0o644,
+        uid,
+        gid,
+        rdev: 0,
+        size: 0,
+        mtime: ts(1, 1),
+        target: if kind == understudy_oplog::EntryKind::Symlink {
+            b"somewhere".to_vec()
+        } else {
+            vec![]
+        },
+        link_to: None,
+        xattrs: vec![],
+    }
+}
+
+/// A record stream that opens a sync and then sends one forged record, which must be refused.
+struct SyncAttempt {
+    what: String,
+    /// Must apply: opens the sync the forged record claims to belong to.
+    setup: Vec<Op>,
+    forged: Op,
+}
+
+fn sync_attempts(outside: &Path) -> Vec<SyncAttempt> {
+    use understudy_oplog::EntryKind::{Dir, Regular, Symlink};
+    let abs = format!("{}/secret", outside.display()).into_bytes();
+    let begin = |scope: Option<Vec<&[u8]>>| Op::SyncBegin {
+        id: 1,
+        verify: false,
+        scope: scope.map(|s| s.into_iter().map(<[u8]>::to_vec).collect()),
+    };
+    let tree = |entries: Vec<understudy_oplog::TreeEntry>| Op::SyncTree {
+        id: 1,
+        first_index: 0,
+        entries,
+        last: true,
+    };
+    let meta = |path: &[u8]| Op::SyncMeta {
+        path: path.to_vec(),
+        size: 0,
+        mode: 0o777,
+        uid: me().0,
+        gid: me().1,
+        mtime: ts(1, 1),
+        xattrs: vec![(b"user.pwned".to_vec(), b"1".to_vec())],
+    };
+    let range = |id: u64, path: &[u8]| Op::VerifyRange {
+        id,
+        path: path.to_vec(),
+        offset: 0,
+        len: 5,
+        hash: *blake3::hash(b"canar").as_bytes(),
+    };
+    let mut list = Vec::new();
+    let mut add = |what: String, setup: Vec<Op>, forged: Op| {
+        list.push(SyncAttempt {
+            what,
+            setup,
+            forged,
+        })
+    };
+
+    let hostile_paths: Vec<(&str, Vec<u8>)> = vec![
+        ("dotdot", b"../outside/secret".to_vec()),
+        ("dotdot deep", b"d/../../outside/secret".to_vec()),
+        ("absolute", abs.clone()),
+        ("absolute /etc", b"/etc/passwd".to_vec()),
+        ("nul", b"secret\0".to_vec()),
+        ("empty component", b"d//secret".to_vec()),
+        ("trailing slash", b"d/".to_vec()),
+        ("dot component", b"./d".to_vec()),
+        ("through evil", b"evil/secret".to_vec()),
+        ("through rel", b"rel/secret".to_vec()),
+        ("through d.swapped", b"d/secret".to_vec()),
+        ("deep through evil", b"evil/sub/inner".to_vec()),
+    ];
+    for (what, p) in &hostile_paths {
+        add(format!("scope {what}"), vec![], begin(Some(vec![&p[..]])));
+        add(format!("sync meta {what}"), vec![], meta(p));
+        add(
+            format!("verify range {what}"),
+            vec![begin(None)],
+            range(1, p),
+        );
+        add(
+            format!("listing entry {what}"),
+            vec![begin(None)],
+            tree(vec![entry(p, Regular)]),
+        );
+        // With `d` listed as a directory, `d/secret` is legitimate: the symlink at `d` is
+        // replaced (the end of the test does that with `evil`).
+        if p != b"d/secret" {
+            add(
+                format!("listing entry {what} after d"),
+                vec![begin(None)],
+                tree(vec![entry(b"d", Dir), entry(p, Regular)]),
+            );
+        }
+    }
+    // The empty path: only the root of a whole-tree sync, as a directory.
+    add("scope empty".into(), vec![], begin(Some(vec![b""])));
+    add("sync meta empty".into(), vec![], meta(b""));
+    add(
+        "root as a file".into(),
+        vec![begin(None)],
+        tree(vec![entry(b"", Regular)]),
+    );
+    add(
+        "root in a scoped sync".into(),
+        vec![begin(Some(vec![b"d"]))],
+        tree(vec![entry(b"", Dir)]),
+    );
+    // Final names that are symlinks out of the root.
+    add("sync meta on evil".into(), vec![], meta(b"evil"));
+    add(
+        "sync meta on canary_link".into(),
+        vec![],
+        meta(b"canary_link"),
+    );
+    add(
+        "scope through canary_link".into(),
+        vec![],
+        begin(Some(vec![b"canary_link/x"])),
+    );
+    // Outside the scope, or before the parent.
+    add(
+        "entry outside the scope".into(),
+        vec![begin(Some(vec![b"d"]))],
+        tree(vec![entry(b"d", Dir), entry(b"mine", Regular)]),
+    );
+    add(
+        "entry before its parent".into(),
+        vec![begin(None)],
+        tree(vec![entry(b"x/y", Regular), entry(b"x", Dir)]),
+    );
+    add(
+        "entry under a file".into(),
+        vec![begin(None)],
+        tree(vec![entry(b"x", Regular), entry(b"x/y", Regular)]),
+    );
+    add(
+        "entry under a symlink".into(),
+        vec![begin(None)],
+        tree(vec![
+            entry(b"evil", Symlink),
+            entry(b"evil/secret", Regular),
+        ]),
+    );
+    add(
+        "path listed twice".into(),
+        vec![begin(None)],
+        tree(vec![entry(b"x", Dir), entry(b"x", Regular)]),
+    );
+    // Hard links that do not lead to an earlier regular file.
+    let linked = |kind, to| {
+        let mut e = entry(b"hl", kind);
+        e.link_to = Some(to);
+        e
+    };
+    for (what, entries) in [
+        ("forward", vec![linked(Regular, 1), entry(b"mine", Regular)]),
+        ("to itself", vec![linked(Regular, 0)]),
+        (
+            "out of range",
+            vec![entry(b"mine", Regular), linked(Regular, 99)],
+        ),
+        (
+            "to u32::MAX",
+            vec![entry(b"mine", Regular), linked(Regular, u32::MAX)],
+        ),
+        ("to a directory", vec![entry(b"d", Dir), linked(Regular, 0)]),
+        (
+            "to a symlink",
+            vec![entry(b"s", Symlink), linked(Regular, 0)],
+        ),
+        (
+            "from a symlink",
+            vec![entry(b"mine", Regular), linked(Symlink, 0)],
+        ),
+        (
+            "from a directory",
+            vec![entry(b"mine", Regular), linked(Dir, 0)],
+        ),
+    ] {
+        add(format!("link_to {what}"), vec![begin(None)], tree(entries));
+    }
+    // Fields that are not sane.
+    let with = |f: &dyn Fn(&mut understudy_oplog::TreeEntry)| {
+        let mut e = entry(b"mine", Regular);
+        f(&mut e);
+        e
+    };
+    for (what, e) in [
+        ("uid -1", with(&|e| e.uid = u32::MAX)),
+        ("gid -1", with(&|e| e.gid = u32::MAX)),
+        ("UTIME_OMIT", with(&|e| e.mtime.nsec = 1_073_741_822)),
+        (
+            "xattr name empty",
+            with(&|e| e.xattrs = vec![(vec![], vec![])]),
+        ),
+        (
+            "xattr name with NUL",
+            with(&|e| e.xattrs = vec![(b"user.a\0b".to_vec(), vec![])]),
+        ),
+        (
+            "xattr listed twice",
+            with(&|e| {
+                e.xattrs = vec![
+                    (b"user.a".to_vec(), b"1".to_vec()),
+                    (b"user.a".to_vec(), b"2".to_vec()),
+                ]
+            }),
+        ),
+        ("xattr on a symlink", {
+            let mut e = entry(b"s", Symlink);
+            e.xattrs = vec![(b"user.a".to_vec(), vec![])];
+            e
+        }),
+        ("empty symlink target", {
+            let mut e = entry(b"s", Symlink);
+            e.target = vec![];
+            e
+        }),
+        ("symlink target with NUL", {
+            let mut e = entry(b"s", Symlink);
+            e.target = b"a\0b".to_vec();
+            e
+        }),
+    ] {
+        add(format!("entry {what}"), vec![begin(None)], tree(vec![e]));
+    }
+    for (what, op) in [
+        ("uid -1", {
+            let mut op = meta(b"mine");
+            if let Op::SyncMeta { uid, .. } = &mut op {
+                *uid = u32::MAX;
+            }
+            op
+        }),
+        ("UTIME_NOW", {
+            let mut op = meta(b"mine");
+            if let Op::SyncMeta { mtime, .. } = &mut op {
+                mtime.nsec = 1_073_741_823;
+            }
+            op
+        }),
+        ("xattr name too long", {
+            let mut op = meta(b"mine");
+            if let Op::SyncMeta { xattrs, .. } = &mut op {
+                *xattrs = vec![(vec![b'u'; 256], vec![])];
+            }
+            op
+        }),
+        ("size past i64", {
+            let mut op = meta(b"mine");
+            if let Op::SyncMeta { size, .. } = &mut op {
+                *size = u64::MAX;
+            }
+            op
+        }),
+    ] {
+        add(format!("sync meta {what}"), vec![], op);
+    }
+    // Parts and ids that do not follow the sync.
+    // What an earlier attempt opened is closed first.
+    let no_sync = || vec![begin(None), Op::SyncEnd { id: 1 }];
+    add(
+        "listing without a sync".into(),
+        no_sync(),
+        tree(vec![entry(b"x", Dir)]),
+    );
+    add(
+        "listing of another sync".into(),
+        vec![begin(None)],
+        Op::SyncTree {
+            id: 2,
+            first_index: 0,
+            entries: vec![entry(b"x", Dir)],
+            last: true,
+        },
+    );
+    add(
+        "listing part out of order".into(),
+        vec![begin(None)],
+        Op::SyncTree {
+            id: 1,
+            first_index: 1,
+            entries: vec![entry(b"x", Dir)],
+            last: true,
+        },
+    );
+    add(
+        "listing index overflowing".into(),
+        vec![begin(None)],
+        Op::SyncTree {
+            id: 1,
+            first_index: u32::MAX,
+            entries: vec![entry(b"x", Dir)],
+            last: true,
+        },
+    );
+    add(
+        "verify range without a sync".into(),
+        no_sync(),
+        range(1, b"mine"),
+    );
+    add(
+        "verify range of another sync".into(),
+        vec![begin(None)],
+        range(2, b"mine"),
+    );
+    add(
+        "sync end without a sync".into(),
+        no_sync(),
+        Op::SyncEnd { id: 1 },
+    );
+    add(
+        "sync end of another sync".into(),
+        vec![begin(None)],
+        Op::SyncEnd { id: 2 },
+    );
+    list
+}
+
+#[test]
+fn a_forged_sync_stream_cannot_touch_anything_outside_the_root() {
+    let mut r = Replica::new();
+    let outside = make_outside(&r);
+    r.ok(file("mine", 0o644));
+    r.ok(write("mine", 0, b"mine"));
+    r.ok(dir("d", 0o755));
+    r.ok(file("d/f", 0o644));
+    symlink(&outside, r.at("evil")).expect("symlink evil");
+    symlink("../outside", r.at("rel")).expect("symlink rel");
+    symlink(outside.join("secret"), r.at("canary_link")).expect("symlink canary_link");
+    std::fs::rename(r.at("d"), r.at("d.orig")).expect("move d away");
+    symlink(&outside, r.at("d")).expect("swap d for a symlink");
+
+    let before = snapshot(&outside);
+    let orphans_before = snapshot(&r.orphans);
+    let replica_before = snapshot(&r.root);
+
+    let list = sync_attempts(&outside);
+    let mut not_refused = Vec::new();
+    for attempt in &list {
+        for op in &attempt.setup {
+            if let Err(e) = r.apply(op.clone()) {
+                panic!("{}: setup {op:?} failed: {e}", attempt.what);
+            }
+        }
+        let seq = r.applier.last_applied();
+        match r.apply(attempt.forged.clone()) {
+            Err(ApplyError::Refused { reason, .. }) => {
+                println!("refused {}: {reason}", attempt.what)
+            }
+            other => not_refused.push(format!("{}: {other:?}", attempt.what)),
+        }
+        assert_eq!(r.applier.last_applied(), seq, "{}", attempt.what);
+    }
+    assert!(
+        not_refused.is_empty(),
+        "not refused:\n{}",
+        not_refused.join("\n")
+    );
+    println!("{} attempts refused", list.len());
+    assert_eq!(snapshot(&r.root), replica_before, "refusals change nothing");
+
+    // A verify range whose final name is a symlink out of the root reads nothing: even the
+    // right hash of the canary does not match.
+    struct Ranges(Vec<bool>);
+    impl understudy_apply::SyncObserver for Ranges {
+        fn before_change(
+            &mut self,
+            _: &[u8],
+            _: understudy_oplog::EntryKind,
+            _: Option<&std::os::fd::OwnedFd>,
+        ) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn need_content(&mut self, _: u32, _: Option<understudy_apply::LocalHandle>) {}
+        fn compare_content(&mut self, _: u32, _: understudy_apply::LocalHandle) {}
+        fn differs(&mut self, _: &[u8], _: &'static str) {}
+        fn range_checked(&mut self, _: u64, _: &[u8], _: u64, _: u64, matches: bool) {
+            self.0.push(matches);
+        }
+    }
+    let mut ranges = Ranges(vec![]);
+    for op in [
+        Op::SyncBegin {
+            id: 3,
+            verify: true,
+            scope: Some(vec![]),
+        },
+        Op::VerifyRange {
+            id: 3,
+            path: b"canary_link".to_vec(),
+            offset: 0,
+            len: 5,
+            hash: *blake3::hash(b"canar").as_bytes(),
+        },
+        Op::SyncEnd { id: 3 },
+    ] {
+        let record = Record {
+            seq: r.applier.last_applied() + 1,
+            op,
+            mtimes: vec![],
+        };
+        r.applier
+            .apply_observed(&record, &mut ranges)
+            .expect("verify range on a symlink");
+    }
+    assert_eq!(ranges.0, vec![false]);
+
+    // Legitimate listings that name the symlinks' paths replace the symlinks themselves,
+    // never what they point at: `evil` becomes a directory with a file, `d` and `rel` go.
+    let (uid, gid) = me();
+    let listed = |path: &[u8], kind| {
+        let mut e = entry(path, kind);
+        e.uid = uid;
+        e.gid = gid;
+        e.mode = 0o755;
+        e
+    };
+    use understudy_oplog::EntryKind::{Dir, Regular};
+    let entries = vec![
+        listed(b"", Dir),
+        listed(b"evil", Dir),
+        listed(b"evil/secret", Regular),
+        listed(b"evil/sub", Dir),
+        listed(b"mine", Regular),
+    ];
+    r.ok(Op::SyncBegin {
+        id: 4,
+        verify: false,
+        scope: None,
+    });
+    r.ok(Op::SyncTree {
+        id: 4,
+        first_index: 0,
+        entries,
+        last: true,
+    });
+    r.ok(Op::SyncEnd { id: 4 });
+    assert!(r.at("evil").is_dir() && !r.at("evil").is_symlink());
+    assert_eq!(std::fs::read(r.at("evil/secret")).expect("read"), b"");
+    assert!(!r.at("d").exists() && !r.at("rel").exists() && !r.at("canary_link").exists());
+    assert!(!r.at("d.orig").exists(), "not listed: removed");
+    r.applier.sync().expect("sync");
+
+    assert_eq!(snapshot(&outside), before, "outside changed");
+    assert_eq!(snapshot(&r.orphans), orphans_before, "orphans changed");
+}

@@ -157,7 +157,8 @@ pub fn xattr(p: &Path, name: &str) -> Option<Vec<u8>> {
     }
 }
 
-fn xattrs(p: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+/// Every xattr of `p` (not following symlinks), sorted by name.
+pub fn xattrs(p: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
     let mut names = vec![0u8; 65536];
     let n = rustix::fs::llistxattr(p, &mut names[..]).expect("llistxattr");
     let mut out: Vec<(Vec<u8>, Vec<u8>)> = names[..n]
