@@ -5,6 +5,9 @@ need=()
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v ping >/dev/null 2>&1 || need+=(iputils-ping)
 command -v nft >/dev/null 2>&1 || need+=(nftables)
+# xattrs in the replication tests (setfattr/getfattr); rsync is the resync benchmarks' baseline.
+command -v setfattr >/dev/null 2>&1 || need+=(attr)
+command -v rsync >/dev/null 2>&1 || need+=(rsync)
 # Real peers for the tests: Knot answers RFC 2136 updates, resource-agents ships the
 # Pacemaker OCF agents (ocf:heartbeat:Dummy).
 [ -x /usr/sbin/knotd ] || need+=(knot)

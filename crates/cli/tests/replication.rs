@@ -139,26 +139,23 @@ fn no_fsync_acknowledged_record_is_lost_by_a_failover() {
         eprintln!("cycle {cycle}: acked {acked}, present {present}");
         if cycle == 0 {
             // The old active returns after its crash: its copy may hold ops the new active
-            // never saw, so it is out of sync, and it may not become active.
+            // never saw, so it is resynced (what it alone had goes to its quarantine) before
+            // it counts as a copy again; then it equals the new active's.
             pair.start_node(a).expect("restart the old active");
-            pair.wait_repl(a, "out_of_sync", Duration::from_secs(20))
-                .expect("the old active's copy is out of sync");
-            let ineligible = understudy_testbed::wait_until(
+            let r = pair
+                .wait_repl(p, "in_sync", Duration::from_secs(30))
+                .expect("the old active's copy is resynced");
+            assert_eq!(r.sync.map(|s| s.kind).as_deref(), Some("resync"));
+            pair.wait_drained(p, Duration::from_secs(20))
+                .expect("drained");
+            repl::assert_same_tree(&pair.data_dir(p), &pair.data_dir(a))
+                .expect("the copies are identical again");
+            let eligible = understudy_testbed::wait_until(
                 Duration::from_secs(10),
                 Duration::from_millis(50),
-                || pair.status(a).ok().filter(|s| !s.eligible),
+                || pair.status(a).ok().filter(|s| s.eligible),
             );
-            assert!(
-                ineligible.is_some(),
-                "an out-of-sync copy makes the node ineligible: {}",
-                pair.log(a)
-            );
-            let out = pair.cli(p, &["switchover"]);
-            assert!(
-                !out.status.success(),
-                "no switchover onto an out-of-sync copy"
-            );
-            assert_eq!(pair.role(p).as_deref(), Some("active"));
+            assert!(eligible.is_some(), "a resynced copy is eligible again");
         }
     }
 }
@@ -279,9 +276,11 @@ fn a_long_disconnection_overflows_then_resyncs_from_the_change_log() {
         .expect("resynced");
     let sync = r.sync.expect("a resync ran");
     assert_eq!(sync.kind, "resync");
+    // The change log names the 40 new files (and perhaps their neighbours written in the
+    // same segment, which the quick check then passes): nothing else is compared.
     assert!(
-        sync.entries <= 100,
-        "only the changed paths were listed, not the 240 files: {sync:?}"
+        sync.files_total <= 45,
+        "only the changed files were compared, not the 240: {sync:?}"
     );
     pair.sh_in(a, &format!("echo still > {m}/after"))
         .expect("still serving");

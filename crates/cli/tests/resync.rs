@@ -248,7 +248,8 @@ fn failback_preserves_the_old_actives_unreplicated_writes() {
     pair.wait_drained(b, Duration::from_secs(20))
         .expect("drained");
     assert_same_tree(&pair.data_dir(b), &pair.data_dir(a)).expect("A equals B");
-    assert!(verify(&pair, b, false).is_empty());
+    let diffs = verify(&pair, b, false);
+    assert!(diffs.is_empty(), "{diffs:?}");
 }
 
 /// Both networks between the nodes are cut while each still reaches the public network:
@@ -314,7 +315,8 @@ fn a_restart_after_a_clean_stop_compares_nothing() {
         pair.procs[i]
             .as_mut()
             .expect("running")
-            .terminate(Duration::from_secs(30));
+            .terminate(Duration::from_secs(30))
+            .expect("a clean stop within 30 s");
         pair.procs[i] = None;
     }
     pair.start_node(0).expect("start");

@@ -229,6 +229,7 @@ impl Engine {
         } else {
             self.io.queue.last_seq() + 1
         };
+        let scope_roots = if verify { None } else { scope.clone() };
         let seq = self.io.queue.record_sync(Op::SyncBegin {
             id: self.id,
             verify,
@@ -236,6 +237,20 @@ impl Engine {
         });
         invariant!(seq == first, "SyncBegin got seq {seq}, expected {first}");
         record_listing(&self.io.queue, self.id, &listing.entries);
+        // The passive adds and removes names in each scope root's parent, which is not in
+        // the listing: give those parents their mtime as it is here.
+        if let Some(roots) = &scope_roots {
+            for (parent, mtime) in walk::parent_mtimes(&self.io.root, roots) {
+                self.io.queue.record_sync(Op::SetAttr {
+                    file: FileRef::Path(parent),
+                    mode: None,
+                    uid: None,
+                    gid: None,
+                    atime: None,
+                    mtime: Some(mtime),
+                });
+            }
+        }
         drop(_order);
         info!(
             id = self.id,

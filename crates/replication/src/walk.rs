@@ -336,6 +336,40 @@ impl Walker<'_> {
     }
 }
 
+/// The mtime of each distinct parent directory of the (normalized) scope roots, as it is
+/// now in the copy at `root`; parents that do not exist (as plain directories) are left out.
+pub fn parent_mtimes(root: &OwnedFd, roots: &[Vec<u8>]) -> Vec<(Vec<u8>, Timespec)> {
+    let mut parents: Vec<&[u8]> = roots.iter().map(|r| split_parent(r).0).collect();
+    parents.sort();
+    parents.dedup();
+    parents
+        .into_iter()
+        .filter_map(|parent| {
+            let st = if parent.is_empty() {
+                rfs::statx(root, "", AtFlags::EMPTY_PATH, StatxFlags::MTIME)
+            } else {
+                let fd = rfs::openat2(
+                    root,
+                    parent,
+                    OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                    RESOLVE,
+                )
+                .ok()?;
+                rfs::statx(&fd, "", AtFlags::EMPTY_PATH, StatxFlags::MTIME)
+            }
+            .ok()?;
+            Some((
+                parent.to_vec(),
+                Timespec {
+                    sec: st.stx_mtime.tv_sec,
+                    nsec: st.stx_mtime.tv_nsec,
+                },
+            ))
+        })
+        .collect()
+}
+
 /// Every xattr of an open file or directory.
 pub fn xattrs_of(fd: impl AsFd) -> Result<Xattrs, Errno> {
     let fd = fd.as_fd();

@@ -93,6 +93,17 @@ impl Proc {
         self.exited
     }
 
+    /// A clean stop: SIGTERM to the leader only (as an operator's `systemctl stop` would),
+    /// then waits up to `d` for it to exit. Returns its exit status, `None` if it is still
+    /// running (Drop then kills it).
+    pub fn terminate(&mut self, d: Duration) -> Option<ExitStatus> {
+        if self.exited.is_none() {
+            // SAFETY: kill(2) with a pid we spawned and a valid signal.
+            unsafe { libc::kill(self.pgid as libc::pid_t, libc::SIGTERM) };
+        }
+        self.wait_timeout(d)
+    }
+
     /// What was spawned, for messages.
     pub fn describe(&self) -> &str {
         &self.desc
