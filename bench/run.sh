@@ -8,4 +8,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
-cargo test --release -p understudy --test bench --test bench_identity --test bench_replication -- --ignored --nocapture --test-threads=1 "$@" 2>&1 | tee /tmp/understudy-bench.log | grep -oE "BENCH .*|test result.*"
+cargo test --release -p understudy --test bench --test bench_identity --test bench_replication --test bench_resync -- --ignored --nocapture --test-threads=1 "$@" 2>&1 | tee /tmp/understudy-bench.log | grep -oE "BENCH .*|test result.*"

@@ -48,10 +48,20 @@ pub async fn run_sender(
     tls: NodeTls,
     peer: SocketAddr,
 ) {
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = Duration::from_millis(20);
     loop {
         let started = Instant::now();
-        match understudy_tls::connect(&tls, peer, Duration::from_secs(3)).await {
+        // A peer that is down or cut off drops our SYNs: give up on the TCP connect quickly
+        // and retry often, so a healed link carries the stream again within a fraction of a
+        // second (the handshake itself may take its time on a busy peer).
+        let dialled = understudy_tls::connect_with(
+            &tls,
+            peer,
+            Duration::from_millis(300),
+            Duration::from_secs(3),
+        )
+        .await;
+        match dialled {
             Ok(stream) => {
                 let why = sender_session(&set, &queue, stream).await;
                 queue.end_session();
@@ -61,9 +71,9 @@ pub async fn run_sender(
             Err(e) => debug!(set = set.name(), error = %e, "replication connect failed"),
         }
         backoff = if started.elapsed() > Duration::from_secs(2) {
-            Duration::from_millis(50)
+            Duration::from_millis(20)
         } else {
-            (backoff * 2).min(Duration::from_secs(1))
+            (backoff * 2).min(Duration::from_millis(200))
         };
         tokio::time::sleep(backoff).await;
     }

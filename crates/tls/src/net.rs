@@ -33,17 +33,33 @@ pub async fn connect(
     addr: SocketAddr,
     timeout: Duration,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, TlsError> {
-    let deadline = Instant::now() + timeout;
+    connect_with(tls, addr, timeout, timeout).await
+}
+
+/// [`connect`], with the TCP connect bounded separately by `connect_timeout` (at most
+/// `timeout`): a dialler that retries often can give up on an unreachable peer quickly
+/// without squeezing the handshake of a reachable but busy one.
+pub async fn connect_with(
+    tls: &NodeTls,
+    addr: SocketAddr,
+    connect_timeout: Duration,
+    timeout: Duration,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, TlsError> {
+    let start = Instant::now();
+    let deadline = start + timeout;
     let timed_out = |stage| TlsError::Timeout {
         stage,
         peer: addr.to_string(),
         after: timeout,
     };
 
-    let tcp = timeout_at(deadline, TcpStream::connect(addr))
-        .await
-        .map_err(|_| timed_out("connecting to"))?
-        .map_err(|error| TlsError::Connect { addr, error })?;
+    let tcp = timeout_at(
+        deadline.min(start + connect_timeout),
+        TcpStream::connect(addr),
+    )
+    .await
+    .map_err(|_| timed_out("connecting to"))?
+    .map_err(|error| TlsError::Connect { addr, error })?;
     // The channel carries small, latency-sensitive messages (heartbeats);
     // Nagle's algorithm would only delay them.
     tcp.set_nodelay(true).map_err(|error| TlsError::Socket {

@@ -1,0 +1,467 @@
+//! Resync benchmarks (issue 4): initial sync of an empty passive, delta resync after 1% of
+//! the blocks changed, reconnection after a 10 s outage with 100 MiB of changes, and verify,
+//! each against its baseline measured in the same run on the same machine: `rsync -a`,
+//! `rsync -a --no-whole-file` (rsync's delta algorithm; locally it copies whole files
+//! unless told otherwise), a plain TCP transfer of 100 MiB between the nodes, and one read
+//! of the data set.
+//!
+//! Real daemons in network namespaces, as root; the passive shares the machine and its
+//! disk. Page caches are dropped before every timed run of either side, so every run starts
+//! from the disk.
+//!
+//! Sizes: BENCH_SYNC_SMALL (10000 small files of 1 to 64 KiB), BENCH_SYNC_LARGE (4 large
+//! files) of BENCH_SYNC_LARGE_MIB (432 MiB) each: about 2 GiB. BENCH_ROUNDS (3) rounds of
+//! each; medians reported. Run with `bench/run.sh`.
+
+#[path = "../crates/cli/tests/common/mod.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use common::bench::{drop_caches, med, num, py, rounds, start, verdict};
+use common::{env_u64, Pair, NAMES};
+use understudy_testbed::require_root;
+
+const MIB: u64 = 1 << 20;
+
+/// Makes the data set: `small` files of 1..64 KiB in 100 directories, `large` files of
+/// `large_mib` MiB. Prints {"bytes", "files"}.
+const POPULATE: &str = r#"
+import os, sys, json, random
+root, small, large, large_mib = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+random.seed(1)
+total = 0
+for i in range(small):
+    d = os.path.join(root, "small", "d%02d" % (i % 100))
+    os.makedirs(d, exist_ok=True)
+    n = random.randrange(1024, 65536)
+    with open(os.path.join(d, "f%05d" % i), "wb") as f:
+        f.write(os.urandom(n))
+    total += n
+chunk = os.urandom(1 << 20)
+for j in range(large):
+    with open(os.path.join(root, "large%d" % j), "wb") as f:
+        for k in range(large_mib):
+            # Distinct blocks: the chunk with the block number stamped in front.
+            f.write(k.to_bytes(8, "little") + j.to_bytes(8, "little") + chunk[16:])
+    total += large_mib << 20
+print(json.dumps({"bytes": total, "files": small + large}))
+"#;
+
+/// Rewrites `pct` percent of the `block`-byte blocks of each large file, spread at random.
+/// Prints {"blocks", "bytes"}.
+const CHANGE_BLOCKS: &str = r#"
+import os, sys, json, random
+root, pct, block, seed = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+random.seed(seed)
+blocks = 0
+for name in sorted(os.listdir(root)):
+    if not name.startswith("large"):
+        continue
+    p = os.path.join(root, name)
+    n = os.path.getsize(p) // block
+    with open(p, "r+b") as f:
+        for b in random.sample(range(n), max(1, int(n * pct / 100))):
+            f.seek(b * block)
+            f.write(os.urandom(block))
+            blocks += 1
+print(json.dumps({"blocks": blocks, "bytes": blocks * block}))
+"#;
+
+/// Reads every file under the root once. Prints {"bytes", "secs"}.
+const READ_ALL: &str = r#"
+import os, sys, time, json
+root = sys.argv[1]
+buf = bytearray(1 << 20)
+mv = memoryview(buf)
+t0 = time.perf_counter()
+total = 0
+for d, dirs, files in os.walk(root):
+    for name in files:
+        with open(os.path.join(d, name), "rb", buffering=0) as f:
+            while True:
+                k = f.readinto(mv)
+                if not k:
+                    break
+                total += k
+print(json.dumps({"bytes": total, "secs": time.perf_counter() - t0}))
+"#;
+
+/// Receives one TCP connection on the port, writes what arrives to the file, fsyncs.
+/// Prints {"bytes", "secs"} (from the first byte to the fsync).
+const RECEIVE: &str = r#"
+import os, socket, sys, time, json
+port, path = int(sys.argv[1]), sys.argv[2]
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", port))
+s.listen(1)
+s.settimeout(30)
+c, _ = s.accept()
+fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+total, t0 = 0, None
+buf = bytearray(1 << 20)
+while True:
+    k = c.recv_into(buf)
+    if not k:
+        break
+    if t0 is None:
+        t0 = time.perf_counter()
+    os.write(fd, memoryview(buf)[:k])
+    total += k
+os.fsync(fd)
+os.close(fd)
+print(json.dumps({"bytes": total, "secs": time.perf_counter() - (t0 or time.perf_counter())}))
+"#;
+
+/// Sends `mib` MiB of random data to addr:port. Prints {"secs"}.
+const SEND: &str = r#"
+import os, socket, sys, time, json
+addr, port, mib = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+chunk = os.urandom(1 << 20)
+for _ in range(100):
+    try:
+        s = socket.create_connection((addr, port), timeout=5)
+        break
+    except OSError:
+        time.sleep(0.05)
+t0 = time.perf_counter()
+for _ in range(mib):
+    s.sendall(chunk)
+s.close()
+print(json.dumps({"secs": time.perf_counter() - t0}))
+"#;
+
+/// Writes `mib` MiB in 1 MiB writes to a new file (no fsync). Prints {"secs"}.
+const WRITE_NEW: &str = r#"
+import os, sys, time, json
+path, mib = sys.argv[1], int(sys.argv[2])
+chunk = os.urandom(1 << 20)
+t0 = time.perf_counter()
+with open(path, "wb") as f:
+    for _ in range(mib):
+        f.write(chunk)
+print(json.dumps({"secs": time.perf_counter() - t0}))
+"#;
+
+/// A shell command in the root namespace, timed.
+fn timed_sh(script: &str) -> Result<f64> {
+    let t = Instant::now();
+    let out = std::process::Command::new("sh")
+        .args(["-c", script])
+        .output()
+        .context("sh")?;
+    if !out.status.success() {
+        bail!("`{script}`: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(t.elapsed().as_secs_f64())
+}
+
+fn drop_all_caches() -> Result<()> {
+    timed_sh("sync; echo 3 > /proc/sys/vm/drop_caches").map(drop)
+}
+
+/// Waits until the active reports a finished resync newer than `after` and the set in sync.
+/// Returns the resync's progress record.
+fn wait_resync(
+    pair: &Pair,
+    a: usize,
+    after: u64,
+    timeout: Duration,
+) -> Result<understudy_replication::SyncProgress> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(r) = pair.repl(a) {
+            if let Some(s) = r.sync.as_ref() {
+                if s.id > after && s.kind == "resync" && s.phase == "done" && r.state == "in_sync" {
+                    return Ok(s.clone());
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "no finished resync after {after} within {timeout:?}; logs in {}",
+                pair.dir().display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn last_sync_id(pair: &Pair, a: usize) -> u64 {
+    pair.repl(a)
+        .ok()
+        .and_then(|r| r.sync.map(|s| s.id))
+        .unwrap_or(0)
+}
+
+/// Kills the passive and restarts it (its copy left as it was, or wiped), timing until the
+/// active reports the resync done and the set in sync.
+fn restart_passive_and_time(
+    pair: &mut Pair,
+    a: usize,
+    wipe: bool,
+) -> Result<(f64, understudy_replication::SyncProgress)> {
+    let p = 1 - a;
+    let before = last_sync_id(pair, a);
+    if wipe {
+        pair.kill9(p);
+        let sets = pair.dir().join(format!("state-{}/sets", NAMES[p]));
+        std::fs::remove_dir_all(&sets).with_context(|| format!("wiping {}", sets.display()))?;
+    }
+    drop_all_caches()?;
+    let t = Instant::now();
+    pair.start_node(p)?;
+    let s = wait_resync(pair, a, before, Duration::from_secs(1800))?;
+    Ok((t.elapsed().as_secs_f64(), s))
+}
+
+struct Fixture {
+    _scratch: common::bench::Scratch,
+    pair: Pair,
+    a: usize,
+    /// rsync's copy of the set, kept in step with the active's.
+    rsync_copy: String,
+    data: String,
+    bytes: u64,
+}
+
+fn fixture(test: &str) -> Result<Fixture> {
+    let (scratch, pair, a) = start(test, "sync", 1 << 30)?;
+    let small = env_u64("BENCH_SYNC_SMALL", 10_000);
+    let large = env_u64("BENCH_SYNC_LARGE", 4);
+    let large_mib = env_u64("BENCH_SYNC_LARGE_MIB", 432);
+    let m = pair.mountpoint().display().to_string();
+    let v = py(
+        &pair,
+        a,
+        POPULATE,
+        &[
+            m,
+            small.to_string(),
+            large.to_string(),
+            large_mib.to_string(),
+        ],
+    )?;
+    pair.wait_drained(a, Duration::from_secs(600))?;
+    let data = pair.data_dir(a).display().to_string();
+    let rsync_copy = scratch.0.join("rsync-copy").display().to_string();
+    Ok(Fixture {
+        _scratch: scratch,
+        pair,
+        a,
+        rsync_copy,
+        data,
+        bytes: num(&v, "bytes") as u64,
+    })
+}
+
+#[test]
+#[ignore = "benchmark: run with bench/run.sh"]
+fn initial_sync_vs_rsync() {
+    if !require_root("initial_sync_vs_rsync") {
+        return;
+    }
+    let mut f = fixture("bench-sync-initial").expect("fixture");
+    let (mut ours, mut theirs, mut theirs_durable) = (vec![], vec![], vec![]);
+    for round in 0..rounds() {
+        let (secs, s) = restart_passive_and_time(&mut f.pair, f.a, true).expect("initial sync");
+        let _ = std::fs::remove_dir_all(&f.rsync_copy);
+        drop_all_caches().expect("drop caches");
+        let rs = timed_sh(&format!("rsync -a {}/ {}/", f.data, f.rsync_copy)).expect("rsync");
+        let flush = timed_sh("sync").expect("sync");
+        println!(
+            "BENCH initial_sync round {round}: understudy {secs:.2} s ({} entries, {} files, {} MiB sent); rsync -a {rs:.2} s (+ {flush:.2} s to flush it to disk)",
+            s.entries,
+            s.files_total,
+            s.bytes_sent >> 20
+        );
+        ours.push(secs);
+        theirs.push(rs);
+        theirs_durable.push(rs + flush);
+    }
+    let (o, t, td) = (med(ours), med(theirs), med(theirs_durable));
+    let same = common::repl::assert_same_tree(&f.pair.data_dir(f.a), &f.pair.data_dir(1 - f.a));
+    println!(
+        "BENCH initial_sync: {:.0} MiB ({} small + large files) to an empty passive, median of {} rounds, caches dropped: understudy {o:.2} s (passive start to in sync, durable); rsync -a {t:.2} s ({td:.2} s with its data flushed); identical trees: {}; ratio={:.3} (to rsync -a) target=1.0: {}",
+        f.bytes as f64 / MIB as f64,
+        env_u64("BENCH_SYNC_SMALL", 10_000),
+        rounds(),
+        same.is_ok(),
+        o / t,
+        verdict(o <= t)
+    );
+    same.expect("identical trees");
+}
+
+#[test]
+#[ignore = "benchmark: run with bench/run.sh"]
+fn delta_resync_vs_rsync() {
+    if !require_root("delta_resync_vs_rsync") {
+        return;
+    }
+    let mut f = fixture("bench-sync-delta").expect("fixture");
+    // rsync's basis: a copy equal to the active's data before the change.
+    timed_sh(&format!("rsync -a {}/ {}/", f.data, f.rsync_copy)).expect("basis");
+    let (mut ours, mut theirs, mut sent) = (vec![], vec![], vec![]);
+    let m = f.pair.mountpoint().display().to_string();
+    let block = 32 << 10;
+    for round in 0..rounds() {
+        // The passive is down while 1% of the large files' blocks change on the active.
+        f.pair.kill9(1 - f.a);
+        let v = py(
+            &f.pair,
+            f.a,
+            CHANGE_BLOCKS,
+            &[
+                m.clone(),
+                "1".into(),
+                block.to_string(),
+                (round + 10).to_string(),
+            ],
+        )
+        .expect("change blocks");
+        f.pair
+            .sh_in(f.a, "sync")
+            .expect("flush the changes on the active");
+        let (secs, s) = restart_passive_and_time(&mut f.pair, f.a, false).expect("delta resync");
+        drop_all_caches().expect("drop caches");
+        let rs = timed_sh(&format!(
+            "rsync -a --no-whole-file {}/ {}/",
+            f.data, f.rsync_copy
+        ))
+        .expect("rsync");
+        println!(
+            "BENCH delta_resync round {round}: {} blocks ({} MiB) changed; understudy {secs:.2} s ({}, {} files compared, {} MiB sent); rsync -a --no-whole-file {rs:.2} s",
+            num(&v, "blocks"),
+            num(&v, "bytes") as u64 >> 20,
+            s.scope,
+            s.files_total,
+            s.bytes_sent >> 20
+        );
+        ours.push(secs);
+        theirs.push(rs);
+        sent.push(s.bytes_sent as f64);
+    }
+    let (o, t) = (med(ours), med(theirs));
+    let same = common::repl::assert_same_tree(&f.pair.data_dir(f.a), &f.pair.data_dir(1 - f.a));
+    println!(
+        "BENCH delta_resync: 1% of the 32 KiB blocks of {} large files rewritten while the passive was down, median of {} rounds, caches dropped: understudy {o:.2} s (passive restart to in sync, {:.0} MiB sent); rsync -a --no-whole-file {t:.2} s; identical trees: {}; ratio={:.3} target=0.25: {}",
+        env_u64("BENCH_SYNC_LARGE", 4),
+        rounds(),
+        med(sent) / MIB as f64,
+        same.is_ok(),
+        o / t,
+        verdict(o <= 0.25 * t)
+    );
+    same.expect("identical trees");
+}
+
+#[test]
+#[ignore = "benchmark: run with bench/run.sh"]
+fn reconnect_after_outage() {
+    if !require_root("reconnect_after_outage") {
+        return;
+    }
+    let (_scratch, pair, a) = start("bench-sync-reconnect", "sync", 1 << 30).expect("pair");
+    let p = 1 - a;
+    let mib = 100u64;
+    let (mut ours, mut base) = (vec![], vec![]);
+    let m = pair.mountpoint().display().to_string();
+    for round in 0..rounds() {
+        // Baseline: 100 MiB over TCP from the active's node to the passive's, written and
+        // fsynced there.
+        let sink = pair.dir().join(format!("baseline-{round}"));
+        let recv = pair
+            .python_in(p, RECEIVE, &["7499", &sink.display().to_string()])
+            .expect("receiver");
+        let addr = understudy_testbed::PairNet::channel_addr(p, 0).to_string();
+        let sent = py(&pair, a, SEND, &[addr, "7499".into(), mib.to_string()]).expect("send");
+        let out = recv.0.wait_with_output().expect("receiver output");
+        let got: serde_json::Value = serde_json::from_slice(
+            out.stdout
+                .split(|&b| b == b'\n')
+                .filter(|l| !l.is_empty())
+                .last()
+                .unwrap_or_default(),
+        )
+        .expect("receiver JSON");
+        assert_eq!(num(&got, "bytes") as u64, mib * MIB, "baseline transfer");
+        let baseline = num(&sent, "secs").max(num(&got, "secs"));
+        let _ = std::fs::remove_file(&sink);
+        // The outage: 10 s without the channel, 100 MiB written meanwhile.
+        pair.wait_drained(a, Duration::from_secs(60))
+            .expect("drained");
+        pair.net.cut_all_channels(a).expect("cut");
+        let cut = Instant::now();
+        py(
+            &pair,
+            a,
+            WRITE_NEW,
+            &[format!("{m}/outage{round}"), mib.to_string()],
+        )
+        .expect("write during the outage");
+        std::thread::sleep(Duration::from_secs(10).saturating_sub(cut.elapsed()));
+        pair.net.heal_all_channels(a).expect("heal");
+        let healed = Instant::now();
+        let r = pair
+            .wait_drained(a, Duration::from_secs(120))
+            .expect("back in sync");
+        let secs = healed.elapsed().as_secs_f64();
+        println!(
+            "BENCH reconnect round {round}: back in sync {secs:.2} s after the outage ended (applied seq {}); baseline transfer of {mib} MiB {baseline:.2} s",
+            r.applied_seq
+        );
+        ours.push(secs);
+        base.push(baseline);
+        pair.sh_in(a, &format!("rm -f {m}/outage{round}"))
+            .expect("clean");
+    }
+    let (o, b) = (med(ours), med(base));
+    println!(
+        "BENCH reconnect: 10 s outage of the channel with {mib} MiB written meanwhile, median of {} rounds: back in sync {o:.2} s after it ended; {mib} MiB over TCP between the nodes, written and fsynced, {b:.2} s; ratio={:.3} target=2.0: {}",
+        rounds(),
+        o / b,
+        verdict(o <= 2.0 * b)
+    );
+}
+
+#[test]
+#[ignore = "benchmark: run with bench/run.sh"]
+fn verify_vs_one_read() {
+    if !require_root("verify_vs_one_read") {
+        return;
+    }
+    let f = fixture("bench-sync-verify").expect("fixture");
+    let (mut ours, mut base) = (vec![], vec![]);
+    for round in 0..rounds() {
+        drop_caches(&f.pair, f.a).expect("drop caches");
+        let v = py(&f.pair, f.a, READ_ALL, &[f.data.clone()]).expect("read");
+        let read = num(&v, "secs");
+        drop_caches(&f.pair, f.a).expect("drop caches");
+        let t = Instant::now();
+        let out = f.pair.cli(f.a, &["verify", "--json"]);
+        let secs = t.elapsed().as_secs_f64();
+        assert!(
+            out.status.success(),
+            "verify: {} {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        println!(
+            "BENCH verify round {round}: understudy verify {secs:.2} s, clean; one read of the set {read:.2} s ({} MiB)",
+            num(&v, "bytes") as u64 >> 20
+        );
+        ours.push(secs);
+        base.push(read);
+    }
+    let (o, b) = (med(ours), med(base));
+    println!(
+        "BENCH verify: {:.0} MiB set, median of {} rounds, caches dropped: understudy verify {o:.2} s (both copies read and hashed, block by block); one read of the set {b:.2} s; ratio={:.3} target=2.0: {}",
+        f.bytes as f64 / MIB as f64,
+        rounds(),
+        o / b,
+        verdict(o <= 2.0 * b)
+    );
+}
