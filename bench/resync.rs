@@ -378,15 +378,12 @@ fn reconnect_after_outage() {
             .expect("receiver");
         let addr = understudy_testbed::PairNet::channel_addr(p, 0).to_string();
         let sent = py(&pair, a, SEND, &[addr, "7499".into(), mib.to_string()]).expect("send");
-        let out = recv.0.wait_with_output().expect("receiver output");
-        let got: serde_json::Value = serde_json::from_slice(
-            out.stdout
-                .split(|&b| b == b'\n')
-                .filter(|l| !l.is_empty())
-                .last()
-                .unwrap_or_default(),
-        )
-        .expect("receiver JSON");
+        let mut recv = recv;
+        let _ = recv.0.wait();
+        let text = std::fs::read_to_string(pair.dir().join(format!("python-{p}.log")))
+            .expect("receiver output");
+        let got: serde_json::Value =
+            serde_json::from_str(text.lines().last().unwrap_or_default()).expect("receiver JSON");
         assert_eq!(num(&got, "bytes") as u64, mib * MIB, "baseline transfer");
         let baseline = num(&sent, "secs").max(num(&got, "secs"));
         let _ = std::fs::remove_file(&sink);
@@ -437,7 +434,7 @@ fn verify_vs_one_read() {
     let (mut ours, mut base) = (vec![], vec![]);
     for round in 0..rounds() {
         drop_caches(&f.pair, f.a).expect("drop caches");
-        let v = py(&f.pair, f.a, READ_ALL, &[f.data.clone()]).expect("read");
+        let v = py(&f.pair, f.a, READ_ALL, std::slice::from_ref(&f.data)).expect("read");
         let read = num(&v, "secs");
         drop_caches(&f.pair, f.a).expect("drop caches");
         let t = Instant::now();

@@ -228,6 +228,10 @@ enum AfterStop {
 
 /// Bound on queued outputs: one evaluation emits only a handful.
 const OUTPUT_QUEUE_MAX: usize = 256;
+/// How long this node's public network must have been up, continuously, before a failed
+/// probe sent over it counts as evidence that the peer is gone (capped at the failover
+/// timeout). A link that just came back still resolves its neighbours for a moment.
+const PUBLIC_SETTLE_MS: u64 = 1000;
 
 pub struct PairCore {
     cfg: CoreConfig,
@@ -891,9 +895,15 @@ impl PairCore {
         };
         // The failed probe proves nothing if our own public link is what failed: every
         // public check from before the probe was sent until after it completed succeeded.
+        // And a link that has just come back is not trusted at once: for about a second
+        // its neighbour entries are still being resolved again, and a probe sent then can
+        // fail although the peer is fine (seen by the fault-injection suite after a cut
+        // of a node's both networks healed: it failed over onto a live active, and only
+        // the address conflict probe stopped it).
+        let settle = PUBLIC_SETTLE_MS.min(self.cfg.failover_timeout_ms);
         let public_held = self
             .public_ok_since
-            .is_some_and(|since| since <= probe.sent_at)
+            .is_some_and(|since| since.plus_ms(settle) <= probe.sent_at)
             && self
                 .public_last_ok
                 .is_some_and(|ok| ok >= probe.completed_at);

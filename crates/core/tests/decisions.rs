@@ -289,14 +289,18 @@ fn failover_after_silence_and_failed_probe() {
 #[test]
 fn failover_happens_at_the_timeout_not_later() {
     // The deadline is driven by next_timeout, not by a coarse poll.
+    // (A node whose public link came up less than a second ago waits for it to settle;
+    // this one has been up for a while when the active goes silent at 1000.)
     let mut b = passive_following_active(0);
-    fail_probes_until(&mut b, 200, 950);
+    b.public_ok(500);
+    b.at(1000, channel(peer(0, Phase::Active, 2)));
+    fail_probes_until(&mut b, 1200, 1950);
     let next = b.core.next_timeout();
     assert!(
-        next <= Time(FAILOVER),
+        next <= Time(1000 + FAILOVER),
         "wakes at the failover deadline, got {next:?}"
     );
-    b.public_ok(FAILOVER);
+    b.public_ok(1000 + FAILOVER);
     assert_eq!(b.core.phase(), Phase::Promoting);
 }
 
@@ -360,8 +364,16 @@ fn probe_failure_during_own_public_outage_is_not_evidence() {
         Phase::Passive,
         "the public network was down when the probe was sent"
     );
-    // A probe sent once the public network is back, and failing, is evidence.
-    fail_probes_until(&mut b, 1200, 1400);
+    // Probes failing right after the link came back are not evidence yet: its neighbour
+    // entries may still be resolving.
+    fail_probes_until(&mut b, 1200, 2000);
+    assert_eq!(
+        b.core.phase(),
+        Phase::Passive,
+        "the public link just came back"
+    );
+    // Once it has held for the settle time, a failing probe is evidence.
+    fail_probes_until(&mut b, 2050, 2400);
     assert_eq!(b.core.phase(), Phase::Promoting);
 }
 

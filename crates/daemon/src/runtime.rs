@@ -514,7 +514,16 @@ fn carry_out(
                         // The data first: apply what was received, mount, capture. Only then
                         // may the applications start.
                         match replicator.promote(generation).await {
-                            Ok(()) => resources.start_all().await,
+                            Ok(()) => {
+                                let started = resources.start_all().await;
+                                if started.is_err() {
+                                    // The core goes back to passive: so must the data, or
+                                    // this node keeps capturing (and dialling the peer as
+                                    // if it were active) while the peer serves.
+                                    replicator.demote().await;
+                                }
+                                started
+                            }
                             Err(e) => Err(understudy_resources::ResourceError::other(
                                 "replication",
                                 understudy_resources::Action::Start,

@@ -639,7 +639,7 @@ fn apply_loop(
     mut obs: PassiveObserver,
     mut resync: Option<ResyncCtx>,
 ) -> Applier {
-    let mut broken = set.copy_out_of_sync() && resync.is_none();
+    let mut broken = false;
     let sync_mode = set.cfg.mode == crate::queue::Mode::Sync;
     let mut barrier = false;
     let mut unsynced_bytes = 0u64;
@@ -685,6 +685,13 @@ fn apply_loop(
                         }
                     }
                 }
+                if broken {
+                    warn!(
+                        set = set.name(),
+                        "ending the session so that this copy is resynced"
+                    );
+                    break;
+                }
                 acks.send_replace(ack(&applier, durable));
                 // Wait for more, but wake up to honour the sync interval.
                 match wait_frame(
@@ -704,10 +711,6 @@ fn apply_loop(
             Err(mpsc::error::TryRecvError::Disconnected) => break,
         };
         let Some(frame) = frame else { continue };
-        if broken {
-            let _ = pool.send(frame);
-            continue;
-        }
         unsynced_bytes += frame.len() as u64;
         let mut body = frame.as_slice();
         while body.len() >= 4 {
@@ -769,6 +772,15 @@ fn apply_loop(
         }
         // Back to the reader for the next frame; if the reader is gone, it is just freed.
         let _ = pool.send(frame);
+        if broken {
+            // End the session: the active dials again, and the new session resyncs this
+            // copy (from the change log) instead of streaming into a copy that missed ops.
+            warn!(
+                set = set.name(),
+                "ending the session so that this copy is resynced"
+            );
+            break;
+        }
     }
     if !broken {
         commit(&set, &mut applier, &mut durable, &mut broken);

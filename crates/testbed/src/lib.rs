@@ -31,6 +31,7 @@
 //! net.cut_all_channels(0).unwrap();
 //! ```
 
+mod loopfs;
 mod netns;
 mod pairnet;
 mod proc;
@@ -40,6 +41,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+pub use loopfs::LoopFs;
 pub use netns::{list_namespaces, ns_prefix, sweep_stale, Netns, NS_PREFIX};
 pub use pairnet::{channel_ifname, PairNet, MAX_CHANNEL_LINKS, PREFIX_LEN, PUBLIC_IFNAME};
 pub use proc::{spawn, spawn_in, stress_cpu, Proc};

@@ -375,6 +375,51 @@ impl PairNet {
 
 const PEER_TABLE: &str = "ustb_split_public";
 
+impl PairNet {
+    /// A slow link: every channel cable is capped at `kbit` kbit/s in both directions
+    /// (an htb qdisc on the switch's ports; the kernel here has no netem, so no added
+    /// delay, but a full queue behind a slow link delays everything after it).
+    pub fn slow_channels(&self, kbit: u64) -> Result<()> {
+        for tag in NODE_TAGS {
+            for link in 0..self.links {
+                let dev = format!("{tag}-{}", channel_ifname(link));
+                self.switch.run_ok(&[
+                    "tc", "qdisc", "replace", "dev", &dev, "root", "handle", "1:", "htb",
+                    "default", "1",
+                ])?;
+                self.switch.run_ok(&[
+                    "tc",
+                    "class",
+                    "replace",
+                    "dev",
+                    &dev,
+                    "parent",
+                    "1:",
+                    "classid",
+                    "1:1",
+                    "htb",
+                    "rate",
+                    &format!("{kbit}kbit"),
+                ])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes what [`PairNet::slow_channels`] added. Idempotent.
+    pub fn heal_slow_channels(&self) -> Result<()> {
+        for tag in NODE_TAGS {
+            for link in 0..self.links {
+                let dev = format!("{tag}-{}", channel_ifname(link));
+                let _ = self
+                    .switch
+                    .run(&["tc", "qdisc", "del", "dev", &dev, "root"]);
+            }
+        }
+        Ok(())
+    }
+}
+
 fn check_node(i: usize) -> usize {
     assert!(i < 2, "node index must be 0 (a) or 1 (b), got {i}");
     i
