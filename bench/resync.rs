@@ -272,10 +272,13 @@ fn initial_sync_vs_rsync() {
         let rs = timed_sh(&format!("rsync -a {}/ {}/", f.data, f.rsync_copy)).expect("rsync");
         let flush = timed_sh("sync").expect("sync");
         println!(
-            "BENCH initial_sync round {round}: understudy {secs:.2} s ({} entries, {} files, {} MiB sent); rsync -a {rs:.2} s (+ {flush:.2} s to flush it to disk)",
+            "BENCH initial_sync round {round}: understudy {secs:.2} s ({} entries listed in {} ms, {} files, {} MiB sent, copy phase {} ms, final flush {} ms); rsync -a {rs:.2} s (+ {flush:.2} s to flush it to disk)",
             s.entries,
+            s.listing_ms,
             s.files_total,
-            s.bytes_sent >> 20
+            s.bytes_sent >> 20,
+            s.elapsed_ms.saturating_sub(s.finish_ms),
+            s.finish_ms
         );
         ours.push(secs);
         theirs.push(rs);

@@ -77,6 +77,71 @@ pub fn encode_record(record: &Record, out: &mut Vec<u8>) {
     write_record(out, record);
 }
 
+/// A `Write` record whose data stays in the buffer it was received in.
+#[derive(Debug, PartialEq, Eq)]
+pub struct WriteRef<'a> {
+    pub seq: u64,
+    pub file: FileRef,
+    pub offset: u64,
+    pub data: &'a [u8],
+    pub mtimes: Vec<(FileRef, Timespec)>,
+}
+
+/// Decodes `input` like [`decode_record`] if it holds a `Write`, without copying the data;
+/// `Ok(None)` for any other op (decode those with `decode_record`).
+pub fn decode_write(input: &[u8]) -> Result<Option<WriteRef<'_>>, DecodeError> {
+    let mut reader = Reader { input, pos: 0 };
+    let seq = reader.u64()?;
+    if reader.u8()? != tag::WRITE {
+        return Ok(None);
+    }
+    let file = reader.file()?;
+    let offset = reader.u64()?;
+    let len = reader.u32()? as usize;
+    if len > MAX_WRITE_BYTES {
+        return Err(DecodeError::TooLong {
+            what: "write data",
+            len,
+            max: MAX_WRITE_BYTES,
+        });
+    }
+    let data = reader.take(len)?;
+    let mtimes = reader.mtimes()?;
+    let rest = input.len() - reader.pos;
+    if rest != 0 {
+        return Err(DecodeError::Trailing(rest));
+    }
+    Ok(Some(WriteRef {
+        seq,
+        file,
+        offset,
+        data,
+        mtimes,
+    }))
+}
+
+/// Encodes `record` for sending without copying a `Write`'s data: the bytes before the data
+/// go to `head`, those after it to `tail`, and the data itself is returned to be sent in
+/// between. Any other op is encoded whole into `head` (and `None` returned). `head` and
+/// `tail` are appended to; together with the data they equal [`encode_record`]'s output.
+pub fn encode_record_split<'a>(
+    record: &'a Record,
+    head: &mut Vec<u8>,
+    tail: &mut Vec<u8>,
+) -> Option<&'a [u8]> {
+    let Op::Write { file, offset, data } = &record.op else {
+        encode_record(record, head);
+        return None;
+    };
+    put_u64(head, record.seq);
+    put_u8(head, tag::WRITE);
+    put_file(head, file);
+    put_u64(head, *offset);
+    put_u32(head, data.len() as u32);
+    put_mtimes(tail, &record.mtimes);
+    Some(data)
+}
+
 /// Decodes exactly one record occupying all of `input`.
 pub fn decode_record(input: &[u8]) -> Result<Record, DecodeError> {
     let mut reader = Reader { input, pos: 0 };
@@ -408,9 +473,13 @@ fn write_record(out: &mut impl Sink, r: &Record) {
             put_u64(out, *id);
         }
     }
+    put_mtimes(out, &r.mtimes);
+}
+
+fn put_mtimes(out: &mut impl Sink, mtimes: &[(FileRef, Timespec)]) {
     // MAX_MTIMES is tiny; the decoder rejects more.
-    put_u8(out, r.mtimes.len() as u8);
-    for (file, time) in &r.mtimes {
+    put_u8(out, mtimes.len() as u8);
+    for (file, time) in mtimes {
         put_file(out, file);
         put_time(out, *time);
     }
@@ -701,6 +770,11 @@ impl<'a> Reader<'a> {
     fn record(&mut self) -> Result<Record, DecodeError> {
         let seq = self.u64()?;
         let op = self.op()?;
+        let mtimes = self.mtimes()?;
+        Ok(Record { seq, op, mtimes })
+    }
+
+    fn mtimes(&mut self) -> Result<Vec<(FileRef, Timespec)>, DecodeError> {
         let count = self.u8()? as usize;
         if count > MAX_MTIMES {
             return Err(DecodeError::TooLong {
@@ -713,7 +787,7 @@ impl<'a> Reader<'a> {
         for _ in 0..count {
             mtimes.push((self.file()?, self.time()?));
         }
-        Ok(Record { seq, op, mtimes })
+        Ok(mtimes)
     }
 }
 
@@ -946,12 +1020,46 @@ mod tests {
         }
 
         #[test]
+        fn split_encoding_and_borrowed_decoding_agree_with_the_whole(
+            seq in any::<u64>(),
+            op in arb_any_op(),
+            mtimes in proptest::collection::vec((arb_file(), arb_time()), 0..MAX_MTIMES),
+        ) {
+            let record = Record { seq, op, mtimes };
+            let mut whole = Vec::new();
+            encode_record(&record, &mut whole);
+            let (mut head, mut tail) = (Vec::new(), Vec::new());
+            let data = encode_record_split(&record, &mut head, &mut tail);
+            let mut joined = head.clone();
+            joined.extend_from_slice(data.unwrap_or_default());
+            joined.extend_from_slice(&tail);
+            prop_assert_eq!(&joined, &whole);
+            match decode_write(&whole) {
+                Ok(Some(w)) => {
+                    let Op::Write { file, offset, data } = &record.op else {
+                        panic!("decode_write accepted a non-write");
+                    };
+                    prop_assert_eq!((&w.file, w.offset, w.data), (file, *offset, data.as_slice()));
+                    prop_assert_eq!(&w.mtimes, &record.mtimes);
+                    prop_assert_eq!(w.seq, record.seq);
+                }
+                Ok(None) => {
+                    let is_write = matches!(record.op, Op::Write { .. });
+                    prop_assert!(!is_write);
+                }
+                Err(e) => prop_assert!(false, "decode_write failed: {}", e),
+            }
+        }
+
+        #[test]
         fn every_truncation_is_an_error(op in arb_any_op()) {
             let record = Record { seq: 7, op, mtimes: vec![] };
             let mut buf = Vec::new();
             encode_record(&record, &mut buf);
             for cut in 0..buf.len() {
                 prop_assert!(decode_record(&buf[..cut]).is_err());
+                let decoded = matches!(decode_write(&buf[..cut]), Ok(Some(_)));
+                prop_assert!(!decoded);
             }
         }
 

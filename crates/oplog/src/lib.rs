@@ -14,8 +14,8 @@
 mod codec;
 
 pub use codec::{
-    decode_record, encode_record, encoded_len, DecodeError, MAX_SCOPE_PATHS, MAX_TREE_ENTRIES,
-    MAX_XATTRS,
+    decode_record, decode_write, encode_record, encode_record_split, encoded_len, DecodeError,
+    WriteRef, MAX_SCOPE_PATHS, MAX_TREE_ENTRIES, MAX_XATTRS,
 };
 
 /// A point in time as the kernel reports it: seconds and nanoseconds since the epoch.

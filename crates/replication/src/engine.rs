@@ -62,6 +62,18 @@ const REPORT_TIMEOUT: Duration = Duration::from_secs(120);
 /// PUNCH_HOLE | KEEP_SIZE.
 const PUNCH_HOLE: i32 = 0x02 | 0x01;
 
+/// What a resync or verify covers.
+pub enum Scope {
+    /// These subtrees (`None`: the whole tree).
+    Paths(Option<Vec<Vec<u8>>>),
+    /// What this node's change log holds after `common`, read when the listing is made
+    /// (under the order lock), plus `extra` (the passive's own changes).
+    ChangedSince {
+        common: u64,
+        extra: crate::changes::Changed,
+    },
+}
+
 /// What the passive reports to the engine (routed from the session's reader).
 #[derive(Debug)]
 pub enum Report {
@@ -91,6 +103,12 @@ pub struct SyncProgress {
     pub bytes_per_s: u64,
     pub eta_s: Option<u64>,
     pub elapsed_ms: u64,
+    /// How long the listing held the order lock.
+    #[serde(default)]
+    pub listing_ms: u64,
+    /// How long the passive took to make the end durable (its final flush).
+    #[serde(default)]
+    pub finish_ms: u64,
     #[serde(skip)]
     pub started: Option<Instant>,
 }
@@ -207,22 +225,38 @@ impl Engine {
     pub fn begin(
         &mut self,
         verify: bool,
-        scope: Option<Vec<Vec<u8>>>,
+        scope: Scope,
         session_start: bool,
     ) -> Result<(u64, Listing), EngineError> {
-        let scope = scope.map(walk::normalize_scope);
-        let scope_text = match &scope {
-            None => "whole tree".to_string(),
-            Some(p) => format!("{} changed paths", p.len()),
-        };
         self.progress(|p| {
             p.id = self.id;
             p.phase = "listing".into();
-            p.scope = scope_text.clone();
             p.started = Some(Instant::now());
         });
         let started = Instant::now();
         let _order = self.io.order.lock();
+        // The scope is read under the lock: every op captured up to this seq is in the
+        // change log by now, and the queue is reset below in the same hold, so nothing
+        // captured before the listing can be missing from both.
+        let scope = match scope {
+            Scope::Paths(p) => p,
+            Scope::ChangedSince { common, mut extra } => {
+                let mine = self
+                    .io
+                    .queue
+                    .changes()
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .since(common);
+                extra.merge(mine);
+                extra.into_scope()
+            }
+        }
+        .map(walk::normalize_scope);
+        let scope_text = match &scope {
+            None => "whole tree".to_string(),
+            Some(p) => format!("{} changed paths", p.len()),
+        };
         let listing = walk::list(&self.io.root, scope.as_deref())?;
         let first = if session_start {
             self.io.queue.start_resync_session()
@@ -260,7 +294,12 @@ impl Engine {
             held_ms = started.elapsed().as_millis() as u64,
             "resync listing recorded"
         );
-        self.progress(|p| p.entries = listing.entries.len() as u64);
+        let held = started.elapsed().as_millis() as u64;
+        self.progress(|p| {
+            p.entries = listing.entries.len() as u64;
+            p.listing_ms = held;
+            p.scope = scope_text.clone();
+        });
         Ok((first, listing))
     }
 
@@ -319,11 +358,17 @@ impl Engine {
 
     /// Steps 2 and 3 of a resync: the files the passive asks for, then `SyncEnd`, then
     /// waits until the passive made it durable.
-    pub fn resync(&mut self, listing: &Listing) -> Result<u64, EngineError> {
+    pub fn resync(&mut self, listing: &Listing, passive_empty: bool) -> Result<u64, EngineError> {
         self.progress(|p| p.phase = "comparing".into());
-        // The passive lists what it needs once it applied the listing.
+        // The passive lists what it needs once it applied the listing. An empty passive
+        // needs everything: no need to wait for it to say so while it creates the names.
         let mut need: Vec<(u32, bool)> = Vec::new();
-        loop {
+        if passive_empty {
+            let mut all: Vec<u32> = listing.files.keys().copied().collect();
+            all.sort_unstable();
+            need.extend(all.into_iter().map(|i| (i, false)));
+        }
+        while !passive_empty {
             match self.next_report()? {
                 Report::Need(n) if n.id == self.id => {
                     need.extend(n.items);
@@ -363,6 +408,7 @@ impl Engine {
     /// Records `SyncEnd` and waits until the passive holds it durably. Returns its seq.
     fn finish(&mut self) -> Result<u64, EngineError> {
         self.progress(|p| p.phase = "finishing".into());
+        let finishing = Instant::now();
         let end = {
             let _order = self.io.order.lock();
             self.io.queue.record_sync(Op::SyncEnd { id: self.id })
@@ -380,6 +426,7 @@ impl Engine {
         self.progress(|p| {
             p.phase = "done".into();
             p.bytes_done = p.bytes_total;
+            p.finish_ms = finishing.elapsed().as_millis() as u64;
         });
         Ok(end)
     }
@@ -456,21 +503,28 @@ impl Engine {
     /// Records `[from, to)` of the file as `Write`s (or a hole punch where the active has a
     /// hole), each exact at its seq. False if the file has no name any more.
     fn copy_range(&mut self, fd: &OwnedFd, from: u64, to: u64) -> Result<bool, EngineError> {
-        let mut buf = vec![0u8; CHUNK_BYTES];
+        // The kernel reads the range in while we copy: the reads under the lock then come
+        // from the page cache, and the lock blocks the set's writers only briefly.
+        let _ = rfs::fadvise(
+            fd,
+            from,
+            std::num::NonZeroU64::new(to - from),
+            rfs::Advice::WillNeed,
+        );
         let mut at = from;
         while at < to {
             let want = ((to - at) as usize).min(CHUNK_BYTES);
             self.wait_room(want as u64)?;
-            // Read once outside the lock, so the read under it comes from the page cache:
-            // the lock blocks every writer of the set while held.
-            let _ = rustix::io::pread(fd, &mut buf[..want], at);
+            // Read straight into the record's buffer: the one copy of the data here.
+            let mut data: Vec<u8> = Vec::with_capacity(want);
             let recorded = {
                 let _order = self.io.order.lock();
                 let Some(path) = walk::current_path(fd, &self.io.root_path) else {
                     return Ok(false);
                 };
-                let n = pread_full(fd, &mut buf[..want], at)
+                pread_into(fd, &mut data, want, at)
                     .map_err(|e| EngineError::Other(format!("reading: {e}")))?;
+                let n = data.len();
                 if n == 0 {
                     // Truncated meanwhile (replicated in order): nothing more to send.
                     return Ok(true);
@@ -486,7 +540,7 @@ impl Engine {
                     Op::Write {
                         file: FileRef::Path(path),
                         offset: at,
-                        data: buf[..n].to_vec(),
+                        data,
                     }
                 };
                 self.io.queue.record_sync(op);
@@ -662,6 +716,27 @@ fn record_listing(queue: &SetQueue, id: u64, entries: &[TreeEntry]) {
         entries: part,
         last: true,
     });
+}
+
+/// Appends up to `want` bytes read at `offset` to `data` (which has the capacity), without
+/// initialising the buffer first; stops early at the end of the file.
+fn pread_into(fd: &OwnedFd, data: &mut Vec<u8>, want: usize, offset: u64) -> Result<(), Errno> {
+    while data.len() < want {
+        let len = data.len();
+        let at = offset + len as u64;
+        let spare = &mut data.spare_capacity_mut()[..want - len];
+        match rustix::io::pread(fd, spare, at) {
+            Ok((filled, _)) if filled.is_empty() => break,
+            Ok((filled, _)) => {
+                let n = filled.len();
+                // SAFETY: pread initialised the first `n` bytes of the spare capacity.
+                unsafe { data.set_len(data.len() + n) };
+            }
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 fn pread_full(fd: &OwnedFd, buf: &mut [u8], offset: u64) -> Result<usize, Errno> {

@@ -106,6 +106,9 @@ struct Inner {
     /// Set by a stalled waiter: the sender must drop the session.
     abandon_session: bool,
     bytes_sent_total: u64,
+    /// Accounted bytes queued but not yet taken by the sender (what a new record waits
+    /// behind before it reaches the socket).
+    unsent_bytes: u64,
 }
 
 /// The queue, shared by the capture filesystem (through [`Journal`]) and the sender.
@@ -163,6 +166,7 @@ impl SetQueue {
                 peer_persisted: 0,
                 abandon_session: false,
                 bytes_sent_total: 0,
+                unsent_bytes: 0,
             }),
             changes,
             cfg,
@@ -219,6 +223,13 @@ impl SetQueue {
         inner.durable_seq = inner.durable_seq.max(applied_seq);
         inner.sent_seq = applied_seq;
         inner.spill_cursor = SpillCursor::default();
+        inner.unsent_bytes = inner
+            .mem
+            .iter()
+            .filter(|e| e.record.seq > applied_seq)
+            .map(|e| e.bytes)
+            .sum::<u64>()
+            + inner.spill.as_ref().map_or(0, |s| s.len);
         inner.streaming = true;
         inner.resyncing = false;
         inner.abandon_session = false;
@@ -243,6 +254,7 @@ impl SetQueue {
         inner.applied_seq = last;
         inner.durable_seq = last;
         inner.sent_seq = last;
+        inner.unsent_bytes = 0;
         inner.streaming = true;
         inner.resyncing = true;
         inner.out_of_sync = false;
@@ -263,8 +275,9 @@ impl SetQueue {
         self.lock().resyncing
     }
 
-    /// Waits until fewer than `bytes` are queued in memory, or `timeout` passes, or the
-    /// session ends: how a resync yields to live traffic. Returns false if the session ended.
+    /// Waits until fewer than `bytes` wait to be taken by the sender, or `timeout` passes,
+    /// or the session ends: how a resync yields to live traffic (a live op queued now waits
+    /// behind at most that much). Returns false if the session ended.
     pub fn wait_for_room(&self, bytes: u64, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let mut inner = self.lock();
@@ -272,8 +285,7 @@ impl SetQueue {
             if !inner.streaming || inner.abandon_session {
                 return false;
             }
-            let unsent = inner.mem_bytes + inner.spill.as_ref().map_or(0, |s| s.len);
-            if unsent < bytes {
+            if inner.unsent_bytes < bytes {
                 return true;
             }
             let now = Instant::now();
@@ -375,6 +387,10 @@ impl SetQueue {
         if let Some(last) = out.last() {
             inner.sent_seq = last.seq;
             inner.bytes_sent_total += bytes;
+            inner.unsent_bytes = inner.unsent_bytes.saturating_sub(bytes);
+            drop(inner);
+            // A resync waits for the queue to empty towards the socket (`wait_for_room`).
+            self.progress.notify_all();
             return Ok(Next::Records(out));
         }
         // Memory is exhausted; continue in the spill file, if it has more.
@@ -395,6 +411,7 @@ impl SetQueue {
         if last > after {
             inner.sent_seq = last;
             inner.bytes_sent_total += encoded.len() as u64;
+            inner.unsent_bytes = inner.unsent_bytes.saturating_sub(encoded.len() as u64);
             Ok(Next::Encoded(encoded, last))
         } else {
             Ok(Next::Idle)
@@ -411,6 +428,7 @@ impl SetQueue {
         }
         inner.mem.clear();
         inner.mem_bytes = 0;
+        inner.unsent_bytes = 0;
         inner.spill_cursor = SpillCursor::default();
         inner.out_of_sync = true;
         inner.streaming = false;
@@ -656,6 +674,7 @@ impl SetQueue {
             self.overflow(&mut inner, "queue_max_bytes reached");
             return seq;
         }
+        inner.unsent_bytes += bytes;
         if to_memory {
             inner.mem_bytes += bytes;
             inner.mem.push_back(Entry {

@@ -12,14 +12,14 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 use understudy_apply::Applier;
-use understudy_oplog::{decode_record, FileRef, Op};
+use understudy_oplog::{decode_record, decode_write, encode_record_split, FileRef, Op};
 use understudy_tls::NodeTls;
 
 use crate::changes::Changed;
 use crate::engine::Report;
 use crate::observer::{self, PassiveObserver, PreserveRule, Quarantine};
 use crate::proto::{self, kind, Ack, Hello, Plan, ProtoError, Welcome};
-use crate::queue::{frame_record, Next, SetQueue};
+use crate::queue::{Next, SetQueue};
 use crate::set::{ActiveSession, PassiveSession, ReplicaSet, ResyncCtx, Role};
 use crate::state::{common_point, standing, PassiveCopy};
 
@@ -132,33 +132,33 @@ where
         );
         Plan::Stream
     } else {
-        let mut scope = queue
-            .changes()
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .since(common);
-        match &welcome.changed {
-            Some(paths) => scope.merge(Changed {
+        // The passive's own changes; ours are added when the listing is made, under the
+        // capture's order lock, so none captured meanwhile is missed.
+        let mut extra = match &welcome.changed {
+            Some(paths) => Changed {
                 everything: false,
                 paths: paths.iter().cloned().collect(),
-            }),
-            None => scope.merge(Changed::everything()),
-        }
+            },
+            None => Changed::everything(),
+        };
         // The active's content before its first op is its origin: unless that was empty,
         // a passive with nothing in common must compare everything.
         if common == 0 && origin_empty != Some(true) {
-            scope.merge(Changed::everything());
+            extra.merge(Changed::everything());
         }
         info!(
             set = set.name(),
             common,
             diverged = welcome.diverged,
-            scope = %if scope.everything { "whole tree".to_string() } else { format!("{} paths", scope.paths.len()) },
+            whole_tree = extra.everything,
             "the passive cannot be streamed to: resync"
         );
+        // A passive with no history that has not diverged started from an empty directory.
+        let passive_empty = welcome.history.is_empty() && !welcome.diverged;
         match set.start_resync(
             queue.clone(),
-            scope.into_scope(),
+            crate::engine::Scope::ChangedSince { common, extra },
+            passive_empty,
             control_tx.clone(),
             router.clone(),
         ) {
@@ -241,12 +241,10 @@ where
         };
         let result = match next {
             Next::Records(records) => {
-                frame.clear();
                 for r in &records {
-                    frame_record(r, &mut frame);
                     urgent |= r.op.is_barrier() || r.op.is_sync();
                 }
-                send(&mut wr, kind::RECORDS, &frame).await
+                send_records(&mut wr, &records, &mut frame).await
             }
             Next::Encoded(bytes, _) => {
                 urgent = true;
@@ -311,6 +309,45 @@ where
 
 async fn send<W: AsyncWrite + Unpin>(w: &mut W, kind: u8, body: &[u8]) -> Result<(), ProtoError> {
     proto::write_frame(w, kind, body).await
+}
+
+/// Sends records as one `RECORDS` frame without copying write data into it: the framing
+/// and every record's other bytes are assembled in `scratch`, and each write's data goes to
+/// the writer straight from the queue's buffer (a large write bypasses `BufWriter`'s copy).
+async fn send_records<W: AsyncWrite + Unpin>(
+    w: &mut BufWriter<W>,
+    records: &[Arc<understudy_oplog::Record>],
+    scratch: &mut Vec<u8>,
+) -> Result<(), ProtoError> {
+    // Pieces: (range of scratch, data that follows it).
+    let mut pieces: Vec<(std::ops::Range<usize>, Option<&[u8]>)> =
+        Vec::with_capacity(records.len());
+    scratch.clear();
+    let mut body_len = 0usize;
+    let mut tail = Vec::new();
+    for r in records {
+        let start = scratch.len();
+        scratch.extend_from_slice(&[0; 4]);
+        tail.clear();
+        let data = encode_record_split(r, scratch, &mut tail);
+        let record_len = scratch.len() - start - 4 + data.map_or(0, <[u8]>::len) + tail.len();
+        scratch[start..start + 4].copy_from_slice(&(record_len as u32).to_le_bytes());
+        pieces.push((start..scratch.len(), data));
+        let tail_start = scratch.len();
+        scratch.extend_from_slice(&tail);
+        pieces.push((tail_start..scratch.len(), None));
+        body_len += 4 + record_len;
+    }
+    let len = u32::try_from(body_len + 1).map_err(|_| ProtoError::TooLarge(body_len))?;
+    w.write_all(&len.to_le_bytes()).await?;
+    w.write_all(&[kind::RECORDS]).await?;
+    for (range, data) in pieces {
+        w.write_all(&scratch[range]).await?;
+        if let Some(d) = data {
+            w.write_all(d).await?;
+        }
+    }
+    Ok(())
 }
 
 /// The passive's side: the peer's sender dialled us. Read its hello and hand the stream to
@@ -721,6 +758,30 @@ fn apply_loop(
                 break;
             };
             body = &body[4 + len..];
+            // Writes, most of the bytes, are applied straight from the frame.
+            match decode_write(bytes) {
+                Ok(Some(w)) => {
+                    let seq = w.seq;
+                    if let Err(e) = applier.apply_write(w) {
+                        error!(set = set.name(), seq, error = %e, "applying failed; the copy is out of sync");
+                        set.mark_copy_out_of_sync("an op could not be applied");
+                        if resync.is_some() {
+                            set.resync_failed();
+                        }
+                        broken = true;
+                        break;
+                    }
+                    set.passive.applied.store(seq, Ordering::Relaxed);
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    error!(set = set.name(), error = %e, "refusing an undecodable record");
+                    set.mark_copy_out_of_sync("an undecodable record arrived");
+                    broken = true;
+                    break;
+                }
+            }
             let record = match decode_record(bytes) {
                 Ok(r) => r,
                 Err(e) => {
@@ -751,6 +812,8 @@ fn apply_loop(
                 Op::SyncEnd { id } if resync.as_ref().is_some_and(|c| c.first_seq == *id) => {
                     resync_end = Some(record.seq);
                 }
+                // A verify or repair within the stream: it ends here.
+                Op::SyncEnd { .. } => set.passive_sync_ended(),
                 _ => {}
             }
             if let Err(e) = applier.apply_observed(&record, &mut obs) {
@@ -772,6 +835,9 @@ fn apply_loop(
         }
         // Back to the reader for the next frame; if the reader is gone, it is just freed.
         let _ = pool.send(frame);
+        // Tell the active how far we got even while frames keep coming: its queue trims
+        // (and a resync paces itself) on these acks.
+        acks.send_replace(ack(&applier, durable));
         if broken {
             // End the session: the active dials again, and the new session resyncs this
             // copy (from the change log) instead of streaming into a copy that missed ops.

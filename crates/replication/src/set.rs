@@ -334,7 +334,7 @@ impl ReplicaSet {
             format!("resync #{resyncs} complete: this copy equals the active's at seq {end}");
         if let Some(q) = quarantine.filter(|q| q.files > 0) {
             text = format!(
-                "split brain resolved: {} of this node's changed files ({} bytes) were preserved in {} (see MANIFEST.jsonl) before the active's data replaced them; {text}",
+                "this node held changes the active lacks (it was active after the two parted: a failback or a split brain): {} of its changed files ({} bytes) were preserved in {} (see MANIFEST.jsonl) before the active's data replaced them; {text}",
                 q.files,
                 q.bytes,
                 q.dir.display()
@@ -370,6 +370,17 @@ impl ReplicaSet {
             started: Some(Instant::now()),
             ..SyncProgress::default()
         };
+    }
+
+    /// A sync's `SyncEnd` was applied here (and, for a resync, made durable).
+    pub(crate) fn passive_sync_ended(&self) {
+        let mut p = lock(&self.progress);
+        if p.phase == "applying" {
+            p.phase = "done".into();
+            if let Some(s) = p.started {
+                p.elapsed_ms = s.elapsed().as_millis() as u64;
+            }
+        }
     }
 
     pub(crate) fn passive_sync_is_verify(&self) -> bool {
@@ -575,7 +586,8 @@ impl ReplicaSet {
     pub(crate) fn start_resync(
         self: &Arc<Self>,
         queue: Arc<SetQueue>,
-        scope: Option<Vec<Vec<u8>>>,
+        scope: crate::engine::Scope,
+        passive_empty: bool,
         control: tokio::sync::mpsc::Sender<(u8, Vec<u8>)>,
         router: Arc<Mutex<Option<std::sync::mpsc::Sender<Report>>>>,
     ) -> Result<u64, String> {
@@ -607,7 +619,7 @@ impl ReplicaSet {
         let spawned = std::thread::Builder::new()
             .name(format!("resync-{}", self.cfg.name))
             .spawn(move || {
-                let result = engine.resync(&listing);
+                let result = engine.resync(&listing, passive_empty);
                 match result {
                     Ok(end) => {
                         queue.resync_done();
@@ -901,7 +913,9 @@ fn run_verify(
     session: &ActiveSession,
 ) -> Result<(), String> {
     let mut engine = Engine::new(io, id);
-    let (_, listing) = engine.begin(true, None, false).map_err(|e| e.to_string())?;
+    let (_, listing) = engine
+        .begin(true, crate::engine::Scope::Paths(None), false)
+        .map_err(|e| e.to_string())?;
     let outcome = engine.verify(&listing).map_err(|e| e.to_string())?;
     let n = outcome.differences.len();
     *lock(&set.last_verify) = Some(outcome.clone());
@@ -934,9 +948,9 @@ fn run_verify(
         Some(paths)
     };
     let (_, listing) = engine
-        .begin(false, scope, false)
+        .begin(false, crate::engine::Scope::Paths(scope), false)
         .map_err(|e| e.to_string())?;
-    let end = engine.resync(&listing).map_err(|e| e.to_string())?;
+    let end = engine.resync(&listing, false).map_err(|e| e.to_string())?;
     set.notice(format!(
         "repair after verify {id}: {n} differing paths resynced (done at seq {end})"
     ));
