@@ -43,10 +43,12 @@ const SET: &str = "kv";
 /// How often the client writes, and how long one request may take. Short, so a request to
 /// a dead node fails fast and the next one can find the new active.
 const PUT_INTERVAL: Duration = Duration::from_millis(20);
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(200);
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(100);
 const IO_TIMEOUT: Duration = Duration::from_millis(500);
 /// Upper bound on the client's life, whatever happens to the demo.
 const CLIENT_MAX: Duration = Duration::from_secs(300);
+/// Upper bound on reading every acknowledged key back.
+const READ_BACK_MAX: Duration = Duration::from_secs(60);
 /// Upper bound on how long the ARP watcher runs after it is started.
 const ARP_WATCH_MAX: Duration = Duration::from_secs(30);
 
@@ -85,7 +87,7 @@ fn install_signal_handlers() -> Result<()> {
 
 fn check_interrupted() -> Result<()> {
     if INTERRUPTED.load(Ordering::SeqCst) {
-        bail!("interrupted");
+        bail!("interrupted by a signal");
     }
     Ok(())
 }
@@ -333,6 +335,8 @@ struct Demo {
     procs: [Option<Proc>; 2],
     net: PairNet,
     rt: tokio::runtime::Runtime,
+    /// When the demo started: the origin of the times in its own logs.
+    t0: Instant,
     style: Style,
     exe: PathBuf,
     dir: PathBuf,
@@ -367,6 +371,7 @@ impl Demo {
             .build()
             .context("starting the control-socket client")?;
         Ok(Demo {
+            t0: Instant::now(),
             client: None,
             arp: None,
             procs: [None, None],
@@ -377,6 +382,35 @@ impl Demo {
             dir,
             config,
         })
+    }
+
+    /// Appends a milestone to demo.log in the logs directory, to line up with the
+    /// daemons' logs and client.log after a failure.
+    fn mark(&self, what: &str) {
+        let line = format!(
+            "{:.3} {what} (unix ms {})\n",
+            self.t0.elapsed().as_secs_f64(),
+            unix_ms(SystemTime::now())
+        );
+        let path = self.dir.join("demo.log");
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+        if let Err(e) = written {
+            eprintln!("cannot write {}: {e}", path.display());
+        }
+    }
+
+    /// "k12 (acknowledged by alpha at +3.456 s)", times as in demo.log and client.log.
+    fn describe_put(&self, p: &Put) -> String {
+        format!(
+            "k{} (acknowledged by {} at +{:.3} s)",
+            p.n,
+            p.acked_by.as_deref().unwrap_or("?"),
+            p.done.saturating_duration_since(self.t0).as_secs_f64()
+        )
     }
 
     fn socket(&self, i: usize) -> PathBuf {
@@ -556,6 +590,7 @@ impl Demo {
             "   each runs `understudy run` (this binary) in its namespace; the pair elects an active"
         );
         let t0 = Instant::now();
+        self.mark("starting alpha and beta");
         self.start_node(0)?;
         self.start_node(1)?;
         let first = wait_for(
@@ -565,6 +600,7 @@ impl Demo {
             || self.settled(),
         )?;
         let second = 1 - first;
+        self.mark(&format!("settled: {} active", NAMES[first]));
         let st = self.status(first)?;
         println!(
             "   {} is {} ({}), {} is {} — settled in {}",
@@ -599,7 +635,11 @@ impl Demo {
         );
         println!("   only once the passive has it on disk: an acknowledged write is on both nodes");
         let t_writes = Instant::now();
-        self.client = Some(Client::start(self.net.client())?);
+        self.client = Some(Client::start(
+            self.net.client(),
+            self.dir.join("client.log"),
+            self.t0,
+        )?);
         let n = wait_for(
             "the client's first 50 acknowledged writes",
             Duration::from_secs(15),
@@ -634,6 +674,7 @@ impl Demo {
             ))
         );
         let t_sw = Instant::now();
+        self.mark(&format!("switchover requested on {}", NAMES[first]));
         let reply = self.request(first, &Request::Switchover)?;
         if !reply.ok {
             bail!(
@@ -672,11 +713,10 @@ impl Demo {
             s.cyan(&drain)
         );
         println!(
-            "   the client is served by {} again {} after the request ({} of its writes were \
-             refused or timed out meanwhile: never acknowledged, so nothing was promised)",
+            "   the client is served by {} again {} after the request; writes not acknowledged \
+             meanwhile: {failed} (refused or timed out, so nothing was promised for them)",
             NAMES[second],
             secs(served.done - t_sw),
-            failed
         );
 
         // Some writes on the new active, replicated back to the first node.
@@ -700,16 +740,22 @@ impl Demo {
         let victim_mac = self.node_mac(victim)?;
         self.arp = Some(ArpWatch::start(self.net.client())?);
         let acked_before = self.client()?.acked_count();
+        self.mark(&format!("power failure of {}", NAMES[victim]));
         let t_fail = Instant::now();
         let t_fail_wall = SystemTime::now();
         self.power_off(victim)?;
+        // Killing takes a few milliseconds and the cables go after it; until then the
+        // victim's kernel (not its daemon) may still answer ARP.
+        let t_dark = Instant::now();
+        self.mark(&format!("{} killed and unplugged", NAMES[victim]));
         println!(
             "   {} is dark (failover_timeout {} ms); the client keeps writing",
             NAMES[victim], FAILOVER_TIMEOUT_MS
         );
 
         // 5. The takeover, as a timeline.
-        let t_promoted = self.wait_role(survivor, "active", Duration::from_secs(15))?;
+        self.wait_role(survivor, "active", Duration::from_secs(15))?;
+        self.mark(&format!("{} seen active", NAMES[survivor]));
         let served = self.wait_served_by(survivor, t_fail, Duration::from_secs(10))?;
         let arp_seen = wait_for(
             &format!("{} to answer ARP for the floating address", NAMES[survivor]),
@@ -726,7 +772,7 @@ impl Demo {
         let arp = self.arp.take();
         let victim_answered = arp
             .as_ref()
-            .and_then(|a| a.first_answer_after(t_fail + Duration::from_millis(1), &victim_mac));
+            .and_then(|a| a.first_answer_after(t_dark, &victim_mac));
         drop(arp);
         let st = self.status(survivor)?;
         println!();
@@ -827,16 +873,17 @@ impl Demo {
         }
         let outage = served.done - t_fail;
         println!(
-            "   the client was served again {} after the power failure; {} saw the role at {}",
+            "   the client was served again {} after the power failure (it retries every {} ms, \
+             giving up on a connection after {} ms)",
             s.green(&secs(outage)),
-            NAMES[survivor],
-            secs(t_promoted - t_fail)
+            PUT_INTERVAL.as_millis(),
+            CONNECT_TIMEOUT.as_millis()
         );
         if let Some(t) = victim_answered {
             bail!(
-                "{} (powered off) answered ARP for the floating address {} after the failure",
+                "{} answered ARP for the floating address {} after its cables were pulled",
                 NAMES[victim],
-                ms(t - t_fail)
+                ms(t - t_dark)
             );
         }
         let pinged = self.net.client().can_ping(std::net::IpAddr::V4(VIP));
@@ -879,6 +926,7 @@ impl Demo {
             ))
         );
         let t_on = Instant::now();
+        self.mark(&format!("power back on {}", NAMES[victim]));
         self.power_on(victim)?;
         self.wait_role(victim, "passive", Duration::from_secs(20))?;
         let mut last_seen = String::from("no status from either node");
@@ -931,6 +979,10 @@ impl Demo {
             },
         )
         .with_context(|| format!("last seen: {last_seen}"))?;
+        self.mark(&format!(
+            "{} seen passive, resynced, in sync",
+            NAMES[victim]
+        ));
         let pr = self.set_report(&joined)?;
         println!(
             "   {} is {} again (connected, eligible) and its copy of {SET} is {} {} after power-on",
@@ -993,6 +1045,7 @@ impl Demo {
             ))
         );
         let t_back = Instant::now();
+        self.mark(&format!("switchover requested on {}", NAMES[survivor]));
         let reply = self.request(survivor, &Request::Switchover)?;
         if !reply.ok {
             bail!(
@@ -1001,6 +1054,7 @@ impl Demo {
             );
         }
         let t_active = self.wait_role(victim, "active", Duration::from_secs(15))?;
+        self.mark(&format!("{} seen active", NAMES[victim]));
         let served = self.wait_served_by(victim, t_back, Duration::from_secs(10))?;
         println!(
             "   {} is active {} after the request; the client is served by {} again (PUT /k{} \
@@ -1040,13 +1094,16 @@ impl Demo {
 
     /// Reads every acknowledged key back through the floating address, from the client
     /// namespace.
-    fn read_back(&self, acked: &[u64]) -> Result<ReadBack> {
-        let keys = acked.to_vec();
+    fn read_back(&self, acked: &[Put]) -> Result<ReadBack> {
+        let keys: Vec<u64> = acked.iter().map(|p| p.n).collect();
+        // Bounded as a whole: what is not read by then counts as unreadable.
+        let deadline = Instant::now() + READ_BACK_MAX;
         let results = in_netns(self.net.client(), move || {
             let mut out = Vec::with_capacity(keys.len());
             for n in keys {
-                if INTERRUPTED.load(Ordering::SeqCst) {
-                    break;
+                if INTERRUPTED.load(Ordering::SeqCst) || Instant::now() > deadline {
+                    out.push((n, None));
+                    continue;
                 }
                 // A retry or two covers a connection refused by the 64-connection cap.
                 let mut answer = None;
@@ -1068,7 +1125,8 @@ impl Demo {
             acked: acked.len(),
             ..ReadBack::default()
         };
-        for (n, answer) in results {
+        for (put, (n, answer)) in acked.iter().zip(results) {
+            let missing = || self.describe_put(put);
             match answer {
                 Some(a) if a.status == 200 && a.body == value(n).as_bytes() => {
                     rb.present += 1;
@@ -1078,9 +1136,9 @@ impl Demo {
                         }
                     }
                 }
-                Some(a) if a.status == 200 => rb.wrong.push(n),
-                Some(a) if a.status == 404 => rb.lost.push(n),
-                _ => rb.unreadable.push(n),
+                Some(a) if a.status == 200 => rb.wrong.push(missing()),
+                Some(a) if a.status == 404 => rb.lost.push(missing()),
+                _ => rb.unreadable.push(missing()),
             }
         }
         Ok(rb)
@@ -1091,9 +1149,10 @@ impl Demo {
 struct ReadBack {
     acked: usize,
     present: usize,
-    lost: Vec<u64>,
-    wrong: Vec<u64>,
-    unreadable: Vec<u64>,
+    /// Each as "k<n> (acknowledged by NODE at +T s)".
+    lost: Vec<String>,
+    wrong: Vec<String>,
+    unreadable: Vec<String>,
     served_by: Vec<String>,
 }
 
@@ -1113,13 +1172,7 @@ impl ReadBack {
     }
 
     fn ensure(&self) -> Result<()> {
-        let first = |v: &[u64]| {
-            v.iter()
-                .take(10)
-                .map(|n| format!("k{n}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let first = |v: &[String]| v.iter().take(10).cloned().collect::<Vec<_>>().join(", ");
         if !self.lost.is_empty() {
             bail!(
                 "{} acknowledged writes are missing (first: {})",
@@ -1354,15 +1407,18 @@ struct Client {
     stop: Arc<AtomicBool>,
     puts: Arc<Mutex<Vec<Put>>>,
     thread: Option<JoinHandle<()>>,
+    /// Where every request is written when the client ends, times relative to `t0`.
+    log: PathBuf,
+    t0: Instant,
 }
 
 struct ClientStats {
     sent: usize,
-    acked: Vec<u64>,
+    acked: Vec<Put>,
 }
 
 impl Client {
-    fn start(ns: &Netns) -> Result<Client> {
+    fn start(ns: &Netns, log: PathBuf, t0: Instant) -> Result<Client> {
         let file = netns_file(ns)?;
         let stop = Arc::new(AtomicBool::new(false));
         let puts = Arc::new(Mutex::new(Vec::new()));
@@ -1403,6 +1459,8 @@ impl Client {
             stop,
             puts,
             thread: Some(thread),
+            log,
+            t0,
         };
         match ready_rx.recv_timeout(Duration::from_secs(5)) {
             Ok(Ok(())) => Ok(client),
@@ -1425,11 +1483,11 @@ impl Client {
             .count()
     }
 
-    fn acked(&self) -> Vec<u64> {
+    fn acked(&self) -> Vec<Put> {
         lock(&self.puts)
             .iter()
             .filter(|p| p.acked_by.is_some())
-            .map(|p| p.n)
+            .cloned()
             .collect()
     }
 
@@ -1471,7 +1529,7 @@ impl Client {
             acked: puts
                 .iter()
                 .filter(|p| p.acked_by.is_some())
-                .map(|p| p.n)
+                .cloned()
                 .collect(),
         }
     }
@@ -1482,6 +1540,24 @@ impl Drop for Client {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+        // Every request, for whoever reads the logs after a failure.
+        let mut text = String::from("# sent_s done_s key result (times since the demo started)\n");
+        for p in lock(&self.puts).iter() {
+            text.push_str(&format!(
+                "{:.3} {:.3} k{} {}\n",
+                p.sent.saturating_duration_since(self.t0).as_secs_f64(),
+                p.done.saturating_duration_since(self.t0).as_secs_f64(),
+                p.n,
+                p.acked_by
+                    .as_deref()
+                    .map_or("not-acknowledged".to_string(), |n| format!(
+                        "acknowledged-by-{n}"
+                    ))
+            ));
+        }
+        if let Err(e) = std::fs::write(&self.log, text) {
+            eprintln!("cannot write {}: {e}", self.log.display());
         }
     }
 }
