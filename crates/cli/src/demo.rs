@@ -218,6 +218,12 @@ pub fn run(opts: Options) -> Result<()> {
     let result = match Demo::new(style, exe, dir.clone()) {
         Ok(mut demo) => {
             let r = demo.story();
+            match &r {
+                // The daemons' own errors are usually the explanation; show them before
+                // the cleanup adds its own (the watchdog fences a killed active).
+                Err(_) => demo.print_daemon_errors(),
+                Ok(()) => demo.stop_daemons(),
+            }
             println!();
             println!("{}", style.bold("== Cleaning up"));
             drop(demo);
@@ -411,6 +417,42 @@ impl Demo {
             p.acked_by.as_deref().unwrap_or("?"),
             p.done.saturating_duration_since(self.t0).as_secs_f64()
         )
+    }
+
+    /// The last ERROR lines of each daemon's log, on stderr.
+    fn print_daemon_errors(&self) {
+        for name in NAMES {
+            let path = self.dir.join(format!("{name}.log"));
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            let errors: Vec<String> = text
+                .lines()
+                .map(strip_ansi)
+                .filter(|l| l.contains(" ERROR "))
+                .collect();
+            if errors.is_empty() {
+                continue;
+            }
+            eprintln!("   last errors in {}:", path.display());
+            for l in &errors[errors.len().saturating_sub(3)..] {
+                eprintln!("   {}", self.style.red(l));
+            }
+        }
+    }
+
+    /// Stops both daemons the way an operator would (SIGTERM: the active stops its
+    /// resources, the passive, stopping too, takes nothing over), so their logs end
+    /// cleanly; the cleanup kills
+    /// whatever does not stop in time.
+    fn stop_daemons(&mut self) {
+        for p in self.procs.iter_mut().flatten() {
+            // SAFETY: kill(2) on a daemon this demo spawned (its pid is its group's).
+            unsafe { libc::kill(p.pid() as libc::pid_t, libc::SIGTERM) };
+        }
+        for p in self.procs.iter_mut().flatten() {
+            let _ = p.wait_timeout(Duration::from_secs(10));
+        }
     }
 
     fn socket(&self, i: usize) -> PathBuf {
@@ -1296,6 +1338,25 @@ monitor_interval_ms = 500
     ))
 }
 
+/// A log line without the terminal colour codes tracing puts in it.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // ESC [ ... final byte in @..~
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) && c != '[' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
@@ -1759,6 +1820,14 @@ mod tests {
         let cfg = understudy_config::parse(&text, Path::new("demo.toml")).expect("valid config");
         assert_eq!(cfg.resources.len(), 2);
         assert!(text.contains(r#"'/opt/under study/understudy' demo-service"#));
+    }
+
+    #[test]
+    fn strips_colour_codes() {
+        assert_eq!(
+            strip_ansi("\x1b[2m2026\x1b[0m \x1b[31mERROR\x1b[0m x"),
+            "2026 ERROR x"
+        );
     }
 
     #[test]
