@@ -442,9 +442,8 @@ impl Demo {
     }
 
     /// Stops both daemons the way an operator would (SIGTERM: the active stops its
-    /// resources, the passive, stopping too, takes nothing over), so their logs end
-    /// cleanly; the cleanup kills
-    /// whatever does not stop in time.
+    /// resources; the passive, stopping too, takes nothing over), so their logs end
+    /// cleanly. The cleanup kills whatever does not stop in time.
     fn stop_daemons(&mut self) {
         for p in self.procs.iter_mut().flatten() {
             // SAFETY: kill(2) on a daemon this demo spawned (its pid is its group's).
