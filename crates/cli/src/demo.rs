@@ -454,6 +454,24 @@ impl Demo {
         }
     }
 
+    /// The paths in node i's quarantine manifests (`MANIFEST.jsonl`, one JSON object a
+    /// line, as the status warning points the operator to).
+    fn quarantined(&self, i: usize) -> Vec<String> {
+        let base = self
+            .dir
+            .join(format!("state-{}/sets/{SET}/quarantine", NAMES[i]));
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&base).into_iter().flatten().flatten() {
+            let text =
+                std::fs::read_to_string(entry.path().join("MANIFEST.jsonl")).unwrap_or_default();
+            out.extend(text.lines().filter_map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                v.get("path")?.as_str().map(str::to_string)
+            }));
+        }
+        out
+    }
+
     fn socket(&self, i: usize) -> PathBuf {
         self.dir.join(format!("{}.sock", NAMES[i]))
     }
@@ -835,8 +853,8 @@ impl Demo {
         let decided_rel = rel(decided.at_unix_ms);
         let line = |t: String, what: String, src: &str| {
             println!(
-                "   {:>9}  {what}  {}",
-                s.bold(&t),
+                "   {}  {what}  {}",
+                s.bold(&format!("{t:>8}")),
                 s.dim(&format!("[{src}]"))
             );
         };
@@ -848,14 +866,13 @@ impl Demo {
         line(
             format!("+{decided_rel} ms"),
             format!(
-                "{}: channel silent for failover_timeout since {}'s last heartbeat, its \
-                 management address unanswered: failover decided ({} -> {}, epoch {}, reason {})",
+                "{}: failover decided ({} -> {}, epoch {}): the channel silent for \
+                 failover_timeout since {}'s last heartbeat, its management address unanswered",
                 NAMES[survivor],
-                NAMES[victim],
                 decided.from.as_deref().unwrap_or("?"),
                 decided.to.as_deref().unwrap_or("?"),
                 decided.epoch.unwrap_or(0),
-                decided.reason.as_deref().unwrap_or("?")
+                NAMES[victim]
             ),
             &format!("{}'s event log", NAMES[survivor]),
         );
@@ -1067,12 +1084,38 @@ impl Demo {
             );
         } else {
             println!(
-                "   {} kept the writes it had made but never replicated (unacknowledged, so \
-                 the active's copy wins; they are preserved for the operator):",
-                NAMES[victim]
+                "   {} had changes {} never got; the active's copy wins, and they are kept \
+                 for the operator:",
+                NAMES[victim], NAMES[survivor]
             );
             for w in &pr.warnings {
                 println!("   {}", s.yellow(&format!("WARNING: {w}")));
+            }
+            let puts = self.client()?.all();
+            for path in self.quarantined(victim) {
+                // The service writes k<n>.tmp, fsyncs it, then renames it to k<n>.
+                let key = path.strip_suffix(".tmp").unwrap_or(&path);
+                let put = key
+                    .strip_prefix('k')
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .and_then(|n| puts.iter().find(|p| p.n == n));
+                let file = if key == path {
+                    path.clone()
+                } else {
+                    format!("{path} (the service's temporary file for {key})")
+                };
+                let what = match put {
+                    Some(p) if p.acked_by.is_some() => {
+                        format!("{file}: {}", self.describe_put(p))
+                    }
+                    Some(p) => format!(
+                        "{file}: never acknowledged to the client (sent {} before the power \
+                         failure)",
+                        ms(t_fail.saturating_duration_since(p.sent))
+                    ),
+                    None => format!("{file}: not something the client stored"),
+                };
+                println!("   quarantined: {what}");
             }
         }
 
@@ -1541,6 +1584,10 @@ impl Client {
             .iter()
             .filter(|p| p.acked_by.is_some())
             .count()
+    }
+
+    fn all(&self) -> Vec<Put> {
+        lock(&self.puts).clone()
     }
 
     fn acked(&self) -> Vec<Put> {
