@@ -640,11 +640,41 @@ impl Demo {
     // The story
 
     fn story(&mut self) -> Result<()> {
-        let s = self.style;
+        let first = self.start_pair()?;
+        let second = 1 - first;
+        self.start_client(first, second)?;
+        self.planned_switchover(first, second)?;
+        // Some writes on the new active, replicated to the first node, before the failure.
+        pause(Duration::from_millis(1500))?;
+        let failure = self.power_failure(second, first)?;
+        let outage = self.takeover(&failure)?;
+        self.check_after_failover(&failure)?;
+        self.power_back(&failure)?;
+        let stats = self.switch_back(&failure)?;
 
-        // 1. Start both nodes.
         println!();
-        println!("{}", s.bold("== 1. Starting alpha and beta"));
+        println!(
+            "{}",
+            self.style.green(&format!(
+                "== 9. Summary: 2 planned switchovers and 1 power failure; the client was served \
+                 again {} after the failure; {} writes sent, {} acknowledged, 0 lost",
+                secs(outage),
+                stats.sent,
+                stats.acked.len()
+            ))
+        );
+        Ok(())
+    }
+
+    fn heading(&self, text: &str) {
+        println!();
+        println!("{}", self.style.bold(&format!("== {text}")));
+    }
+
+    /// Step 1: both daemons start and elect an active. Returns the active.
+    fn start_pair(&mut self) -> Result<usize> {
+        let s = self.style;
+        self.heading("1. Starting alpha and beta");
         println!(
             "   each runs `understudy run` (this binary) in its namespace; the pair elects an active"
         );
@@ -658,7 +688,6 @@ impl Demo {
             Duration::from_millis(50),
             || self.settled(),
         )?;
-        let second = 1 - first;
         self.mark(&format!("settled: {} active", NAMES[first]));
         let st = self.status(first)?;
         println!(
@@ -666,7 +695,7 @@ impl Demo {
             s.bold(NAMES[first]),
             s.green("ACTIVE"),
             st.reason.as_deref().unwrap_or("?"),
-            NAMES[second],
+            NAMES[1 - first],
             s.cyan("passive"),
             secs(t0.elapsed())
         );
@@ -677,13 +706,12 @@ impl Demo {
             }
             println!("   {}", s.dim(&format!("| {line}")));
         }
+        Ok(first)
+    }
 
-        // 2. The client writes.
-        println!();
-        println!(
-            "{}",
-            s.bold("== 2. The client writes through the floating address 10.60.0.50")
-        );
+    /// Step 2: the client starts writing; shows its first acknowledged writes.
+    fn start_client(&mut self, active: usize, passive: usize) -> Result<()> {
+        self.heading("2. The client writes through the floating address 10.60.0.50");
         println!(
             "   a client in its own namespace sends PUT /k1, /k2, ... every {} ms ({} ms timeout);",
             PUT_INTERVAL.as_millis(),
@@ -704,47 +732,46 @@ impl Demo {
             Duration::from_secs(15),
             Duration::from_millis(20),
             || {
-                let c = self.client()?;
-                let n = c.acked_count();
+                let n = self.client()?.acked_count();
                 Ok((n >= 50).then_some(n))
             },
         )?;
-        let c = self.client()?;
-        let lat = c.median_ack_latency().unwrap_or_default();
+        let lat = self.client()?.median_ack_latency().unwrap_or_default();
         println!(
             "   {n} writes acknowledged by {} in {} (median {:.1} ms each)",
-            NAMES[first],
+            NAMES[active],
             secs(t_writes.elapsed()),
             lat.as_secs_f64() * 1000.0
         );
-        let r = self.set_report(&self.status(first)?)?;
+        let r = self.set_report(&self.status(active)?)?;
         println!(
             "   replication of {SET}: {}, sent seq {}, acked by {} up to seq {}, queue {} ops",
-            r.state, r.sent_seq, NAMES[second], r.acked_seq, r.queue_ops
+            r.state, r.sent_seq, NAMES[passive], r.acked_seq, r.queue_ops
         );
+        Ok(())
+    }
 
-        // 3. Planned switchover.
-        println!();
-        println!(
-            "{}",
-            s.bold(&format!(
-                "== 3. Planned switchover: `understudy switchover` moves the role to {}",
-                NAMES[second]
-            ))
-        );
-        let t_sw = Instant::now();
-        self.mark(&format!("switchover requested on {}", NAMES[first]));
-        let reply = self.request(first, &Request::Switchover)?;
+    /// `understudy switchover` on `from`: waits until `to` is active and serves the client,
+    /// and checks that `from` drained its replication queue to `to` first.
+    fn switchover(&self, from: usize, to: usize) -> Result<()> {
+        let s = self.style;
+        let t_req = Instant::now();
+        self.mark(&format!("switchover requested on {}", NAMES[from]));
+        let reply = self.request(from, &Request::Switchover)?;
         if !reply.ok {
             bail!(
-                "the switchover was refused: {}",
+                "the switchover from {} was refused: {}",
+                NAMES[from],
                 reply.error.unwrap_or_default()
             );
         }
-        let t_active = self.wait_role(second, "active", Duration::from_secs(15))?;
-        let served = self.wait_served_by(second, t_sw, Duration::from_secs(10))?;
-        let old = self.status(first)?;
-        let drain = old
+        let t_active = self.wait_role(to, "active", Duration::from_secs(15))?;
+        self.mark(&format!("{} seen active", NAMES[to]));
+        let served = self.wait_served_by(to, t_req, Duration::from_secs(10))?;
+        // The old active stops its applications, then drains the queue to the peer and
+        // logs whether the peer confirmed all of it.
+        let drain = self
+            .status(from)?
             .events
             .iter()
             .rev()
@@ -754,44 +781,49 @@ impl Demo {
             .with_context(|| {
                 format!(
                     "{} logged no drain notice for set {SET} during the switchover",
-                    NAMES[first]
+                    NAMES[from]
                 )
             })?;
         if !drain.contains("confirmed by the peer") || drain.contains("NOT drained") {
             bail!("the switchover's drain was not confirmed: {drain}");
         }
-        let failed = self.client()?.failed_between(t_sw, served.done);
+        let failed = self.client()?.failed_between(t_req, served.done);
         println!(
             "   {} is active {} after the request",
-            s.bold(NAMES[second]),
-            s.green(&secs(t_active - t_sw))
+            s.bold(NAMES[to]),
+            s.green(&secs(t_active - t_req))
         );
         println!(
             "   the drain was confirmed ({}'s event log): {}",
-            NAMES[first],
+            NAMES[from],
             s.cyan(&drain)
         );
         println!(
-            "   the client is served by {} again {} after the request; writes not acknowledged \
-             meanwhile: {failed} (refused or timed out, so nothing was promised for them)",
-            NAMES[second],
-            secs(served.done - t_sw),
+            "   the client is served by {} {} after the request (PUT /k{}); writes not \
+             acknowledged meanwhile: {failed} (refused or timed out, so nothing was promised \
+             for them)",
+            NAMES[to],
+            secs(served.done - t_req),
+            served.n
         );
+        Ok(())
+    }
 
-        // Some writes on the new active, replicated back to the first node.
-        pause(Duration::from_millis(1500))?;
+    /// Step 3.
+    fn planned_switchover(&self, from: usize, to: usize) -> Result<()> {
+        self.heading(&format!(
+            "3. Planned switchover: `understudy switchover` moves the role to {}",
+            NAMES[to]
+        ));
+        self.switchover(from, to)
+    }
 
-        // 4. Power failure of the active.
-        let victim = second;
-        let survivor = first;
-        println!();
-        println!(
-            "{}",
-            s.bold(&format!(
-                "== 4. Power failure of the active ({}): kill -9 every process on it, pull its cables",
-                NAMES[victim]
-            ))
-        );
+    /// Step 4: the active loses power. Returns what the later steps measure against.
+    fn power_failure(&mut self, victim: usize, survivor: usize) -> Result<Failure> {
+        self.heading(&format!(
+            "4. Power failure of the active ({}): kill -9 every process on it, pull its cables",
+            NAMES[victim]
+        ));
         // Resyncs the victim's copy has completed so far (the count persists across
         // restarts), to recognise the one that follows its return.
         let resyncs_before = self.set_report(&self.status(victim)?)?.resyncs;
@@ -800,24 +832,39 @@ impl Demo {
         self.arp = Some(ArpWatch::start(self.net.client())?);
         let acked_before = self.client()?.acked_count();
         self.mark(&format!("power failure of {}", NAMES[victim]));
-        let t_fail = Instant::now();
-        let t_fail_wall = SystemTime::now();
+        let at = Instant::now();
+        let at_wall = SystemTime::now();
         self.power_off(victim)?;
         // Killing takes a few milliseconds and the cables go after it; until then the
         // victim's kernel (not its daemon) may still answer ARP.
-        let t_dark = Instant::now();
+        let dark = Instant::now();
         self.mark(&format!("{} killed and unplugged", NAMES[victim]));
         println!(
             "   {} is dark (failover_timeout {} ms); the client keeps writing",
             NAMES[victim], FAILOVER_TIMEOUT_MS
         );
+        Ok(Failure {
+            victim,
+            survivor,
+            at,
+            at_wall,
+            dark,
+            acked_before,
+            resyncs_before,
+            survivor_mac,
+            victim_mac,
+        })
+    }
 
-        // 5. The takeover, as a timeline.
-        self.wait_role(survivor, "active", Duration::from_secs(15))?;
-        self.mark(&format!("{} seen active", NAMES[survivor]));
-        let served = self.wait_served_by(survivor, t_fail, Duration::from_secs(10))?;
+    /// Step 5: the takeover as a timeline from the failure. Returns the client's outage.
+    fn takeover(&mut self, f: &Failure) -> Result<Duration> {
+        let s = self.style;
+        let (victim, survivor) = (NAMES[f.victim], NAMES[f.survivor]);
+        self.wait_role(f.survivor, "active", Duration::from_secs(15))?;
+        self.mark(&format!("{survivor} seen active"));
+        let served = self.wait_served_by(f.survivor, f.at, Duration::from_secs(10))?;
         let arp_seen = wait_for(
-            &format!("{} to answer ARP for the floating address", NAMES[survivor]),
+            &format!("{survivor} to answer ARP for the floating address"),
             Duration::from_secs(10),
             Duration::from_millis(20),
             || {
@@ -825,111 +872,94 @@ impl Demo {
                     .arp
                     .as_ref()
                     .context("the ARP watcher is not running")?;
-                Ok(arp.first_answer_after(t_fail, &survivor_mac))
+                Ok(arp.first_answer_after(f.at, &f.survivor_mac))
             },
         )?;
-        let arp = self.arp.take();
-        let victim_answered = arp
-            .as_ref()
-            .and_then(|a| a.first_answer_after(t_dark, &victim_mac));
-        drop(arp);
-        let st = self.status(survivor)?;
-        println!();
-        println!(
-            "{}",
-            s.bold(&format!(
-                "== 5. The takeover by {}, in time since the power failure",
-                NAMES[survivor]
-            ))
-        );
-        let fail_ms = unix_ms(t_fail_wall);
-        let (decided, promoted) = takeover_events(&st.events, fail_ms).with_context(|| {
-            format!(
-                "{}'s event log has no failover after the power failure",
-                NAMES[survivor]
-            )
-        })?;
-        let rel = |at_unix_ms: u64| at_unix_ms as i64 - fail_ms as i64;
-        let decided_rel = rel(decided.at_unix_ms);
-        let line = |t: String, what: String, src: &str| {
-            println!(
-                "   {}  {what}  {}",
-                s.bold(&format!("{t:>8}")),
-                s.dim(&format!("[{src}]"))
+        let victim_answered = self
+            .arp
+            .take()
+            .and_then(|a| a.first_answer_after(f.dark, &f.victim_mac));
+        if let Some(t) = victim_answered {
+            bail!(
+                "{victim} answered ARP for the floating address {} after its cables were pulled",
+                ms(t - f.dark)
             );
-        };
-        line(
-            "+0 ms".into(),
-            format!("power failure of {}", NAMES[victim]),
-            "demo",
-        );
-        line(
-            format!("+{decided_rel} ms"),
-            format!(
-                "{}: failover decided ({} -> {}, epoch {}): the channel silent for \
-                 failover_timeout since {}'s last heartbeat, its management address unanswered",
-                NAMES[survivor],
-                decided.from.as_deref().unwrap_or("?"),
-                decided.to.as_deref().unwrap_or("?"),
-                decided.epoch.unwrap_or(0),
-                NAMES[victim]
+        }
+        let st = self.status(f.survivor)?;
+        self.heading(&format!(
+            "5. The takeover by {survivor}, in time since the power failure"
+        ));
+        // The event log's wall-clock stamp places the decision against the demo's clock;
+        // its monotonic stamps measure the intervals after it exactly.
+        let fail_ms = unix_ms(f.at_wall);
+        let (decided, promoted) = takeover_events(&st.events, fail_ms).with_context(|| {
+            format!("{survivor}'s event log has no failover after the power failure")
+        })?;
+        let decided_rel = decided.at_unix_ms as i64 - fail_ms as i64;
+        let since_decision = |e: &EventReport| e.at_mono_ms.saturating_sub(decided.at_mono_ms);
+        let log_src = format!("{survivor}'s event log");
+        let mut rows: Vec<(i64, String, String)> = vec![
+            (0, format!("power failure of {victim}"), "demo".into()),
+            (
+                decided_rel,
+                format!(
+                    "{survivor}: failover decided ({} -> {}, epoch {}): the channel silent for \
+                     failover_timeout since {victim}'s last heartbeat, its management address \
+                     unanswered",
+                    decided.from.as_deref().unwrap_or("?"),
+                    decided.to.as_deref().unwrap_or("?"),
+                    decided.epoch.unwrap_or(0),
+                ),
+                log_src.clone(),
             ),
-            &format!("{}'s event log", NAMES[survivor]),
-        );
+            (
+                decided_rel + since_decision(&promoted) as i64,
+                format!(
+                    "{survivor}: promoted, role active: data mounted, address added, service \
+                     started ({} after the decision)",
+                    ms(Duration::from_millis(since_decision(&promoted)))
+                ),
+                log_src.clone(),
+            ),
+            (
+                (arp_seen - f.at).as_millis() as i64,
+                format!(
+                    "10.60.0.50 answers ARP from {survivor}'s pub ({})",
+                    mac_text(&f.survivor_mac)
+                ),
+                "client ARP".into(),
+            ),
+            (
+                (served.done - f.at).as_millis() as i64,
+                format!(
+                    "service up: first acknowledged write after the failure (PUT /k{}, served \
+                     by {survivor})",
+                    served.n
+                ),
+                "client".into(),
+            ),
+        ];
+        // Anything else the survivor logged while promoting (replication notices).
         for e in st.events.iter().filter(|e| {
             e.kind != "role-change"
                 && e.at_mono_ms >= decided.at_mono_ms
                 && e.at_mono_ms <= promoted.at_mono_ms
         }) {
-            line(
-                format!(
-                    "+{} ms",
-                    decided_rel + (e.at_mono_ms - decided.at_mono_ms) as i64
-                ),
-                format!(
-                    "{}: {}",
-                    NAMES[survivor],
-                    e.text.as_deref().unwrap_or(&e.kind)
-                ),
-                &format!("{}'s event log", NAMES[survivor]),
-            );
+            rows.push((
+                decided_rel + since_decision(e) as i64,
+                format!("{survivor}: {}", e.text.as_deref().unwrap_or(&e.kind)),
+                log_src.clone(),
+            ));
         }
-        let mut rows: Vec<(i64, String, String)> = vec![
-            (
-                decided_rel + promoted.at_mono_ms.saturating_sub(decided.at_mono_ms) as i64,
-                format!(
-                    "{}: promoted, role active: data mounted, address added, service started \
-                     ({} after the decision)",
-                    NAMES[survivor],
-                    ms(Duration::from_millis(
-                        promoted.at_mono_ms.saturating_sub(decided.at_mono_ms)
-                    ))
-                ),
-                format!("{}'s event log", NAMES[survivor]),
-            ),
-            (
-                (arp_seen - t_fail).as_millis() as i64,
-                format!(
-                    "10.60.0.50 answers ARP from {}'s pub ({})",
-                    NAMES[survivor],
-                    mac_text(&survivor_mac)
-                ),
-                "client ARP".into(),
-            ),
-            (
-                (served.done - t_fail).as_millis() as i64,
-                format!(
-                    "service up: first acknowledged write after the failure (PUT /k{}, served by {})",
-                    served.n, NAMES[survivor]
-                ),
-                "client".into(),
-            ),
-        ];
         rows.sort_by_key(|r| r.0);
         for (t, what, src) in rows {
-            line(format!("+{t} ms"), what, &src);
+            println!(
+                "   {}  {what}  {}",
+                s.bold(&format!("{:>8}", format!("+{t} ms"))),
+                s.dim(&format!("[{src}]"))
+            );
         }
-        let outage = served.done - t_fail;
+        let outage = served.done - f.at;
         println!(
             "   the client was served again {} after the power failure (it retries every {} ms, \
              giving up on a connection after {} ms)",
@@ -937,59 +967,105 @@ impl Demo {
             PUT_INTERVAL.as_millis(),
             CONNECT_TIMEOUT.as_millis()
         );
-        if let Some(t) = victim_answered {
-            bail!(
-                "{} answered ARP for the floating address {} after its cables were pulled",
-                NAMES[victim],
-                ms(t - t_dark)
-            );
-        }
-        let pinged = self.net.client().can_ping(std::net::IpAddr::V4(VIP));
-        let neigh = self.client_neighbour().unwrap_or_else(|| "none".into());
-        if !pinged {
+        if !self.net.client().can_ping(std::net::IpAddr::V4(VIP)) {
             bail!("10.60.0.50 does not answer ping from the client after the takeover");
         }
+        let neigh = self.client_neighbour().unwrap_or_else(|| "none".into());
+        let whose = if neigh == mac_text(&f.survivor_mac) {
+            format!("{survivor}'s pub")
+        } else {
+            "not yet updated".to_string()
+        };
         println!(
-            "   ping 10.60.0.50 from the client: answered; its neighbour table: 10.60.0.50 at {neigh} ({})",
-            if neigh == mac_text(&survivor_mac) {
-                format!("{}'s pub", NAMES[survivor])
-            } else {
-                "not yet updated".to_string()
-            }
+            "   ping 10.60.0.50 from the client: answered; its neighbour table: 10.60.0.50 at \
+             {neigh} ({whose})"
         );
+        Ok(outage)
+    }
 
-        // 6. No acknowledged write lost.
-        println!();
-        println!(
-            "{}",
-            s.bold("== 6. No acknowledged write lost: read every one back through 10.60.0.50")
-        );
-        let acked = self.client()?.acked();
-        let check = self.read_back(&acked)?;
+    /// Step 6: every acknowledged write is there on the survivor.
+    fn check_after_failover(&self, f: &Failure) -> Result<()> {
+        self.heading("6. No acknowledged write lost: read every one back through 10.60.0.50");
+        let check = self.read_back(&self.client()?.acked())?;
         println!(
             "   {} ({} of them acknowledged before the power failure; read from {})",
-            check.summary(&s),
-            acked_before,
+            check.summary(&self.style),
+            f.acked_before,
             check.served_by.join(", ")
         );
-        check.ensure()?;
+        check.ensure()
+    }
 
-        // 7. Power back on.
-        println!();
-        println!(
-            "{}",
-            s.bold(&format!(
-                "== 7. Power back on {}: it rejoins as passive and is resynchronised",
-                NAMES[victim]
-            ))
-        );
+    /// Step 7: the failed node comes back, rejoins as passive and is resynced.
+    fn power_back(&mut self, f: &Failure) -> Result<()> {
+        let s = self.style;
+        let (victim, survivor) = (NAMES[f.victim], NAMES[f.survivor]);
+        self.heading(&format!(
+            "7. Power back on {victim}: it rejoins as passive and is resynchronised"
+        ));
         let t_on = Instant::now();
-        self.mark(&format!("power back on {}", NAMES[victim]));
-        self.power_on(victim)?;
-        self.wait_role(victim, "passive", Duration::from_secs(20))?;
+        self.mark(&format!("power back on {victim}"));
+        self.power_on(f.victim)?;
+        self.wait_role(f.victim, "passive", Duration::from_secs(20))?;
+        let (joined, active_set) = self.wait_rejoined(f)?;
+        self.mark(&format!("{victim} seen passive, resynced, in sync"));
+        let pr = self.set_report(&joined)?;
+        println!(
+            "   {victim} is {} again (connected, eligible) and its copy of {SET} is {} {} after \
+             power-on",
+            s.cyan(&joined.role),
+            s.green(&pr.state),
+            secs(t_on.elapsed())
+        );
+        if let Some(p) = &active_set.sync {
+            println!(
+                "   resync by {survivor} ({}): {} entries compared, {}/{} files copied or \
+                 patched, {} bytes sent, {} ms",
+                p.scope, p.entries, p.files_done, p.files_total, p.bytes_sent, p.elapsed_ms
+            );
+        }
+        for (name, st) in [(victim, &joined), (survivor, &self.status(f.survivor)?)] {
+            let note = st
+                .events
+                .iter()
+                .rev()
+                .filter_map(|e| e.text.as_deref())
+                .find(|t| t.contains("resync") && t.contains("complete"));
+            if let Some(note) = note {
+                println!("   {name}'s event log: {}", s.cyan(note));
+            }
+        }
+        println!(
+            "   {survivor} streams to it again: set {SET} {}, sent seq {}, acked up to seq {}",
+            active_set.state, active_set.sent_seq, active_set.acked_seq
+        );
+        if pr.warnings.is_empty() {
+            println!(
+                "   no warnings: none of {victim}'s files had changes the active lacked, so \
+                 nothing needed preserving in its quarantine"
+            );
+            return Ok(());
+        }
+        println!(
+            "   {victim} had changes {survivor} never got; the active's copy wins, and they are \
+             kept for the operator:"
+        );
+        for w in &pr.warnings {
+            println!("   {}", s.yellow(&format!("WARNING: {w}")));
+        }
+        self.print_quarantine(f)
+    }
+
+    /// Waits until the victim is back as an eligible passive, connected, with its copy
+    /// resynced and in sync. Returns its status and the active's report of the set.
+    fn wait_rejoined(&self, f: &Failure) -> Result<(StatusReport, report::ReplicationReport)> {
+        let (victim, survivor) = (f.victim, f.survivor);
         let mut last_seen = String::from("no status from either node");
-        let (joined, active_set) = wait_for(
-            &format!("{}'s copy of {SET} to be resynced and in sync", NAMES[victim]),
+        wait_for(
+            &format!(
+                "{}'s copy of {SET} to be resynced and in sync",
+                NAMES[victim]
+            ),
             Duration::from_secs(30),
             Duration::from_millis(50),
             || {
@@ -999,7 +1075,8 @@ impl Demo {
                 };
                 let (pr, ar) = (self.set_report(&p)?, self.set_report(&a)?);
                 last_seen = format!(
-                    "{}: {} eligible {} public {} set {} {} sync {:?} resyncs {}; {}: {} peer connected {} set {} {} sync {:?}",
+                    "{}: {} eligible {} public {} set {} {} sync {:?} resyncs {}; {}: {} peer \
+                     connected {} set {} {} sync {:?}",
                     NAMES[victim],
                     p.role,
                     p.eligible,
@@ -1017,9 +1094,10 @@ impl Demo {
                 );
                 // The passive's side of a resync: its status shows a sync of kind resync,
                 // and its count of completed resyncs goes up when its copy equals the
-                // active's. The active's side (the engine) reports its phase as done.
+                // active's (its phase stays "applying"). The active's side (the engine)
+                // reports its phase as done.
                 let passive_done = pr.sync.as_ref().is_some_and(|x| x.kind == "resync")
-                    && pr.resyncs > resyncs_before;
+                    && pr.resyncs > f.resyncs_before;
                 let active_done = ar
                     .sync
                     .as_ref()
@@ -1032,123 +1110,49 @@ impl Demo {
                     && a.peer.connected
                     && a.peer.role.as_deref() == Some("passive")
                     && a.peer.public_ok == Some(true);
-                let ok = rejoined && pr.state == "in_sync" && ar.state == "in_sync";
-                Ok((ok && passive_done && active_done).then_some((p, ar)))
+                let in_sync = pr.state == "in_sync" && ar.state == "in_sync";
+                Ok((rejoined && in_sync && passive_done && active_done).then_some((p, ar)))
             },
         )
-        .with_context(|| format!("last seen: {last_seen}"))?;
-        self.mark(&format!(
-            "{} seen passive, resynced, in sync",
-            NAMES[victim]
-        ));
-        let pr = self.set_report(&joined)?;
-        println!(
-            "   {} is {} again (connected, eligible) and its copy of {SET} is {} {} after power-on",
-            NAMES[victim],
-            s.cyan(&joined.role),
-            s.green(&pr.state),
-            secs(t_on.elapsed())
-        );
-        if let Some(p) = &active_set.sync {
-            println!(
-                "   resync by {} ({}): {} entries compared, {}/{} files copied or patched, {} bytes sent, {} ms",
-                NAMES[survivor],
-                p.scope,
-                p.entries,
-                p.files_done,
-                p.files_total,
-                p.bytes_sent,
-                p.elapsed_ms
-            );
-        }
-        for (i, st) in [(victim, &joined), (survivor, &self.status(survivor)?)] {
-            let note = st
-                .events
-                .iter()
-                .rev()
-                .filter_map(|e| e.text.as_deref())
-                .find(|t| t.contains("resync") && t.contains("complete"));
-            if let Some(note) = note {
-                println!("   {}'s event log: {}", NAMES[i], s.cyan(note));
-            }
-        }
-        println!(
-            "   {} streams to it again: set {SET} {}, sent seq {}, acked up to seq {}",
-            NAMES[survivor], active_set.state, active_set.sent_seq, active_set.acked_seq
-        );
-        if pr.warnings.is_empty() {
-            println!(
-                "   no warnings: none of {}'s files had changes the active lacked, so nothing \
-                 needed preserving in its quarantine",
-                NAMES[victim]
-            );
-        } else {
-            println!(
-                "   {} had changes {} never got; the active's copy wins, and they are kept \
-                 for the operator:",
-                NAMES[victim], NAMES[survivor]
-            );
-            for w in &pr.warnings {
-                println!("   {}", s.yellow(&format!("WARNING: {w}")));
-            }
-            let puts = self.client()?.all();
-            for path in self.quarantined(victim) {
-                // The service writes k<n>.tmp, fsyncs it, then renames it to k<n>.
-                let key = path.strip_suffix(".tmp").unwrap_or(&path);
-                let put = key
-                    .strip_prefix('k')
-                    .and_then(|n| n.parse::<u64>().ok())
-                    .and_then(|n| puts.iter().find(|p| p.n == n));
-                let file = if key == path {
-                    path.clone()
-                } else {
-                    format!("{path} (the service's temporary file for {key})")
-                };
-                let what = match put {
-                    Some(p) if p.acked_by.is_some() => {
-                        format!("{file}: {}", self.describe_put(p))
-                    }
-                    Some(p) => format!(
-                        "{file}: never acknowledged to the client (sent {} before the power \
-                         failure)",
-                        ms(t_fail.saturating_duration_since(p.sent))
-                    ),
-                    None => format!("{file}: not something the client stored"),
-                };
-                println!("   quarantined: {what}");
-            }
-        }
+        .with_context(|| format!("last seen: {last_seen}"))
+    }
 
-        // 8. Switch back.
-        println!();
-        println!(
-            "{}",
-            s.bold(&format!(
-                "== 8. Switch back: `understudy switchover` on {} returns the role to {}",
-                NAMES[survivor], NAMES[victim]
-            ))
-        );
-        let t_back = Instant::now();
-        self.mark(&format!("switchover requested on {}", NAMES[survivor]));
-        let reply = self.request(survivor, &Request::Switchover)?;
-        if !reply.ok {
-            bail!(
-                "the switch back was refused: {}",
-                reply.error.unwrap_or_default()
-            );
+    /// Names each quarantined path, and whether the client was ever told it was stored.
+    fn print_quarantine(&self, f: &Failure) -> Result<()> {
+        let puts = self.client()?.all();
+        for path in self.quarantined(f.victim) {
+            // The service writes k<n>.tmp, fsyncs it, then renames it to k<n>.
+            let key = path.strip_suffix(".tmp").unwrap_or(&path);
+            let put = key
+                .strip_prefix('k')
+                .and_then(|n| n.parse::<u64>().ok())
+                .and_then(|n| puts.iter().find(|p| p.n == n));
+            let file = if key == path {
+                path.clone()
+            } else {
+                format!("{path} (the service's temporary file for {key})")
+            };
+            let what = match put {
+                Some(p) if p.acked_by.is_some() => format!("{file}: {}", self.describe_put(p)),
+                Some(p) => format!(
+                    "{file}: never acknowledged to the client (sent {} before the power failure)",
+                    ms(f.at.saturating_duration_since(p.sent))
+                ),
+                None => format!("{file}: not something the client stored"),
+            };
+            println!("   quarantined: {what}");
         }
-        let t_active = self.wait_role(victim, "active", Duration::from_secs(15))?;
-        self.mark(&format!("{} seen active", NAMES[victim]));
-        let served = self.wait_served_by(victim, t_back, Duration::from_secs(10))?;
-        println!(
-            "   {} is active {} after the request; the client is served by {} again (PUT /k{} \
-             acknowledged {} after the request)",
-            s.bold(NAMES[victim]),
-            s.green(&secs(t_active - t_back)),
-            NAMES[victim],
-            served.n,
-            secs(served.done - t_back)
-        );
+        Ok(())
+    }
+
+    /// Step 8: back to the node that failed; then every acknowledged write of the whole
+    /// demo is read back from it. Stops the client.
+    fn switch_back(&mut self, f: &Failure) -> Result<ClientStats> {
+        self.heading(&format!(
+            "8. Switch back: `understudy switchover` on {} returns the role to {}",
+            NAMES[f.survivor], NAMES[f.victim]
+        ));
+        self.switchover(f.survivor, f.victim)?;
         // A few more writes on the node that came back, then the final count.
         pause(Duration::from_millis(500))?;
         let client = self.client.take().context("the client is not running")?;
@@ -1156,24 +1160,11 @@ impl Demo {
         let check = self.read_back(&stats.acked)?;
         println!(
             "   whole demo: {} (read from {})",
-            check.summary(&s),
+            check.summary(&self.style),
             check.served_by.join(", ")
         );
         check.ensure()?;
-
-        // 9. Summary.
-        println!();
-        println!(
-            "{}",
-            s.green(&format!(
-                "== 9. Summary: 2 planned switchovers and 1 power failure; the client was served \
-                 again {} after the failure; {} writes sent, {} acknowledged, 0 lost",
-                secs(outage),
-                stats.sent,
-                stats.acked.len()
-            ))
-        );
-        Ok(())
+        Ok(stats)
     }
 
     /// Reads every acknowledged key back through the floating address, from the client
@@ -1227,6 +1218,22 @@ impl Demo {
         }
         Ok(rb)
     }
+}
+
+/// The power failure, as the later steps need it.
+struct Failure {
+    victim: usize,
+    survivor: usize,
+    /// When the victim's processes started dying.
+    at: Instant,
+    at_wall: SystemTime,
+    /// When its cables were out: nothing of it can answer after this.
+    dark: Instant,
+    acked_before: usize,
+    /// Resyncs the victim's copy had completed before.
+    resyncs_before: u64,
+    survivor_mac: [u8; 6],
+    victim_mac: [u8; 6],
 }
 
 #[derive(Default)]
@@ -1669,12 +1676,15 @@ impl Drop for Client {
     }
 }
 
+/// ARP answers seen: when each came, and the MAC that answered.
+type ArpAnswers = Mutex<Vec<(Instant, [u8; 6])>>;
+
 /// Asks "who has 10.60.0.50?" from the client every few tens of milliseconds and records
 /// who answered, to see when the address answers from the new node.
 struct ArpWatch {
     stop: Arc<AtomicBool>,
     /// (when the answer came, the MAC that answered).
-    answers: Arc<Mutex<Vec<(Instant, [u8; 6])>>>,
+    answers: Arc<ArpAnswers>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -1775,7 +1785,7 @@ impl ArpSocket {
 
     /// Broadcasts one request for the floating address and records every answer to it
     /// that arrives within `wait`.
-    fn ask(&self, wait: Duration, answers: &Mutex<Vec<(Instant, [u8; 6])>>) -> std::io::Result<()> {
+    fn ask(&self, wait: Duration, answers: &ArpAnswers) -> std::io::Result<()> {
         let proto = (libc::ETH_P_ARP as u16).to_be();
         // Ethernet/IPv4 ARP request: htype 1, ptype 0x0800, hlen 6, plen 4, op 1.
         let mut req = vec![0u8, 1, 8, 0, 6, 4, 0, 1];
