@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use understudy_daemon::control::{self, Reply, Request};
 use understudy_daemon::report;
 
+mod demo;
 mod demo_service;
 
 const DEFAULT_CONFIG: &str = "/etc/understudy/understudy.toml";
@@ -107,6 +108,14 @@ enum Cmd {
         #[arg(long, default_value = "node")]
         node: String,
     },
+    /// Run the demo: two nodes and a client in network namespaces on this machine, a
+    /// switchover, a power failure and the takeover, no acknowledged write lost, the
+    /// failed node resynced and switched back to. Needs root; removes all it made.
+    Demo {
+        /// Plain output, even on a terminal (NO_COLOR is respected too).
+        #[arg(long)]
+        no_color: bool,
+    },
     /// Make this node active even though the automatic rules would not.
     Failover {
         /// Required: this overrides the safety rules (it is still refused while the peer is
@@ -147,6 +156,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         Cmd::DemoService { listen, dir, node } => {
             demo_service::serve(&listen, &dir, &node).map(|()| ExitCode::SUCCESS)
         }
+        Cmd::Demo { no_color } => demo::run(demo::Options { no_color }).map(|()| ExitCode::SUCCESS),
         Cmd::Run {
             node,
             log_format,

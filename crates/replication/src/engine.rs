@@ -368,15 +368,17 @@ impl Engine {
             all.sort_unstable();
             need.extend(all.into_iter().map(|i| (i, false)));
         }
-        while !passive_empty {
-            match self.next_report()? {
-                Report::Need(n) if n.id == self.id => {
-                    need.extend(n.items);
-                    if n.last {
-                        break;
+        if !passive_empty {
+            loop {
+                match self.next_report()? {
+                    Report::Need(n) if n.id == self.id => {
+                        need.extend(n.items);
+                        if n.last {
+                            break;
+                        }
                     }
+                    _ => {}
                 }
-                _ => {}
             }
         }
         let files: Vec<(ListedFile, bool)> = need
@@ -726,7 +728,7 @@ fn pread_into(fd: &OwnedFd, data: &mut Vec<u8>, want: usize, offset: u64) -> Res
         let at = offset + len as u64;
         let spare = &mut data.spare_capacity_mut()[..want - len];
         match rustix::io::pread(fd, spare, at) {
-            Ok((filled, _)) if filled.is_empty() => break,
+            Ok(([], _)) => break,
             Ok((filled, _)) => {
                 let n = filled.len();
                 // SAFETY: pread initialised the first `n` bytes of the spare capacity.
