@@ -433,7 +433,7 @@ fn verify(
             if std::time::Instant::now() > deadline {
                 bail!("verify of {name} did not finish within {timeout_s} s");
             }
-            std::thread::sleep(std::time::Duration::from_millis(200));
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
     }
     let differences: usize = results.iter().map(|(_, v, _)| v.differences.len()).sum();

@@ -13,20 +13,25 @@
 //! ends after `seq`, which is a superset of the paths changed after `seq`. Segments rotate
 //! while the peer keeps up and are deleted once the peer has persisted their whole range.
 //!
+//! A path changed only by writes is recorded with the 32 KiB blocks they touched (a line
+//! `@<first block>+<count> <path>`), so a resync of a big file that changed a little sends
+//! just those blocks, with no hashing of the rest: DRBD's dirty bitmap, per file. Any other
+//! change (create, rename, truncate, metadata...) marks the path as changed as a whole.
+//!
 //! Lines are appended with `write(2)` as ops are recorded, without fsync: the page cache
 //! survives a crash of the daemon. It does not survive a crash of the machine, so each
 //! segment names the boot it was written in, and a clean shutdown seals it (appends a line
 //! and fsyncs). A segment that is neither sealed nor from the current boot is untrusted: a
 //! query that needs it answers "unknown", and the caller compares the whole tree.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use tracing::{error, warn};
-use understudy_oplog::Op;
+use understudy_oplog::{FileRef, Op};
 
 /// Most distinct paths one segment records before it degrades to "everything changed".
 pub const SEGMENT_PATHS_MAX: usize = 100_000;
@@ -46,13 +51,24 @@ pub struct Changed {
     /// Every path of the tree may have changed: compare all of it.
     pub everything: bool,
     pub paths: HashSet<Vec<u8>>,
+    /// Of `paths`, those changed only by writes, with the blocks (of [`BLOCK_SIZE`] bytes)
+    /// the writes touched: only these blocks can differ.
+    pub blocks: HashMap<Vec<u8>, BTreeSet<u64>>,
 }
 
 impl Changed {
     pub fn everything() -> Self {
         Changed {
             everything: true,
-            paths: HashSet::new(),
+            ..Changed::default()
+        }
+    }
+
+    /// Paths changed as a whole (no block list).
+    pub fn whole(paths: impl IntoIterator<Item = Vec<u8>>) -> Self {
+        Changed {
+            paths: paths.into_iter().collect(),
+            ..Changed::default()
         }
     }
 
@@ -61,13 +77,30 @@ impl Changed {
     }
 
     pub fn merge(&mut self, other: Changed) {
-        if other.everything {
-            self.everything = true;
+        if other.everything || self.everything {
+            *self = Changed::everything();
+            return;
         }
-        if self.everything {
-            self.paths.clear();
-        } else {
-            self.paths.extend(other.paths);
+        for path in other.paths {
+            let theirs = other.blocks.get(&path);
+            let had = self.paths.contains(&path);
+            match (had, theirs) {
+                // New here: take it as they have it.
+                (false, Some(b)) => {
+                    self.blocks.insert(path.clone(), b.clone());
+                }
+                (false, None) => {}
+                // Changed by writes on both sides: the union of the blocks.
+                (true, Some(b)) if self.blocks.contains_key(&path) => {
+                    self.blocks.entry(path.clone()).or_default().extend(b);
+                }
+                (true, Some(_)) => {}
+                // Changed as a whole on their side: as a whole.
+                (true, None) => {
+                    self.blocks.remove(&path);
+                }
+            }
+            self.paths.insert(path);
         }
     }
 
@@ -80,6 +113,35 @@ impl Changed {
         v.sort();
         Some(v)
     }
+
+    /// The block lists of the paths changed only by writes, as runs `[first, end)`.
+    pub fn block_runs(&self) -> HashMap<Vec<u8>, Vec<(u64, u64)>> {
+        self.blocks
+            .iter()
+            .map(|(path, blocks)| {
+                let mut runs: Vec<(u64, u64)> = Vec::new();
+                for &b in blocks {
+                    match runs.last_mut() {
+                        Some((_, end)) if *end == b => *end = b + 1,
+                        _ => runs.push((b, b + 1)),
+                    }
+                }
+                (path.clone(), runs)
+            })
+            .collect()
+    }
+}
+
+/// The block size of block lists (the same as resync's hash blocks).
+pub const BLOCK_SIZE: u64 = crate::hashing::BLOCK_SIZE as u64;
+/// Most blocks one segment lists in all; past it, paths written to count as changed whole.
+pub const SEGMENT_BLOCKS_MAX: usize = 1 << 20;
+
+/// How a path changed within one segment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct PathDirt {
+    whole: bool,
+    blocks: BTreeSet<u64>,
 }
 
 struct Closed {
@@ -92,7 +154,8 @@ struct Open {
     start: u64,
     file: File,
     path: PathBuf,
-    paths: HashSet<Vec<u8>>,
+    paths: HashMap<Vec<u8>, PathDirt>,
+    blocks: usize,
     everything: bool,
     opened: Instant,
 }
@@ -175,6 +238,14 @@ impl ChangeLog {
     /// the queue's lock: a hash lookup, and one small `write(2)` the first time a path is
     /// seen in the segment.
     pub fn note(&mut self, seq: u64, op: &Op) {
+        let written = match op {
+            Op::Write {
+                file: FileRef::Path(p),
+                offset,
+                data,
+            } if !data.is_empty() => Some((p.as_slice(), *offset, data.len() as u64)),
+            _ => None,
+        };
         let paths = crate::queue::op_paths(op);
         if paths.is_empty() {
             return;
@@ -188,8 +259,13 @@ impl ChangeLog {
         let Some(open) = self.open.as_mut() else {
             return;
         };
-        for path in paths {
-            note_path(open, path);
+        match written {
+            Some((path, offset, len)) => note_blocks(open, path, offset, len),
+            None => {
+                for path in paths {
+                    note_path(open, path);
+                }
+            }
         }
     }
 
@@ -202,6 +278,7 @@ impl ChangeLog {
             if !open.everything {
                 open.everything = true;
                 open.paths.clear();
+                open.blocks = 0;
                 append_line(open, EVERYTHING);
             }
         }
@@ -219,7 +296,8 @@ impl ChangeLog {
             start,
             file,
             path,
-            paths: HashSet::new(),
+            paths: HashMap::new(),
+            blocks: 0,
             everything: false,
             opened: Instant::now(),
         });
@@ -313,7 +391,7 @@ impl ChangeLog {
             }
             match read_segment(&seg.path) {
                 Ok(s) if s.everything => return Changed::everything(),
-                Ok(s) => out.paths.extend(s.paths),
+                Ok(s) => out.merge(changed_of(&s.paths)),
                 Err(_) => return Changed::everything(),
             }
         }
@@ -321,7 +399,7 @@ impl ChangeLog {
             if open.everything {
                 return Changed::everything();
             }
-            out.paths.extend(open.paths.iter().cloned());
+            out.merge(changed_of(&open.paths));
         }
         out
     }
@@ -387,18 +465,74 @@ fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+fn changed_of(paths: &HashMap<Vec<u8>, PathDirt>) -> Changed {
+    let mut out = Changed::default();
+    for (path, dirt) in paths {
+        out.paths.insert(path.clone());
+        if !dirt.whole {
+            out.blocks.insert(path.clone(), dirt.blocks.clone());
+        }
+    }
+    out
+}
+
+/// Room for one more path, or the segment degrades to "everything".
+fn room_for_path(open: &mut Open) -> bool {
+    if open.paths.len() < SEGMENT_PATHS_MAX {
+        return true;
+    }
+    open.everything = true;
+    open.paths.clear();
+    open.blocks = 0;
+    append_line(open, EVERYTHING);
+    false
+}
+
 fn note_path(open: &mut Open, path: &[u8]) {
-    if open.everything || open.paths.contains(path) {
+    if open.everything || open.paths.get(path).is_some_and(|d| d.whole) {
         return;
     }
-    if open.paths.len() >= SEGMENT_PATHS_MAX {
-        open.everything = true;
-        open.paths.clear();
-        append_line(open, EVERYTHING);
+    if !open.paths.contains_key(path) && !room_for_path(open) {
         return;
     }
-    open.paths.insert(path.to_vec());
+    let dirt = open.paths.entry(path.to_vec()).or_default();
+    open.blocks -= dirt.blocks.len();
+    *dirt = PathDirt {
+        whole: true,
+        blocks: BTreeSet::new(),
+    };
     append_line(open, &escape(path));
+}
+
+/// A write of `len` bytes at `offset`: the blocks it touched (the first time each is seen).
+fn note_blocks(open: &mut Open, path: &[u8], offset: u64, len: u64) {
+    if open.everything || open.paths.get(path).is_some_and(|d| d.whole) {
+        return;
+    }
+    let first = offset / BLOCK_SIZE;
+    let last = (offset + len - 1) / BLOCK_SIZE;
+    let known = open
+        .paths
+        .get(path)
+        .is_some_and(|d| (first..=last).all(|b| d.blocks.contains(&b)));
+    if known {
+        return;
+    }
+    if open.blocks + (last - first + 1) as usize > SEGMENT_BLOCKS_MAX {
+        // Too many to list: this file counts as changed whole.
+        note_path(open, path);
+        return;
+    }
+    if !open.paths.contains_key(path) && !room_for_path(open) {
+        return;
+    }
+    let dirt = open.paths.entry(path.to_vec()).or_default();
+    let before = dirt.blocks.len();
+    dirt.blocks.extend(first..=last);
+    open.blocks += dirt.blocks.len() - before;
+    let mut line = format!("@{first}+{} ", last - first + 1).into_bytes();
+    line.extend_from_slice(&escape(path));
+    append_line(open, &line);
 }
 
 fn append_line(open: &mut Open, line: &[u8]) {
@@ -410,6 +544,7 @@ fn append_line(open: &mut Open, line: &[u8]) {
         error!(error = %e, "cannot append to the change log; the segment counts as everything");
         open.everything = true;
         open.paths.clear();
+        open.blocks = 0;
     }
 }
 
@@ -417,7 +552,7 @@ struct Segment {
     boot: String,
     sealed: bool,
     everything: bool,
-    paths: HashSet<Vec<u8>>,
+    paths: HashMap<Vec<u8>, PathDirt>,
 }
 
 fn read_segment(path: &Path) -> std::io::Result<Segment> {
@@ -434,7 +569,7 @@ fn read_segment(path: &Path) -> std::io::Result<Segment> {
         boot,
         sealed: false,
         everything: false,
-        paths: HashSet::new(),
+        paths: HashMap::new(),
     };
     for line in reader.split(b'\n') {
         let line = line?;
@@ -442,8 +577,19 @@ fn read_segment(path: &Path) -> std::io::Result<Segment> {
             seg.sealed = true;
         } else if line == EVERYTHING {
             seg.everything = true;
+        } else if let Some((first, count, path)) = parse_blocks(&line) {
+            let dirt = seg.paths.entry(unescape(path)).or_default();
+            if !dirt.whole {
+                dirt.blocks.extend(first..first.saturating_add(count));
+            }
         } else if !line.is_empty() {
-            seg.paths.insert(unescape(&line));
+            seg.paths.insert(
+                unescape(&line),
+                PathDirt {
+                    whole: true,
+                    blocks: BTreeSet::new(),
+                },
+            );
         }
     }
     if seg.everything {
@@ -452,11 +598,23 @@ fn read_segment(path: &Path) -> std::io::Result<Segment> {
     Ok(seg)
 }
 
+/// `@<first>+<count> <escaped path>`.
+fn parse_blocks(line: &[u8]) -> Option<(u64, u64, &[u8])> {
+    let rest = line.strip_prefix(b"@")?;
+    let space = rest.iter().position(|&b| b == b' ')?;
+    let (range, path) = (
+        std::str::from_utf8(&rest[..space]).ok()?,
+        &rest[space + 1..],
+    );
+    let (first, count) = range.split_once('+')?;
+    Some((first.parse().ok()?, count.parse().ok()?, path))
+}
+
 /// Paths are bytes: newlines and backslashes are escaped so the log stays line-based, and a
-/// path that would read as a marker line gets a leading backslash.
+/// path that would read as a marker or block line gets a leading backslash.
 fn escape(path: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(path.len() + 1);
-    if path == EVERYTHING || path.starts_with(b"#") {
+    if path == EVERYTHING || path.starts_with(b"#") || path.starts_with(b"@") {
         out.push(b'\\');
     }
     for &b in path {
@@ -565,6 +723,46 @@ mod tests {
         assert!(log.since(0).everything);
         let log = ChangeLog::open_with_boot(dir.path(), "b1").expect("reopen");
         assert!(log.since(0).everything);
+    }
+
+    #[test]
+    fn writes_are_listed_by_block_and_anything_else_makes_a_path_whole() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut log = ChangeLog::open_with_boot(dir.path(), "b1").expect("open");
+        let w = |path: &str, offset: u64, len: usize| Op::Write {
+            file: FileRef::Path(path.as_bytes().to_vec()),
+            offset,
+            data: vec![0; len],
+        };
+        log.note(1, &w("big", 0, 10));
+        log.note(2, &w("big", 5 * BLOCK_SIZE - 1, 2));
+        log.note(3, &w("@odd", 0, 1));
+        log.note(4, &w("other", 0, 1));
+        log.note(
+            5,
+            &Op::Truncate {
+                file: FileRef::Path(b"other".to_vec()),
+                size: 0,
+            },
+        );
+        log.note(6, &w("other", 0, 1));
+        let c = log.since(0);
+        assert_eq!(c.paths, set(&["big", "@odd", "other"]));
+        assert_eq!(c.block_runs()[&b"big".to_vec()], vec![(0, 1), (4, 6)]);
+        assert!(
+            !c.blocks.contains_key(&b"other".to_vec()),
+            "truncated: whole"
+        );
+        // The same from disk (a restart in the same boot).
+        drop(log);
+        let log = ChangeLog::open_with_boot(dir.path(), "b1").expect("reopen");
+        let d = log.since(0);
+        assert_eq!(d, c);
+        // Merged with a passive's whole-path changes, a file both changed is whole.
+        let mut m = d.clone();
+        m.merge(Changed::whole([b"big".to_vec(), b"mine".to_vec()]));
+        assert!(m.blocks.is_empty() || !m.blocks.contains_key(&b"big".to_vec()));
+        assert!(m.paths.contains(&b"mine".to_vec()));
     }
 
     #[test]

@@ -196,6 +196,9 @@ pub struct Engine {
     stash: HashMap<u32, Hashes>,
     /// Reports of other kinds that arrived while waiting for hashes.
     deferred: VecDeque<Report>,
+    /// Files changed only by writes since the common point, with the block runs written:
+    /// only those blocks are sent, without hashing anything (the change log's block lists).
+    hints: HashMap<Vec<u8>, Vec<(u64, u64)>>,
 }
 
 impl Engine {
@@ -211,6 +214,7 @@ impl Engine {
             },
             stash: HashMap::new(),
             deferred: VecDeque::new(),
+            hints: HashMap::new(),
         }
     }
 
@@ -249,6 +253,7 @@ impl Engine {
                     .unwrap_or_else(|p| p.into_inner())
                     .since(common);
                 extra.merge(mine);
+                self.hints = extra.block_runs();
                 extra.into_scope()
             }
         }
@@ -381,11 +386,19 @@ impl Engine {
                 }
             }
         }
-        let files: Vec<(ListedFile, bool)> = need
+        // A file changed only by writes needs only the written blocks: no hashes asked.
+        let files: Vec<(ListedFile, bool, Option<Vec<(u64, u64)>>)> = need
             .into_iter()
-            .filter_map(|(i, has)| listing.files.get(&i).map(|f| (f.clone(), has)))
+            .filter_map(|(i, has)| {
+                let f = listing.files.get(&i)?.clone();
+                let hint = has
+                    .then(|| listing.entries.get(i as usize))
+                    .flatten()
+                    .and_then(|e| self.hints.get(&e.path).cloned());
+                Some((f, has, hint))
+            })
             .collect();
-        let total: u64 = files.iter().map(|(f, _)| f.size).sum();
+        let total: u64 = files.iter().map(|(f, _, _)| f.size).sum();
         self.progress(|p| {
             p.phase = "copying".into();
             p.files_total = files.len() as u64;
@@ -395,13 +408,17 @@ impl Engine {
         let mut requested = 0;
         for i in 0..files.len() {
             while requested < files.len() && requested < i + HASH_WINDOW {
-                if files[requested].1 {
-                    self.request_hashes(files[requested].0.index)?;
+                let (f, has, hint) = &files[requested];
+                if *has && hint.is_none() {
+                    self.request_hashes(f.index)?;
                 }
                 requested += 1;
             }
-            let (file, has_data) = &files[i];
-            self.copy_file(file, *has_data)?;
+            let (file, has_data, hint) = &files[i];
+            match hint {
+                Some(runs) => self.copy_blocks(file, runs)?,
+                None => self.copy_file(file, *has_data)?,
+            }
             self.progress(|p| p.files_done += 1);
         }
         self.finish()
@@ -472,6 +489,27 @@ impl Engine {
             }
         } else if !self.copy_data(&fd, file.size)? {
             return Ok(());
+        }
+        self.progress(|p| p.bytes_done += file.size);
+        self.send_meta(&fd)
+    }
+
+    /// Sends the blocks the change log says were written (runs of [`BLOCK_SIZE`] blocks),
+    /// then the file's exact size and metadata. Nothing else of it can differ.
+    fn copy_blocks(&mut self, file: &ListedFile, runs: &[(u64, u64)]) -> Result<(), EngineError> {
+        let Some(fd) = file
+            .handle
+            .as_ref()
+            .and_then(|h| walk::open_handle(&self.io.root, h).ok())
+        else {
+            self.progress(|p| p.bytes_done += file.size);
+            return Ok(());
+        };
+        let block = u64::from(BLOCK_SIZE);
+        for &(first, end) in runs {
+            if !self.copy_range(&fd, first * block, end * block)? {
+                return Ok(());
+            }
         }
         self.progress(|p| p.bytes_done += file.size);
         self.send_meta(&fd)
@@ -612,32 +650,84 @@ impl Engine {
         let block = u64::from(BLOCK_SIZE);
         let mut pending_ranges = 0usize;
         let mut requested = 0;
-        for i in 0..files.len() {
-            while requested < files.len() && requested < i + HASH_WINDOW {
-                self.request_hashes(files[requested].index)?;
-                requested += 1;
-            }
-            let file = &files[i];
-            let theirs = self.hashes_of(file.index)?;
-            let fd = file
-                .handle
-                .as_ref()
-                .and_then(|h| walk::open_handle(&self.io.root, h).ok());
-            if let Some(fd) = fd {
-                let (_, mine) = hashing::hash_blocks(&fd, BLOCK_SIZE)
-                    .map_err(|e| EngineError::Other(format!("hashing: {e}")))?;
-                for (start, end) in hashing::differing_blocks(&mine, &theirs.hashes) {
-                    for b in start..end {
-                        self.wait_room(block)?;
-                        pending_ranges += self.check_range(&fd, b as u64 * block, block)?;
+        // This side hashes on two threads too (the passive does), running ahead of the
+        // comparisons by a bounded number of files; results arrive out of order.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Option<Own>)>(HASH_WINDOW);
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        // How far the comparisons got: the hashers stay within HASH_WINDOW files of it, so
+        // open descriptors and hash lists waiting to be compared stay bounded.
+        let consumed = std::sync::atomic::AtomicUsize::new(0);
+        let result = std::thread::scope(|scope| -> Result<(), EngineError> {
+            for worker in 0..OWN_HASHERS {
+                let (tx, files, root, stop, consumed) =
+                    (tx.clone(), &files, self.io.root.clone(), &stop, &consumed);
+                scope.spawn(move || {
+                    for (i, f) in files.iter().enumerate().skip(worker).step_by(OWN_HASHERS) {
+                        while i >= consumed.load(std::sync::atomic::Ordering::Relaxed) + HASH_WINDOW
+                        {
+                            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                                return;
+                            }
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            return;
+                        }
+                        let own = f.handle.as_ref().and_then(|h| {
+                            let fd = walk::open_handle(&root, h).ok()?;
+                            prefetch(&fd);
+                            let (_, hashes) = hashing::hash_blocks(&fd, BLOCK_SIZE).ok()?;
+                            Some(Own { fd, hashes })
+                        });
+                        if tx.send((i, own)).is_err() {
+                            return;
+                        }
                     }
-                }
+                });
             }
-            self.progress(|p| {
-                p.files_done += 1;
-                p.bytes_done += file.size;
-            });
-        }
+            drop(tx);
+            let mut own: HashMap<usize, Option<Own>> = HashMap::new();
+            let outcome = (|| {
+                for i in 0..files.len() {
+                    while requested < files.len() && requested < i + HASH_WINDOW {
+                        self.request_hashes(files[requested].index)?;
+                        requested += 1;
+                    }
+                    let file = &files[i];
+                    let theirs = self.hashes_of(file.index)?;
+                    let mine = loop {
+                        if let Some(m) = own.remove(&i) {
+                            break m;
+                        }
+                        match rx.recv() {
+                            Ok((j, m)) => {
+                                own.insert(j, m);
+                            }
+                            Err(_) => return Err(EngineError::Other("hashing stopped".into())),
+                        }
+                    };
+                    if let Some(Own { fd, hashes }) = mine {
+                        for (start, end) in hashing::differing_blocks(&hashes, &theirs.hashes) {
+                            for b in start..end {
+                                self.wait_room(block)?;
+                                pending_ranges += self.check_range(&fd, b as u64 * block, block)?;
+                            }
+                        }
+                    }
+                    self.progress(|p| {
+                        p.files_done += 1;
+                        p.bytes_done += file.size;
+                    });
+                    consumed.store(i + 1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Ok(())
+            })();
+            // Let the hashers end (they may be blocked on the channel).
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            drop(rx);
+            outcome
+        });
+        result?;
         // The exact checks come back as the passive applies them.
         let mut mismatched: Vec<String> = Vec::new();
         while pending_ranges > 0 {
@@ -684,6 +774,20 @@ impl Engine {
         });
         Ok(1)
     }
+}
+
+/// A file of this copy hashed for a verify.
+struct Own {
+    fd: OwnedFd,
+    hashes: Vec<[u8; 32]>,
+}
+
+/// Threads hashing this copy's files during a verify.
+const OWN_HASHERS: usize = 2;
+
+/// Asks the kernel to read the whole file in ahead of us.
+pub(crate) fn prefetch(fd: &OwnedFd) {
+    let _ = rfs::fadvise(fd, 0, None, rfs::Advice::WillNeed);
 }
 
 /// Records a listing as `SyncTree` parts of bounded size (the caller holds the order lock).

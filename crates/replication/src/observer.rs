@@ -393,7 +393,10 @@ pub fn spawn_hashers(
                     .remove(&(req.id, req.index));
                 let (size, hashes) = handle
                     .and_then(|h| open_local(&root, &h).ok())
-                    .and_then(|fd| hashing::hash_blocks(&fd, req.block_size).ok())
+                    .and_then(|fd| {
+                        crate::engine::prefetch(&fd);
+                        hashing::hash_blocks(&fd, req.block_size).ok()
+                    })
                     .unwrap_or((0, Vec::new()));
                 let frame = Hashes {
                     id: req.id,

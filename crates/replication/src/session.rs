@@ -31,10 +31,11 @@ const APPLY_QUEUE_FRAMES: usize = 8;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 const KEEPALIVE: Duration = Duration::from_secs(1);
 /// The passive flushes its copy for barriers (an fsync on the active, a drain) and otherwise
-/// at most this often, so its durable position keeps moving without costing the disk a flush
-/// per group of plain writes: the active does not flush those either. It persists that
-/// position then too, which is where it would resume after a crash.
-const SYNC_INTERVAL: Duration = Duration::from_secs(10);
+/// at most this often when it is idle, so its durable position keeps moving without costing
+/// the disk a flush per group of plain writes (the active does not flush those either). It
+/// records that position after every flush: where it would resume after a crash, and how
+/// much of its change log the active may drop.
+const SYNC_INTERVAL: Duration = Duration::from_secs(2);
 /// Plain writes reach the passive's socket after at most this delay, batched; a barrier is
 /// sent at once.
 const COALESCE: Duration = Duration::from_millis(1);
@@ -49,18 +50,21 @@ pub async fn run_sender(
     peer: SocketAddr,
 ) {
     let mut backoff = Duration::from_millis(20);
+    let mut attempt = 0u64;
     loop {
         let started = Instant::now();
+        attempt += 1;
         // A peer that is down or cut off drops our SYNs: give up on the TCP connect quickly
-        // and retry often, so a healed link carries the stream again within a fraction of a
-        // second (the handshake itself may take its time on a busy peer).
-        let dialled = understudy_tls::connect_with(
-            &tls,
-            peer,
-            Duration::from_millis(300),
-            Duration::from_secs(3),
-        )
-        .await;
+        // and retry often, so a healed link carries the stream again within about 100 ms.
+        // Every fourth attempt waits longer, for a peer far away (a WAN pair); the
+        // handshake itself may take its time on a busy peer.
+        let connect_timeout = if attempt.is_multiple_of(4) {
+            Duration::from_secs(2)
+        } else {
+            Duration::from_millis(100)
+        };
+        let dialled =
+            understudy_tls::connect_with(&tls, peer, connect_timeout, Duration::from_secs(3)).await;
         match dialled {
             Ok(stream) => {
                 let why = sender_session(&set, &queue, stream).await;
@@ -71,9 +75,10 @@ pub async fn run_sender(
             Err(e) => debug!(set = set.name(), error = %e, "replication connect failed"),
         }
         backoff = if started.elapsed() > Duration::from_secs(2) {
+            attempt = 0;
             Duration::from_millis(20)
         } else {
-            (backoff * 2).min(Duration::from_millis(200))
+            (backoff * 2).min(Duration::from_millis(100))
         };
         tokio::time::sleep(backoff).await;
     }
@@ -135,10 +140,8 @@ where
         // The passive's own changes; ours are added when the listing is made, under the
         // capture's order lock, so none captured meanwhile is missed.
         let mut extra = match &welcome.changed {
-            Some(paths) => Changed {
-                everything: false,
-                paths: paths.iter().cloned().collect(),
-            },
+            // What the passive changed itself is compared whole (its blocks are unknown).
+            Some(paths) => Changed::whole(paths.iter().cloned()),
             None => Changed::everything(),
         };
         // The active's content before its first op is its origin: unless that was empty,

@@ -344,19 +344,23 @@ impl ReplicaSet {
         self.notice(text);
     }
 
-    /// Streaming: the durable position is where this copy resumes after a crash.
+    /// Streaming: the durable position is where this copy resumes after a crash. Saved
+    /// after every commit, without a flush of its own (see `SetState::save_lazily`), so the
+    /// active can drop its change log up to here soon.
     pub(crate) fn persist_position(&self, durable: u64) {
-        let changed = {
+        let state = {
             let mut p = self.persisted();
             if p.resync.is_none() && durable > p.last_seq {
                 p.last_seq = durable;
-                true
+                Some(p.clone())
             } else {
-                false
+                None
             }
         };
-        if changed {
-            self.save();
+        if let Some(state) = state {
+            if let Err(e) = state.save_lazily(&self.cfg.state_dir) {
+                warn!(set = %self.cfg.name, error = %e, "cannot record this copy's position");
+            }
         }
     }
 

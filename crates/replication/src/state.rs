@@ -103,6 +103,18 @@ impl SetState {
         File::open(dir)?.sync_all()
     }
 
+    /// Like [`save`](SetState::save) without the flushes, for position updates only: a
+    /// crash of the machine may bring back an older version (the rename is atomic, so never
+    /// a torn one), and an older position is always a safe one to resume from.
+    pub fn save_lazily(&self, dir: &Path) -> std::io::Result<()> {
+        let tmp = dir.join("set.state.tmp");
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?,
+        )?;
+        std::fs::rename(&tmp, Self::path(dir))
+    }
+
     /// This copy becomes the active one in generation `id`. Returns the first seq it will
     /// capture. `certain` says whether the copy is exactly `last_seq` of its lineage; if
     /// not (a crash left it unclean), the range after `last_seq` is marked unknown and the
