@@ -198,7 +198,7 @@ pub struct Engine {
     deferred: VecDeque<Report>,
     /// Files changed only by writes since the common point, with the block runs written:
     /// only those blocks are sent, without hashing anything (the change log's block lists).
-    hints: HashMap<Vec<u8>, Vec<(u64, u64)>>,
+    hints: HashMap<Vec<u8>, Runs>,
 }
 
 impl Engine {
@@ -387,7 +387,7 @@ impl Engine {
             }
         }
         // A file changed only by writes needs only the written blocks: no hashes asked.
-        let files: Vec<(ListedFile, bool, Option<Vec<(u64, u64)>>)> = need
+        let files: Vec<(ListedFile, bool, Option<Runs>)> = need
             .into_iter()
             .filter_map(|(i, has)| {
                 let f = listing.files.get(&i)?.clone();
@@ -775,6 +775,9 @@ impl Engine {
         Ok(1)
     }
 }
+
+/// Runs of blocks `[first, end)`.
+type Runs = Vec<(u64, u64)>;
 
 /// A file of this copy hashed for a verify.
 struct Own {

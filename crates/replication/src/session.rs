@@ -58,7 +58,7 @@ pub async fn run_sender(
         // and retry often, so a healed link carries the stream again within about 100 ms.
         // Every fourth attempt waits longer, for a peer far away (a WAN pair); the
         // handshake itself may take its time on a busy peer.
-        let connect_timeout = if attempt.is_multiple_of(4) {
+        let connect_timeout = if attempt % 4 == 0 {
             Duration::from_secs(2)
         } else {
             Duration::from_millis(100)
