@@ -211,10 +211,18 @@ fn restart_passive_and_time(
         std::fs::remove_dir_all(&sets).with_context(|| format!("wiping {}", sets.display()))?;
     }
     drop_all_caches()?;
+    let cpu_a = common::bench::cpu_secs(pair.proc(a).pid());
     let t = Instant::now();
     pair.start_node(p)?;
     let s = wait_resync(pair, a, before, Duration::from_secs(1800))?;
-    Ok((t.elapsed().as_secs_f64(), s))
+    let secs = t.elapsed().as_secs_f64();
+    let used = common::bench::cpu_secs(pair.proc(a).pid()) - cpu_a
+        + common::bench::cpu_secs(pair.proc(p).pid());
+    println!(
+        "BENCH   (both daemons used {used:.1} s of CPU in {secs:.1} s: {:.0}% of the 2 cores)",
+        used / secs / 2.0 * 100.0
+    );
+    Ok((secs, s))
 }
 
 struct Fixture {

@@ -55,6 +55,8 @@ pub const YIELD_BYTES: u64 = 8 << 20;
 const CHUNK_BYTES: usize = 1 << 20;
 /// Hash requests outstanding at once.
 const HASH_WINDOW: usize = 32;
+/// Files read ahead (by the kernel, `WILLNEED`) of the one being copied.
+const PREFETCH_FILES: usize = 64;
 /// Bytes of listing per `SyncTree` record, at most.
 const TREE_PART_BYTES: usize = 4 << 20;
 /// How long the engine waits for any one report before giving up on the session.
@@ -406,6 +408,7 @@ impl Engine {
         });
         // Hash requests run ahead of the copying, so the passive hashes while we copy.
         let mut requested = 0;
+        let mut prefetched = 0;
         for i in 0..files.len() {
             while requested < files.len() && requested < i + HASH_WINDOW {
                 let (f, has, hint) = &files[requested];
@@ -413,6 +416,19 @@ impl Engine {
                     self.request_hashes(f.index)?;
                 }
                 requested += 1;
+            }
+            // Files a little ahead are read in by the kernel while this one is copied: small
+            // files are one random read each, and a deeper queue keeps the disk busy.
+            while prefetched < files.len() && prefetched < i + PREFETCH_FILES {
+                if let Some(fd) = files[prefetched]
+                    .0
+                    .handle
+                    .as_ref()
+                    .and_then(|h| walk::open_handle(&self.io.root, h).ok())
+                {
+                    prefetch(&fd);
+                }
+                prefetched += 1;
             }
             let (file, has_data, hint) = &files[i];
             match hint {

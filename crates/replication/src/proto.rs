@@ -10,6 +10,8 @@
 //! The TLS layer already guarantees integrity, so there is no checksum here. Every length and
 //! count is bounded before allocation, because the bytes come from the network.
 
+use std::future::Future;
+
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::state::Generation;
@@ -152,6 +154,80 @@ pub struct VerifyRangeResult {
     pub offset: u64,
     pub len: u64,
     pub matches: bool,
+}
+
+/// A writer that fails a write or flush that cannot make progress for `limit`: a peer that
+/// vanished without a reset (a cable pulled) would otherwise block its writer for minutes,
+/// with the session counted as alive and writers waiting on it.
+pub struct StallGuard<W> {
+    inner: W,
+    limit: std::time::Duration,
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<W> StallGuard<W> {
+    pub fn new(inner: W, limit: std::time::Duration) -> Self {
+        StallGuard {
+            inner,
+            limit,
+            timer: None,
+        }
+    }
+
+    /// After a pending poll of the inner writer: fail once it has been stuck too long.
+    fn stalled(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        let limit = self.limit;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        timer.as_mut().poll(cx).is_ready()
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for StallGuard<W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use std::task::Poll;
+        match std::pin::Pin::new(&mut self.inner).poll_write(cx, buf) {
+            Poll::Pending if self.stalled(cx) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the peer took nothing for too long",
+            ))),
+            Poll::Pending => Poll::Pending,
+            ready => {
+                self.timer = None;
+                ready
+            }
+        }
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        match std::pin::Pin::new(&mut self.inner).poll_flush(cx) {
+            Poll::Pending if self.stalled(cx) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the peer took nothing for too long",
+            ))),
+            Poll::Pending => Poll::Pending,
+            ready => {
+                self.timer = None;
+                ready
+            }
+        }
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 pub async fn write_frame<W: AsyncWrite + Unpin>(

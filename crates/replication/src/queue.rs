@@ -644,6 +644,7 @@ impl SetQueue {
         // Wait for room while a live passive drains the queue, but never for long.
         let wait_started = Instant::now();
         while inner.streaming
+            && !inner.abandon_session
             && inner.spill.is_none()
             && inner.mem_bytes + bytes > self.cfg.mem_max_bytes
             && !inner.mem.is_empty()

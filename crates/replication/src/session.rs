@@ -89,7 +89,7 @@ where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (mut rd, wr) = tokio::io::split(stream);
-    let mut wr = BufWriter::with_capacity(256 << 10, wr);
+    let mut wr = BufWriter::with_capacity(256 << 10, proto::StallGuard::new(wr, IDLE_TIMEOUT));
     let (history, origin_empty) = {
         let p = set.persisted();
         (p.history.clone(), p.origin_empty)
@@ -599,7 +599,7 @@ async fn passive_net<R, W>(
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let mut wr = BufWriter::new(wr);
+    let mut wr = BufWriter::new(proto::StallGuard::new(wr, IDLE_TIMEOUT));
     let writer = async move {
         loop {
             tokio::select! {
