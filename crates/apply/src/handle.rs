@@ -1,5 +1,6 @@
 //! File handles (`name_to_handle_at` / `open_by_handle_at`): how a [`SyncObserver`] reopens a
-//! replica file later without its path, which a later record may have changed.
+//! replica file later without its path, which a later record may have changed (and how the
+//! active's resync engine reopens its own files).
 //!
 //! rustix does not wrap these calls, so they go through libc. A handle is made here from a
 //! descriptor of a regular file and only ever used on this node; it is never read from the
@@ -29,7 +30,7 @@ fn last_errno() -> Errno {
 }
 
 /// The handle of the file `fd` is open on (`name_to_handle_at(fd, "", AT_EMPTY_PATH)`).
-pub(crate) fn handle_of(fd: BorrowedFd<'_>) -> Result<LocalHandle, Errno> {
+pub fn handle_of(fd: BorrowedFd<'_>) -> Result<LocalHandle, Errno> {
     let mut raw = RawHandle {
         handle_bytes: MAX_HANDLE_BYTES as libc::c_uint,
         handle_type: 0,
@@ -59,7 +60,7 @@ pub(crate) fn handle_of(fd: BorrowedFd<'_>) -> Result<LocalHandle, Errno> {
 }
 
 /// `open_by_handle_at(mount, handle, flags | O_CLOEXEC)`.
-pub(crate) fn open_by_handle(
+pub fn open_by_handle(
     mount: BorrowedFd<'_>,
     handle: &LocalHandle,
     flags: libc::c_int,

@@ -52,6 +52,7 @@ mod sync;
 mod sys;
 mod xattr;
 
+pub use crate::handle::{handle_of, open_by_handle};
 pub use crate::sync::{LocalHandle, NoObserver, SyncObserver, MAX_LISTING_ENTRIES};
 
 use std::borrow::Cow;

@@ -64,14 +64,6 @@ pub struct LocalHandle {
     pub(crate) bytes: Vec<u8>,
 }
 
-impl LocalHandle {
-    /// The raw `file_handle` type and bytes, for `open_by_handle_at` elsewhere in this
-    /// process (the hashing threads).
-    pub fn parts(&self) -> (i32, &[u8]) {
-        (self.handle_type, &self.bytes)
-    }
-}
-
 /// What a resync or verify reports to the layer above while its records are applied.
 pub trait SyncObserver {
     /// A resync is about to change or remove `path`, an existing non-directory entry of the

@@ -14,7 +14,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -419,17 +419,12 @@ pub fn spawn_hashers(
 /// Opens a handle the applier made, read-only, and makes sure it is a regular file on the
 /// replica's filesystem.
 fn open_local(root: &OwnedFd, h: &LocalHandle) -> std::io::Result<OwnedFd> {
-    let (handle_type, bytes) = h.parts();
-    let fd = crate::walk::open_handle(
-        root,
-        &crate::walk::ActiveHandle::from_parts(handle_type, bytes),
-    )?;
+    let fd = crate::walk::open_handle(root, h)?;
     let st = rustix::fs::fstat(&fd)?;
     let root_st = rustix::fs::fstat(root)?;
     if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_dev != root_st.st_dev {
         return Err(std::io::Error::other("handle is not a file of the replica"));
     }
-    let _ = fd.as_raw_fd();
     Ok(fd)
 }
 

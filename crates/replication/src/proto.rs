@@ -184,14 +184,16 @@ impl<W> StallGuard<W> {
     }
 }
 
-impl<W: AsyncWrite + Unpin> AsyncWrite for StallGuard<W> {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
+impl<W> StallGuard<W> {
+    /// Passes a ready poll through (and resets the clock); fails a pending one that has
+    /// waited longer than the limit.
+    fn guard<T>(
+        &mut self,
         cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
+        polled: std::task::Poll<std::io::Result<T>>,
+    ) -> std::task::Poll<std::io::Result<T>> {
         use std::task::Poll;
-        match std::pin::Pin::new(&mut self.inner).poll_write(cx, buf) {
+        match polled {
             Poll::Pending if self.stalled(cx) => Poll::Ready(Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 "the peer took nothing for too long",
@@ -203,23 +205,24 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for StallGuard<W> {
             }
         }
     }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for StallGuard<W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.guard(cx, polled)
+    }
 
     fn poll_flush(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        use std::task::Poll;
-        match std::pin::Pin::new(&mut self.inner).poll_flush(cx) {
-            Poll::Pending if self.stalled(cx) => Poll::Ready(Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "the peer took nothing for too long",
-            ))),
-            Poll::Pending => Poll::Pending,
-            ready => {
-                self.timer = None;
-                ready
-            }
-        }
+        let polled = std::pin::Pin::new(&mut self.inner).poll_flush(cx);
+        self.guard(cx, polled)
     }
 
     fn poll_shutdown(

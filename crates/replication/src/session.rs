@@ -36,6 +36,8 @@ const KEEPALIVE: Duration = Duration::from_secs(1);
 /// records that position after every flush: where it would resume after a crash, and how
 /// much of its change log the active may drop.
 const SYNC_INTERVAL: Duration = Duration::from_secs(2);
+/// The passive records its durable position at most this often.
+const PERSIST_INTERVAL: Duration = Duration::from_millis(500);
 /// Plain writes reach the passive's socket after at most this delay, batched; a barrier is
 /// sent at once.
 const COALESCE: Duration = Duration::from_millis(1);
@@ -687,6 +689,8 @@ fn apply_loop(
     let mut durable = applier.last_applied();
     // The SyncEnd that completes this session's resync, once applied.
     let mut resync_end: Option<u64> = None;
+    let mut persist_due = false;
+    let mut last_persist = Instant::now();
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
@@ -721,7 +725,7 @@ fn apply_loop(
                                 resync_end = None;
                             }
                         } else if resync.is_none() {
-                            set.persist_position(durable);
+                            persist_due = true;
                         }
                     }
                 }
@@ -733,12 +737,21 @@ fn apply_loop(
                     break;
                 }
                 acks.send_replace(ack(&applier, durable));
+                // After the ack, never before it (an fsync on the active waits for the ack),
+                // and at most every PERSIST_INTERVAL: a small file write and rename.
+                if persist_due && last_persist.elapsed() >= PERSIST_INTERVAL {
+                    set.persist_position(durable);
+                    persist_due = false;
+                    last_persist = Instant::now();
+                }
                 // Wait for more, but wake up to honour the sync interval.
                 match wait_frame(
                     &rt,
                     &mut rx,
                     if unsynced_bytes > 0 {
                         SYNC_INTERVAL
+                    } else if persist_due {
+                        PERSIST_INTERVAL
                     } else {
                         Duration::from_secs(3600)
                     },

@@ -7,7 +7,6 @@
 //! network; one that does not resolve simply has no entries (the passive removes it).
 
 use std::collections::HashMap;
-use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
@@ -24,20 +23,7 @@ const RESOLVE: ResolveFlags = ResolveFlags::BENEATH
     .union(ResolveFlags::NO_XDEV);
 
 /// A file of the active's copy, reopened later without its path (`name_to_handle_at`).
-#[derive(Clone, Debug)]
-pub struct ActiveHandle {
-    handle_type: i32,
-    bytes: Vec<u8>,
-}
-
-impl ActiveHandle {
-    pub fn from_parts(handle_type: i32, bytes: &[u8]) -> Self {
-        ActiveHandle {
-            handle_type,
-            bytes: bytes.to_vec(),
-        }
-    }
-}
+pub type ActiveHandle = understudy_apply::LocalHandle;
 
 /// A regular file of the listing whose content may have to be sent.
 #[derive(Clone, Debug)]
@@ -319,7 +305,7 @@ impl Walker<'_> {
                 )
                 .map_err(io("open", path))?;
                 entry.xattrs = xattrs_of(&fd).map_err(io("xattrs", path))?;
-                let handle = handle_of(&fd).ok();
+                let handle = understudy_apply::handle_of(fd.as_fd()).ok();
                 self.out.files.insert(
                     index,
                     ListedFile {
@@ -405,66 +391,11 @@ pub fn xattrs_of(fd: impl AsFd) -> Result<Xattrs, Errno> {
     Ok(out)
 }
 
-/// `name_to_handle_at(fd, "", AT_EMPTY_PATH)`.
-pub fn handle_of(fd: &OwnedFd) -> std::io::Result<ActiveHandle> {
-    const MAX_HANDLE_SZ: usize = 128;
-    #[repr(C)]
-    struct FileHandle {
-        handle_bytes: u32,
-        handle_type: i32,
-        f_handle: [u8; MAX_HANDLE_SZ],
-    }
-    let mut fh = FileHandle {
-        handle_bytes: MAX_HANDLE_SZ as u32,
-        handle_type: 0,
-        f_handle: [0; MAX_HANDLE_SZ],
-    };
-    let mut mount_id: libc::c_int = 0;
-    let empty = CString::default();
-    // SAFETY: fh is a valid file_handle with room for MAX_HANDLE_SZ bytes; the path is a
-    // valid empty C string, used with AT_EMPTY_PATH on an open descriptor.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_name_to_handle_at,
-            fd.as_raw_fd(),
-            empty.as_ptr(),
-            &mut fh as *mut FileHandle,
-            &mut mount_id as *mut libc::c_int,
-            libc::AT_EMPTY_PATH,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let len = (fh.handle_bytes as usize).min(MAX_HANDLE_SZ);
-    Ok(ActiveHandle {
-        handle_type: fh.handle_type,
-        bytes: fh.f_handle[..len].to_vec(),
-    })
-}
-
-/// `open_by_handle_at(root, handle, O_RDONLY)`: the file wherever it lives now, even
-/// renamed. Needs CAP_DAC_READ_SEARCH (the daemon runs as root).
+/// Reopens a file of this copy from its handle, read-only, wherever it lives now (even
+/// renamed). Needs CAP_DAC_READ_SEARCH (the daemon runs as root).
 pub fn open_handle(root: &OwnedFd, h: &ActiveHandle) -> std::io::Result<OwnedFd> {
-    use std::os::fd::FromRawFd;
-    let mut buf = Vec::with_capacity(8 + h.bytes.len());
-    buf.extend_from_slice(&(h.bytes.len() as u32).to_ne_bytes());
-    buf.extend_from_slice(&h.handle_type.to_ne_bytes());
-    buf.extend_from_slice(&h.bytes);
-    // SAFETY: buf holds a struct file_handle (u32 size, i32 type, bytes) of the stated size.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_open_by_handle_at,
-            root.as_raw_fd(),
-            buf.as_ptr(),
-            libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    understudy_apply::open_by_handle(root.as_fd(), h, libc::O_RDONLY | libc::O_NOFOLLOW)
+        .map_err(std::io::Error::from)
 }
 
 /// The path of an open file of the copy at `root_path`, relative to it, as the kernel
