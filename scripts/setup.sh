@@ -8,6 +8,11 @@ command -v nft >/dev/null 2>&1 || need+=(nftables)
 # xattrs in the replication tests (setfattr/getfattr); rsync is the resync benchmarks' baseline.
 command -v setfattr >/dev/null 2>&1 || need+=(attr)
 command -v rsync >/dev/null 2>&1 || need+=(rsync)
+# The tests' workloads are small python3 programs (with its sqlite3 module); the fault suite
+# gives each node a loop-device ext4 disk.
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+command -v mkfs.ext4 >/dev/null 2>&1 || need+=(e2fsprogs)
+command -v fallocate >/dev/null 2>&1 || need+=(util-linux)
 # Real peers for the tests: Knot answers RFC 2136 updates, resource-agents ships the
 # Pacemaker OCF agents (ocf:heartbeat:Dummy).
 [ -x /usr/sbin/knotd ] || need+=(knot)
