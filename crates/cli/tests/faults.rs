@@ -15,9 +15,11 @@
 //! and its cables pulled) and of the passive, SIGSTOP/SIGCONT of either daemon (a hung
 //! node), the channel cut, the active's public cable cut, both at once, the channel cut in
 //! one direction, a slow channel (htb bandwidth cap; the kernel has no netem), the passive's
-//! disk filled, a clean restart of the active, a planned switchover. A clock jump is the
-//! simulation's fault (`crates/sim`): the daemons measure time with the monotonic clock,
-//! which no one can jump on a running machine (a SIGSTOP is how a jump looks to them).
+//! disk filled, a clean restart of the active, a planned switchover, a step of the wall
+//! clock (forward or back, up to two hours, as `date -s` or an NTP step does; the machine's
+//! clock is set back to the true time when the fault heals). The monotonic clock, which
+//! the daemons time heartbeats with, cannot be stepped on a running machine; a SIGSTOP is
+//! how a jump of it would look to them, and the simulation (`crates/sim`) jumps it too.
 //!
 //! Environment: FAULT_CYCLES (12; the long form is 200: `scripts/faults.sh`), FAULT_SEED
 //! (1; the schedule replays with the same seed), FAULT_CHECK_EVERY (1: verify and compare
@@ -37,7 +39,7 @@ use std::time::{Duration, Instant};
 use common::identity::{self, VIP};
 use common::repl::tree_digest;
 use common::{env_u64, Pair, Timing, NAMES};
-use understudy_testbed::{require_root, wait_until, LoopFs};
+use understudy_testbed::{require_root, wait_until, LoopFs, WallClockStep};
 
 /// SplitMix64: the schedule's only source of randomness, so a seed replays it.
 struct Rng(u64);
@@ -69,9 +71,10 @@ enum Fault {
     FillPassiveDisk,
     RestartActive,
     Switchover,
+    ClockStep,
 }
 
-const FAULTS: [Fault; 12] = [
+const FAULTS: [Fault; 13] = [
     Fault::PowerCutActive,
     Fault::PowerCutPassive,
     Fault::PauseActive,
@@ -84,6 +87,7 @@ const FAULTS: [Fault; 12] = [
     Fault::FillPassiveDisk,
     Fault::RestartActive,
     Fault::Switchover,
+    Fault::ClockStep,
 ];
 
 /// The service's data and the SQLite database live in the replicated set; the application
@@ -462,6 +466,18 @@ impl Suite {
                     "switchover refused: {}",
                     String::from_utf8_lossy(&out.stderr)
                 );
+            }
+            Fault::ClockStep => {
+                let magnitude_s = 30 + rng.below(2 * 3600 - 30) as i64;
+                let step_s = if rng.below(2) == 0 {
+                    magnitude_s
+                } else {
+                    -magnitude_s
+                };
+                eprintln!("cycle: wall clock stepped by {step_s} s");
+                let step = WallClockStep::new(step_s).expect("step the wall clock");
+                std::thread::sleep(hold);
+                drop(step);
             }
         }
         t

@@ -31,6 +31,7 @@
 //! net.cut_all_channels(0).unwrap();
 //! ```
 
+mod clock;
 mod loopfs;
 mod netns;
 mod pairnet;
@@ -41,6 +42,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+pub use clock::{WallClockStep, MAX_WALL_CLOCK_STEP_S};
 pub use loopfs::LoopFs;
 pub use netns::{list_namespaces, ns_prefix, sweep_stale, Netns, NS_PREFIX};
 pub use pairnet::{channel_ifname, PairNet, MAX_CHANNEL_LINKS, PREFIX_LEN, PUBLIC_IFNAME};
