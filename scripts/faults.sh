@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 export FAULT_CYCLES="${FAULT_CYCLES:-200}" FAULT_SEED="${FAULT_SEED:-1}"
-cargo test --release -p understudy --test faults -- --nocapture 2>&1 | tee /tmp/understudy-faults.log | grep -E "^(faults:|cycle|fault-injection|\||acknowledged|client outages|test result)|panicked"
+cargo test --release -p understudy --test faults -- --nocapture 2>&1 | tee /tmp/understudy-faults.log | grep --line-buffered -E "^(faults:|cycle|fault-injection|\||acknowledged|client outages|test result)|panicked"
