@@ -387,8 +387,20 @@ impl Suite {
                 String::from_utf8_lossy(&out.stderr)
             ));
         }
-        let da = tree_digest(&self.pair.data_dir(a)).unwrap_or_default();
-        let dp = tree_digest(&self.pair.data_dir(1 - a)).unwrap_or_default();
+        let (da, dp) = match (
+            tree_digest(&self.pair.data_dir(a)),
+            tree_digest(&self.pair.data_dir(1 - a)),
+        ) {
+            (Ok(da), Ok(dp)) => (da, dp),
+            (da, dp) => {
+                self.violations.push(format!(
+                    "cycle {cycle} ({fault:?}): could not read the copies: {:?} {:?}",
+                    da.err(),
+                    dp.err()
+                ));
+                (Vec::new(), Vec::new())
+            }
+        };
         if da != dp {
             let diff: Vec<_> = da.iter().filter(|l| !dp.contains(l)).take(5).collect();
             self.violations.push(format!(

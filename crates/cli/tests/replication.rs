@@ -288,3 +288,39 @@ fn a_long_disconnection_overflows_then_resyncs_from_the_change_log() {
         .expect("drained");
     repl::assert_same_tree(&pair.data_dir(a), &pair.data_dir(p)).expect("identical copies");
 }
+
+/// The comparison the system tests rely on sees extended attributes and their values.
+#[test]
+fn tree_digest_sees_xattr_values() {
+    let dir = std::env::temp_dir().join(format!("understudy-digest-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("f");
+    std::fs::write(&file, b"x").expect("file");
+    let set = |value: &str| {
+        std::process::Command::new("setfattr")
+            .args(["-n", "user.k", "-v", value])
+            .arg(&file)
+            .status()
+    };
+    match set("one") {
+        Ok(s) if s.success() => {}
+        other => {
+            let _ = std::fs::remove_dir_all(&dir);
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("setfattr user.k failed here: {other:?}");
+            }
+            eprintln!(
+                "SKIP tree_digest_sees_xattr_values: no setfattr or no user xattrs in {}",
+                dir.display()
+            );
+            return;
+        }
+    }
+    let one = tree_digest(&dir).expect("digest");
+    assert!(one.iter().any(|l| l.contains("user.k=")), "{one:?}");
+    assert!(set("two").expect("setfattr").success());
+    let two = tree_digest(&dir).expect("digest");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_ne!(one, two, "a changed xattr value must change the digest");
+}

@@ -186,18 +186,42 @@ fn fxhash(data: &[u8]) -> u64 {
 }
 
 fn xattr_names(p: &Path) -> Result<Vec<String>> {
-    let out = Command::new("getfattr")
-        .args(["-d", "-m", "-", "--absolute-names"])
-        .arg(p)
-        .output();
-    match out {
-        Ok(o) => Ok(String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .filter(|l| !l.starts_with('#') && !l.is_empty())
-            .map(str::to_string)
-            .collect()),
-        Err(_) => Ok(vec![]),
+    // Direct syscalls: a `getfattr` process per file made the comparison of two trees of
+    // 10,000 files take tens of seconds.
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes())?;
+    let mut names = vec![0u8; 64 * 1024];
+    // SAFETY: c is NUL-terminated and names is a writable buffer of the length given.
+    let n = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error().into());
     }
+    names.truncate(n as usize);
+    let mut out = Vec::new();
+    for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let cname = std::ffi::CString::new(name)?;
+        let mut value = vec![0u8; 64 * 1024];
+        // SAFETY: both strings are NUL-terminated and value is writable for its length.
+        let len = unsafe {
+            libc::lgetxattr(
+                c.as_ptr(),
+                cname.as_ptr(),
+                value.as_mut_ptr().cast(),
+                value.len(),
+            )
+        };
+        if len < 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        value.truncate(len as usize);
+        out.push(format!(
+            "{}={:016x}",
+            String::from_utf8_lossy(name),
+            fxhash(&value)
+        ));
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// A background process in a node's namespaces, killed on drop.
