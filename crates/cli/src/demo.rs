@@ -552,6 +552,9 @@ impl Demo {
 
     /// A node's power cut: every process in it dies at once and its cables are pulled.
     fn power_off(&mut self, i: usize) -> Result<()> {
+        // Cables first, so nothing the node's dying processes say gets out.
+        self.net.cut_public(i)?;
+        self.net.cut_all_channels(i)?;
         for pid in self.net.node(i).pids() {
             if pid > 1 && pid <= i32::MAX as u32 && pid != std::process::id() {
                 // SAFETY: kill(2) on processes inside a namespace this demo created.
@@ -561,8 +564,6 @@ impl Demo {
         if let Some(mut p) = self.procs[i].take() {
             p.kill9(); // reaps the daemon
         }
-        self.net.cut_public(i)?;
-        self.net.cut_all_channels(i)?;
         Ok(())
     }
 
@@ -837,8 +838,8 @@ impl Demo {
         let at = Instant::now();
         let at_wall = SystemTime::now();
         self.power_off(victim)?;
-        // Killing takes a few milliseconds and the cables go after it; until then the
-        // victim's kernel (not its daemon) may still answer ARP.
+        // Pulling the cables and killing take a few milliseconds; until the cables are out
+        // the victim's kernel (not its daemon) may still answer ARP.
         let dark = Instant::now();
         self.mark(&format!("{} killed and unplugged", NAMES[victim]));
         println!(

@@ -76,7 +76,12 @@ fn handle(stream: TcpStream, dir: &Path, node: &str) -> Result<()> {
         ("GET", "/") => ("200 OK", format!("ok {node}\n").into_bytes()),
         ("GET", t) => match key_path(dir, t).map(std::fs::read) {
             Some(Ok(value)) => ("200 OK", value),
-            Some(Err(_)) => ("404 Not Found", Vec::new()),
+            Some(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                ("404 Not Found", Vec::new())
+            }
+            // Any other failure (the filesystem gone under a dying node, say) says nothing
+            // about whether the key exists: a 404 here would read as a lost write.
+            Some(Err(_)) => ("503 Service Unavailable", Vec::new()),
             None => ("400 Bad Request", Vec::new()),
         },
         ("PUT", t) if content_length <= BODY_MAX => match key_path(dir, t) {

@@ -181,13 +181,16 @@ pub fn node_mac(pair: &Pair, i: usize) -> String {
 /// Power cut: every process in the node's namespace dies and its cables are pulled,
 /// so its addresses vanish from the network as they would with the machine.
 pub fn power_cut(pair: &mut Pair, i: usize) {
+    // Cables first: a powered-off node says nothing more, while its processes die one by
+    // one here (a service outliving the daemon for a moment would answer from a filesystem
+    // whose server is gone, which no real power cut shows).
+    pair.net.cut_public(i).expect("cut public");
+    pair.net.cut_all_channels(i).expect("cut channel");
     pair.kill9(i);
     for pid in pair.net.node(i).pids() {
         // SAFETY: plain kill(2) on processes inside the namespace we created.
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     }
-    pair.net.cut_public(i).expect("cut public");
-    pair.net.cut_all_channels(i).expect("cut channel");
 }
 
 /// Sends one ARP request for the floating address from the client's `pub` interface and
