@@ -266,7 +266,15 @@ impl Engine {
         };
         let listing = walk::list(&self.io.root, scope.as_deref())?;
         let first = if session_start {
-            self.io.queue.start_resync_session()
+            // A session's resync is named by its SyncBegin's seq: the passive was told that
+            // seq in the plan, and knows the resync is whole when the SyncEnd with that id
+            // is durable. The id the engine was made with was read before the order lock,
+            // so an op captured meanwhile would make the two differ, and the passive would
+            // never count itself in sync (nor take over) until the next session.
+            let first = self.io.queue.start_resync_session();
+            self.id = first;
+            self.progress(|p| p.id = first);
+            first
         } else {
             self.io.queue.last_seq() + 1
         };

@@ -53,6 +53,10 @@ pub async fn run_sender(
 ) {
     let mut backoff = Duration::from_millis(20);
     let mut attempt = 0u64;
+    // Sessions in a row that the peer accepted but that ended within SESSION_SHORT: a passive
+    // that cannot take the stream (its disk is full, its copy cannot be written) would
+    // otherwise be resynced from the start several times a second, filling both logs.
+    let mut short_sessions = 0u32;
     loop {
         let started = Instant::now();
         attempt += 1;
@@ -72,18 +76,44 @@ pub async fn run_sender(
                 let why = sender_session(&set, &queue, stream).await;
                 queue.end_session();
                 set.end_active_session();
-                info!(set = set.name(), reason = %why, "replication session ended");
+                if started.elapsed() > SESSION_SHORT {
+                    short_sessions = 0;
+                } else {
+                    short_sessions = short_sessions.saturating_add(1);
+                }
+                if short_sessions <= 3 {
+                    info!(set = set.name(), reason = %why, "replication session ended");
+                } else {
+                    debug!(set = set.name(), reason = %why, short_sessions, "replication session ended again");
+                }
             }
             Err(e) => debug!(set = set.name(), error = %e, "replication connect failed"),
         }
-        backoff = if started.elapsed() > Duration::from_secs(2) {
+        backoff = if started.elapsed() > SESSION_SHORT {
             attempt = 0;
             Duration::from_millis(20)
         } else {
             (backoff * 2).min(Duration::from_millis(100))
         };
-        tokio::time::sleep(backoff).await;
+        tokio::time::sleep(backoff.max(failed_session_pause(short_sessions))).await;
     }
+}
+
+/// A session shorter than this did not get going: the next one backs off.
+const SESSION_SHORT: Duration = Duration::from_secs(2);
+/// The longest pause between sessions that keep failing. A peer that heals (its disk freed)
+/// is resynced at most this late.
+const FAILED_SESSION_PAUSE_MAX: Duration = Duration::from_secs(2);
+
+/// The pause after `short_sessions` sessions in a row ended early: none for the first two
+/// (a peer that was just promoted or demoted often refuses one), then doubling from 250 ms
+/// up to FAILED_SESSION_PAUSE_MAX.
+fn failed_session_pause(short_sessions: u32) -> Duration {
+    if short_sessions < 3 {
+        return Duration::ZERO;
+    }
+    let doublings = (short_sessions - 3).min(8);
+    (Duration::from_millis(250) * (1u32 << doublings)).min(FAILED_SESSION_PAUSE_MAX)
 }
 
 async fn sender_session<S>(set: &Arc<ReplicaSet>, queue: &Arc<SetQueue>, stream: S) -> String
@@ -907,5 +937,20 @@ fn wait_frame(
         Ok(Some(f)) => Wait::Frame(f),
         Ok(None) => Wait::Closed,
         Err(_) => Wait::Timeout,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_sessions_back_off_up_to_the_cap() {
+        assert_eq!(failed_session_pause(0), Duration::ZERO);
+        assert_eq!(failed_session_pause(2), Duration::ZERO);
+        assert_eq!(failed_session_pause(3), Duration::from_millis(250));
+        assert_eq!(failed_session_pause(4), Duration::from_millis(500));
+        assert_eq!(failed_session_pause(6), FAILED_SESSION_PAUSE_MAX);
+        assert_eq!(failed_session_pause(u32::MAX), FAILED_SESSION_PAUSE_MAX);
     }
 }

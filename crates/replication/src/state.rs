@@ -182,18 +182,37 @@ pub fn common_point(a: &[Generation], a_last: u64, p: &[Generation], p_last: u64
     if limit == 0 {
         return 0;
     }
+    // Histories keep HISTORY_MAX generations; after more role changes than that the oldest
+    // ones are gone, and op 1 is attributed to nothing. A generation both histories still
+    // hold (same id, same start) vouches for everything before it: a copy takes on a
+    // generation's ops only as an exact prefix of the copy that captured them, or with a
+    // resync that makes it equal to that copy and hands it the whole history. So the check
+    // begins at the earliest such generation, with everything before it agreed. (Without
+    // this, every reconnect after HISTORY_MAX role changes would compare the whole tree.)
+    let first_start = |h: &[Generation]| h.first().map_or(1, |g| g.start_seq);
+    let (begin, mut agreed) = if first_start(a).max(first_start(p)) > 1 {
+        // (An unknown range both hold counts too: what precedes it is agreed, and the loop
+        // below stops at it, as it would with the whole histories.)
+        match a.iter().find(|g| p.contains(g)) {
+            Some(shared) => (shared.start_seq, (shared.start_seq - 1).min(limit)),
+            None => return 0,
+        }
+    } else {
+        (1, 0)
+    };
     // Between two consecutive generation starts (of either history) both attributions are
     // constant, so checking the first seq of each interval suffices.
     let mut bounds: Vec<u64> = a
         .iter()
         .chain(p)
         .map(|g| g.start_seq)
-        .filter(|&s| (1..=limit).contains(&s))
+        .filter(|&s| (begin..=limit).contains(&s))
         .collect();
-    bounds.push(1);
+    if begin <= limit {
+        bounds.push(begin);
+    }
     bounds.sort_unstable();
     bounds.dedup();
-    let mut agreed = 0;
     for (i, &lo) in bounds.iter().enumerate() {
         let hi = bounds.get(i + 1).map_or(limit, |next| next - 1);
         let (ga, gp) = (generation_of(a, lo), generation_of(p, lo));
@@ -324,6 +343,57 @@ mod tests {
         assert_eq!(common_point(&a, 2000, &[], 0), 0);
         // Same history, the passive behind.
         assert_eq!(common_point(&a, 2000, &a, 1500), 1500);
+    }
+
+    /// The history after `n` generations alternating between the nodes, each capturing 100
+    /// ops, with the first `n - keep` dropped as HISTORY_MAX would.
+    fn lineage(n: u64, keep: usize) -> Vec<Generation> {
+        let all: Vec<_> = (0..n).map(|i| g(i + 2, i * 100 + 1)).collect();
+        all[all.len().saturating_sub(keep)..].to_vec()
+    }
+
+    #[test]
+    fn truncated_histories_still_find_where_they_part() {
+        // 200 role changes, both histories cut to the last 64: the passive, one generation
+        // behind, is a prefix, as it would be with the whole histories.
+        let a = lineage(200, HISTORY_MAX);
+        let p = lineage(199, HISTORY_MAX);
+        assert_eq!(
+            common_point(&a, 20_000, &p, 19_850),
+            common_point(&lineage(200, 200), 20_000, &lineage(199, 199), 19_850)
+        );
+        assert_eq!(common_point(&a, 20_000, &p, 19_850), 19_850);
+        // Truncated at different points: the earliest generation both still hold counts.
+        let p = lineage(199, 10);
+        assert_eq!(common_point(&a, 20_000, &p, 19_850), 19_850);
+        // The passive took over after op 19,850 of generation 199 (its own generation 901).
+        let mut p = lineage(199, 30);
+        p.push(g(901, 19_851));
+        assert_eq!(common_point(&a, 20_000, &p, 19_900), 19_850);
+        // Nothing shared: nothing agreed, even if the ids look alike.
+        let p = vec![g(500, 1), g(501, 50)];
+        assert_eq!(common_point(&a, 20_000, &p, 100), 0);
+        let p = vec![g(199, 19_001)];
+        assert_eq!(common_point(&a, 20_000, &p, 19_900), 0);
+        // Neither truncated: unchanged (op 1 must be attributed on both sides).
+        assert_eq!(common_point(&[g(2, 1)], 10, &[g(2, 5)], 10), 0);
+    }
+
+    #[test]
+    fn a_shared_unknown_range_stops_a_truncated_check_too() {
+        let full = vec![g(2, 1), g(UNKNOWN_GENERATION, 501), g(4, 500 + CRASH_GAP)];
+        let whole = common_point(&full, 600 + CRASH_GAP, &full, 550 + CRASH_GAP);
+        assert_eq!(whole, 500);
+        // The same histories without their first generation: still 500, never more.
+        let cut = full[1..].to_vec();
+        assert_eq!(
+            common_point(&cut, 600 + CRASH_GAP, &cut, 550 + CRASH_GAP),
+            500
+        );
+        assert_eq!(
+            common_point(&full, 600 + CRASH_GAP, &cut, 550 + CRASH_GAP),
+            500
+        );
     }
 
     #[test]
