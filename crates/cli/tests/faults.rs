@@ -350,15 +350,34 @@ impl Suite {
     }
 
     /// Waits for the pair to settle after a fault: one active, the passive connected, the
-    /// set in sync (resynced if it had to be) and the client served. Bounded.
+    /// set in sync (resynced if it had to be) on both sides, and the client served. A
+    /// passive that does not count itself in sync would refuse to take over. Bounded.
     fn settle(&mut self, w: &Workload, cycle: u64) -> usize {
-        let settled = wait_until(Duration::from_secs(90), Duration::from_millis(50), || {
+        let both_in_sync = |pair: &Pair, a: usize| {
+            pair.repl(a).is_ok_and(|r| r.state == "in_sync")
+                && pair.repl(1 - a).is_ok_and(|r| r.state == "in_sync")
+        };
+        let settled = wait_until(Duration::from_secs(60), Duration::from_millis(50), || {
+            let a = self.pair.wait_settled(Duration::from_millis(200)).ok()?;
+            (both_in_sync(&self.pair, a) && w.last_ok()).then_some(a)
+        });
+        if let Some(a) = settled {
+            return a;
+        }
+        // Not both: settle for the active's view, and say the passive's disagrees.
+        let settled = wait_until(Duration::from_secs(30), Duration::from_millis(50), || {
             let a = self.pair.wait_settled(Duration::from_millis(200)).ok()?;
             let r = self.pair.repl(a).ok()?;
             (r.state == "in_sync" && w.last_ok()).then_some(a)
         });
         match settled {
-            Some(a) => a,
+            Some(a) => {
+                let passive = self.pair.repl(1 - a).map(|r| r.state);
+                self.violations.push(format!(
+                    "cycle {cycle}: the active counts the set in sync, the passive does not ({passive:?}): it would not take over"
+                ));
+                a
+            }
             None => panic!(
                 "seed {} cycle {cycle}: the pair did not settle within 90 s; logs in {}",
                 self.seed,
@@ -556,12 +575,17 @@ fn faults_never_lose_acknowledged_writes_nor_make_two_actives() {
         let new_a = suite.settle(&w, cycle);
         let tally = suite.tally.entry(fault).or_default();
         tally.count += 1;
-        if let Some(o) = w.outage_after(at) {
+        let outage = w.outage_after(at);
+        if let Some(o) = outage {
             tally.outages_ms.push(o.as_millis() as u64);
         }
         eprintln!(
-            "cycle {cycle}: settled, active {} ({:.0} s so far)",
+            "cycle {cycle}: settled, active {}{} ({:.0} s so far)",
             NAMES[new_a],
+            outage.map_or(String::new(), |o| format!(
+                ", client outage {} ms",
+                o.as_millis()
+            )),
             started.elapsed().as_secs_f64()
         );
         a = new_a;
