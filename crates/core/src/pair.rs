@@ -97,8 +97,14 @@ impl CoreConfig {
 pub enum Via {
     /// A heartbeat over the dedicated channel (any link).
     Channel,
-    /// The peer probed our management address over the public network.
+    /// The peer's answer to our probe of its management address over the public network:
+    /// its status when it answered.
     Management,
+    /// The status the peer sent with its own probe of our management address. It is as old
+    /// as the probe (up to a probe timeout, more if the connection waited for the network),
+    /// and it comes from a node that is deciding whether to take over. It proves the peer
+    /// alive and counts for epochs, but no election is decided on it (see `evaluate_passive`).
+    PeerProbe,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -264,6 +270,9 @@ pub struct PairCore {
     /// The latest status learnt over the management network, and when. Cleared when a
     /// later probe fails: the peer stopped answering.
     peer_management: Option<(Time, NodeStatus)>,
+    /// `peer_management` is the peer's answer to our own probe, not the status its probe
+    /// carried.
+    peer_management_current: bool,
     /// The latest status from either path.
     peer_last_known: Option<NodeStatus>,
     /// Since when the peer has continuously reported no public network.
@@ -323,6 +332,7 @@ impl PairCore {
             channel_last_heard: None,
             peer_channel: None,
             peer_management: None,
+            peer_management_current: false,
             peer_last_known: None,
             peer_last_contact: None,
             peer_public_bad_since: None,
@@ -533,7 +543,10 @@ impl PairCore {
                 self.channel_last_heard = Some(self.now);
                 self.peer_channel = Some(status);
             }
-            Via::Management => self.peer_management = Some((self.now, status)),
+            Via::Management | Via::PeerProbe => {
+                self.peer_management = Some((self.now, status));
+                self.peer_management_current = via == Via::Management;
+            }
         }
         if status.phase.is_running() {
             // The handover (or our request for one) is done.
@@ -796,9 +809,18 @@ impl PairCore {
         if self.leaving || self.shutdown_requested || !self.eligible() {
             return;
         }
-        if let Some(peer) = self.fresh_peer() {
+        if let Some((peer, current)) = self.fresh_peer_and_currency() {
             if peer.phase.is_running() {
                 return; // The peer serves; a channel-only partition ends here.
+            }
+            // A passive status carried by the peer's own probe may be outdated by the time
+            // it arrives: the peer probes because it is deciding whether to take over, and
+            // it may have done so since. (Seen by the fault-injection suite: a node that
+            // restarted after a power cut won an election on such a status, 13 ms after
+            // starting, while its peer was promoting; only the address conflict check
+            // stopped the second active.) Wait for a heartbeat or an answer to our probe.
+            if !current {
+                return;
             }
             if self.wins_election(&peer) {
                 let reason = if peer.leaving {
@@ -923,9 +945,12 @@ impl PairCore {
         if !self.eligible() {
             return Some("a recent start failed; backing off");
         }
-        if let Some(peer) = self.fresh_peer() {
+        if let Some((peer, current)) = self.fresh_peer_and_currency() {
             if peer.phase.is_running() {
                 return Some("the peer is active");
+            }
+            if !current {
+                return Some("waiting for a current status of the peer");
             }
             return Some("the election chose the peer");
         }
@@ -1125,17 +1150,24 @@ impl PairCore {
     /// The peer's current status if we know it: over a live channel, or from the
     /// management network within the failover timeout. The newer of the two wins.
     fn fresh_peer(&self) -> Option<NodeStatus> {
+        self.fresh_peer_and_currency().map(|(status, _)| status)
+    }
+
+    /// The peer's latest status still fresh, and whether it is current (a heartbeat or an
+    /// answer to our probe) rather than the one its own probe carried.
+    fn fresh_peer_and_currency(&self) -> Option<(NodeStatus, bool)> {
         let channel = self
             .peer_channel
             .filter(|_| self.channel_alive())
-            .map(|s| (self.channel_last_heard.unwrap_or(self.now), s));
+            .map(|s| (self.channel_last_heard.unwrap_or(self.now), s, true));
         let management = self
             .peer_management
-            .filter(|(at, _)| self.now.ms_since(*at) < self.cfg.failover_timeout_ms);
+            .filter(|(at, _)| self.now.ms_since(*at) < self.cfg.failover_timeout_ms)
+            .map(|(at, s)| (at, s, self.peer_management_current));
         match (channel, management) {
-            (Some(c), Some(m)) => Some(if m.0 > c.0 { m.1 } else { c.1 }),
-            (Some(c), None) => Some(c.1),
-            (None, Some(m)) => Some(m.1),
+            (Some(c), Some(m)) => Some(if m.0 > c.0 { (m.1, m.2) } else { (c.1, c.2) }),
+            (Some(c), None) => Some((c.1, c.2)),
+            (None, Some(m)) => Some((m.1, m.2)),
             (None, None) => None,
         }
     }

@@ -258,6 +258,53 @@ fn election_prefers_the_most_recently_active_node() {
 }
 
 #[test]
+fn no_election_on_the_status_a_peers_probe_carried() {
+    // The peer probes because it is deciding whether to take over; by the time its probe
+    // arrives it may be promoting. The fault-injection suite saw a node restarted after a
+    // power cut win an election on such a status 13 ms after starting, while its peer was
+    // failing over to it: two nodes promoting, stopped only by the address conflict check.
+    let persisted = PersistedState {
+        epoch: Epoch(90),
+        last_active_epoch: Epoch(90),
+        clean_shutdown: false,
+    };
+    let mut a = Node::with(cfg(0), persisted);
+    a.public_ok(0);
+    let mut b_then = peer(1, Phase::Passive, 89);
+    b_then.last_active_epoch = Epoch(87);
+    a.at(
+        10,
+        Input::PeerStatus {
+            via: Via::PeerProbe,
+            status: b_then,
+        },
+    );
+    assert_eq!(
+        a.core.phase(),
+        Phase::Passive,
+        "no election on a probe's status"
+    );
+    assert_eq!(
+        a.core.status().waiting_for.as_deref(),
+        Some("waiting for a current status of the peer")
+    );
+    // The peer's heartbeat says what it is now: promoting. This node stays passive.
+    a.at(20, channel(peer(1, Phase::Promoting, 91)));
+    assert_eq!(a.core.phase(), Phase::Passive);
+    // Had the peer still been passive, a current status decides the election as before.
+    let mut a = Node::with(cfg(0), persisted);
+    a.public_ok(0);
+    a.at(
+        10,
+        Input::PeerStatus {
+            via: Via::Management,
+            status: b_then,
+        },
+    );
+    assert_eq!(a.core.phase(), Phase::Promoting);
+}
+
+#[test]
 fn failover_after_silence_and_failed_probe() {
     // The active died: the channel is silent and its management address does not answer.
     let mut b = passive_following_active(0);

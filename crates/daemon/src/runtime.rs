@@ -433,7 +433,7 @@ fn handle(core: &mut PairCore, daemon: &mut Daemon, msg: ToCore) {
             core.handle(
                 now,
                 Input::PeerStatus {
-                    via: Via::Management,
+                    via: Via::PeerProbe,
                     status,
                 },
             );

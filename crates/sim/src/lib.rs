@@ -586,7 +586,7 @@ impl Sim {
             self.feed(
                 to,
                 Input::PeerStatus {
-                    via: Via::Management,
+                    via: Via::PeerProbe,
                     status,
                 },
             );
