@@ -285,7 +285,7 @@ fn no_election_on_the_status_a_peers_probe_carried() {
         "no election on a probe's status"
     );
     assert_eq!(
-        a.core.status().waiting_for.as_deref(),
+        a.core.status().waiting_for,
         Some("waiting for a current status of the peer")
     );
     // The peer's heartbeat says what it is now: promoting. This node stays passive.
