@@ -16,6 +16,8 @@
 //! - **Higher epoch wins.** A node that sees an active peer with a higher epoch demotes.
 //! - **Election.** Two passives that know of each other elect one: eligible, reaching the
 //!   public network, not yielding, most recently active, then the first node in the config.
+//!   Only on a current status of the peer: a heartbeat or an answer to our probe, never the
+//!   status the peer's own probe carried.
 //! - **Start passive.** A node always starts passive; alone after a restart it stays
 //!   passive until it sees its peer or the operator forces it.
 
