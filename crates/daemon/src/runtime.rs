@@ -497,6 +497,11 @@ fn carry_out(
             Output::Persist(p) => state.save(&p).context("persisting the role state")?,
             Output::StartResources | Output::StopResources => {
                 let start = matches!(output, Output::StartResources);
+                if !start {
+                    // Before the stop waits for a restart in progress: that restart must
+                    // not start its resource once we are leaving the active role.
+                    daemon.resources.forbid_restarts();
+                }
                 let resources = daemon.resources.clone();
                 let to_core = to_core.clone();
                 let hooks = daemon.hooks.clone();

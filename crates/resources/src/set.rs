@@ -6,7 +6,7 @@ use std::fmt;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use crate::error::ResourceError;
+use crate::error::{Action, ResourceError};
 use crate::{Health, Resource};
 
 /// What is known of one resource in a [`ResourceSet`].
@@ -61,6 +61,10 @@ pub struct ResourceSet {
     slots: Mutex<Vec<Slot>>,
     /// Held for the whole of `start_all` / `stop_all`.
     transition: tokio::sync::Mutex<()>,
+    /// Whether a restart may start a resource: opened by `start_all`, closed by
+    /// [`forbid_restarts`](ResourceSet::forbid_restarts) the moment the node decides to
+    /// leave the active role, so a restart decided just before cannot start anything after.
+    restarts_allowed: std::sync::atomic::AtomicBool,
 }
 
 impl ResourceSet {
@@ -78,6 +82,7 @@ impl ResourceSet {
             resources,
             slots: Mutex::new(slots),
             transition: tokio::sync::Mutex::new(()),
+            restarts_allowed: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -133,6 +138,8 @@ impl ResourceSet {
     /// [`ResourceState::Starting`].
     pub async fn start_all(&self) -> Result<(), ResourceError> {
         let _serialised = self.transition.lock().await;
+        self.restarts_allowed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         for index in 0..self.resources.len() {
             if let Err(err) = self.start_one(index).await {
                 tracing::error!(
@@ -147,6 +154,13 @@ impl ResourceSet {
         Ok(())
     }
 
+    /// From now on, until the next `start_all`, a restart starts nothing. Called the moment
+    /// the node decides to stop its resources, before the stop waits for its turn.
+    pub fn forbid_restarts(&self) {
+        self.restarts_allowed
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Restart the resource at `index` in place: escalation's "restart" step. A failed
     /// stop does not end it: the start that follows tells whether the resource works.
     ///
@@ -155,6 +169,19 @@ impl ResourceSet {
     /// If `index >= self.len()`.
     pub async fn restart_one(&self, index: usize) -> Result<(), ResourceError> {
         let _serialised = self.transition.lock().await;
+        if !self
+            .restarts_allowed
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            // The node is leaving the active role (seen by the fault-injection suite: a node
+            // woken from a stall restarted its address while demoting, and only the conflict
+            // probe kept it off the address its peer had just taken).
+            return Err(ResourceError::other(
+                self.resources[index].name(),
+                Action::Start,
+                "not restarted: this node is leaving the active role",
+            ));
+        }
         let _ = self.stop_one(index).await;
         let result = self.start_one(index).await;
         if let Err(err) = &result {

@@ -210,3 +210,36 @@ async fn empty_set_is_fine() {
     set.stop_all().await.expect("stop_all");
     assert!(set.states().is_empty());
 }
+
+#[tokio::test]
+async fn no_restart_starts_anything_once_the_node_leaves_the_active_role() {
+    // A node woken from a stall saw its address gone (the watchdog had fenced it) and
+    // restarted it while it was demoting: only the conflict probe kept it off the address
+    // its peer had just taken. Once a stop is ordered, a restart starts nothing.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("log");
+    let set = ResourceSet::new(vec![logging("a", &log, "", "")]);
+    set.start_all().await.expect("start_all");
+    set.restart_one(0).await.expect("a restart while active");
+    assert_eq!(read_log(&log), ["start a", "stop a", "start a"]);
+    set.forbid_restarts();
+    let refused = set
+        .restart_one(0)
+        .await
+        .expect_err("no restart while leaving");
+    assert!(
+        refused.to_string().contains("leaving the active role"),
+        "{refused}"
+    );
+    assert_eq!(read_log(&log).len(), 3, "nothing stopped or started");
+    set.stop_all().await.expect("stop_all");
+    // Active again: restarts work again.
+    set.start_all().await.expect("start_all");
+    set.restart_one(0)
+        .await
+        .expect("a restart while active again");
+    assert_eq!(
+        read_log(&log)[3..],
+        ["stop a", "start a", "stop a", "start a"]
+    );
+}
