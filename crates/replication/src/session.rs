@@ -21,7 +21,7 @@ use crate::observer::{self, PassiveObserver, PreserveRule, Quarantine};
 use crate::proto::{self, kind, Ack, Hello, Plan, ProtoError, Welcome};
 use crate::queue::{Next, SetQueue};
 use crate::set::{ActiveSession, PassiveSession, ReplicaSet, ResyncCtx, Role};
-use crate::state::{common_point, standing, PassiveCopy};
+use crate::state::{common_point, holds_own_captures, standing, PassiveCopy};
 
 /// Most bytes of records put in one frame.
 const BATCH_MAX_BYTES: u64 = 4 << 20;
@@ -420,15 +420,27 @@ where
         return;
     };
     let state = set.persisted().clone();
-    let copy = PassiveCopy {
-        state: &state,
-        last_seq: applier.last_applied().min(if state.resync.is_some() {
+    let unclean = set.passive.unclean.load(Ordering::SeqCst);
+    let own_last_generation = state.last_generation_is(|id| set.is_mine(id));
+    let last_seq = if holds_own_captures(
+        &state,
+        unclean,
+        own_last_generation,
+        set.passive.unclean_same_boot.load(Ordering::SeqCst),
+    ) {
+        u64::MAX
+    } else {
+        applier.last_applied().min(if state.resync.is_some() {
             state.last_seq
         } else {
             u64::MAX
-        }),
-        unclean: set.passive.unclean.load(Ordering::SeqCst),
-        own_last_generation: state.last_generation_is(|id| set.is_mine(id)),
+        })
+    };
+    let copy = PassiveCopy {
+        state: &state,
+        last_seq,
+        unclean,
+        own_last_generation,
         origin_empty: state.history.is_empty() && set.data_dir_is_empty(),
     };
     let stand = standing(

@@ -123,6 +123,9 @@ pub(crate) struct PassiveProgress {
     pub out_of_sync: AtomicBool,
     /// The copy was left by a crash: its exact end is unknown until a resync.
     pub unclean: AtomicBool,
+    /// ... by a crash of the daemon alone, in the boot it was running in: the machine kept
+    /// every change the daemon had made to the copy.
+    pub unclean_same_boot: AtomicBool,
     /// The sync records being applied are a verify's.
     pub verifying: AtomicBool,
 }
@@ -165,6 +168,9 @@ impl ReplicaSet {
         } else {
             info!(set = %cfg.name, last_seq = persisted.last_seq, "the last run stopped cleanly");
         }
+        let boot = crate::changes::boot_id();
+        let same_boot = persisted.boot_id.as_deref() == Some(boot.as_str()) && boot != "unknown";
+        persisted.boot_id = Some(boot);
         persisted.clean = false;
         persisted.save(&cfg.state_dir)?;
         let changes = ChangeLog::open(&cfg.state_dir.join("changes"))?;
@@ -178,6 +184,9 @@ impl ReplicaSet {
             .out_of_sync
             .store(persisted.out_of_sync, Ordering::Relaxed);
         passive.unclean.store(unclean, Ordering::Relaxed);
+        passive
+            .unclean_same_boot
+            .store(unclean && same_boot, Ordering::Relaxed);
         Ok(Self {
             role: tokio::sync::Mutex::new(Role::Passive {
                 applier: Some(applier),

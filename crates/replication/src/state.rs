@@ -69,6 +69,10 @@ pub struct SetState {
     /// check (a restart after a clean stop compares nothing).
     #[serde(default)]
     pub resyncs: u64,
+    /// The boot the daemon last started in. A copy left unclean in the same boot lost
+    /// nothing the kernel had taken: only the daemon died, not the machine.
+    #[serde(default)]
+    pub boot_id: Option<String>,
 }
 
 impl SetState {
@@ -243,7 +247,8 @@ pub fn origins_agree(
 pub struct PassiveCopy<'a> {
     pub state: &'a SetState,
     /// The position the passive is sure of: the applier's in memory while the daemon runs,
-    /// else the persisted one.
+    /// else the persisted one. `u64::MAX` for a copy that holds every op its own last
+    /// generation captured (see [`holds_own_captures`]).
     pub last_seq: u64,
     /// The copy was left by a crash of this node (its exact end is unknown).
     pub unclean: bool,
@@ -251,6 +256,23 @@ pub struct PassiveCopy<'a> {
     pub own_last_generation: bool,
     /// For a copy with no history: is its directory empty?
     pub origin_empty: bool,
+}
+
+/// Does this copy hold every op its own last generation captured, whatever position it
+/// recorded? Yes when the daemon crashed while this node was active (its last generation is
+/// its own), in the boot the machine still runs (the kernel kept every change: capture
+/// makes each change before it numbers and sends it), and nothing rewrote the copy since
+/// (no resync began, it is not known out of sync). An active records its position only when
+/// it stops, so without this a copy that crashed while active agreed with its peer only up
+/// to where its generation began, and its failback compared everything that generation
+/// touched (the whole tree for the pair's first active).
+pub fn holds_own_captures(
+    state: &SetState,
+    unclean: bool,
+    own_last_generation: bool,
+    same_boot: bool,
+) -> bool {
+    unclean && same_boot && own_last_generation && state.resync.is_none() && !state.out_of_sync
 }
 
 /// How a passive's copy stands against the active's, decided by the passive from the
@@ -446,6 +468,39 @@ mod tests {
         let s = standing(&b, 1200, Some(true), &crashed);
         assert_eq!(s.common, 950);
         assert!(!s.exact && s.diverged);
+    }
+
+    #[test]
+    fn a_copy_that_crashed_while_active_agrees_up_to_where_its_peer_took_over() {
+        // A was the pair's first active (generation 2 from op 1) and recorded no position
+        // before its daemon was killed; B applied its ops up to 990 and took over at 991.
+        let b = [g(2, 1), g(3, 991)];
+        let a = st(vec![g(2, 1)], 0);
+        assert!(holds_own_captures(&a, true, true, true));
+        let crashed = PassiveCopy {
+            last_seq: u64::MAX,
+            unclean: true,
+            own_last_generation: true,
+            ..copy(&a)
+        };
+        let s = standing(&b, 1200, Some(true), &crashed);
+        assert_eq!(s.common, 990, "not 0: A holds every op B got from it");
+        assert!(!s.exact && s.diverged && !s.changes_unknown);
+        // Not after a reboot (unsynced changes may be gone), a resync that began, a copy
+        // known out of sync, a clean stop, or a copy whose last generation is the peer's.
+        assert!(!holds_own_captures(&a, true, true, false));
+        let mut resyncing = a.clone();
+        resyncing.resync = Some(PendingResync {
+            id: 5,
+            quarantine: None,
+            failed: false,
+        });
+        assert!(!holds_own_captures(&resyncing, true, true, true));
+        let mut out = a.clone();
+        out.out_of_sync = true;
+        assert!(!holds_own_captures(&out, true, true, true));
+        assert!(!holds_own_captures(&a, false, true, true));
+        assert!(!holds_own_captures(&a, true, false, true));
     }
 
     #[test]
