@@ -430,7 +430,7 @@ impl Demo {
             };
             let errors: Vec<String> = text
                 .lines()
-                .map(strip_ansi)
+                .map(understudy_testbed::strip_ansi)
                 .filter(|l| l.contains(" ERROR "))
                 .collect();
             if errors.is_empty() {
@@ -1390,25 +1390,6 @@ monitor_interval_ms = 500
     ))
 }
 
-/// A log line without the terminal colour codes tracing puts in it.
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            // ESC [ ... final byte in @..~
-            for c in chars.by_ref() {
-                if ('@'..='~').contains(&c) && c != '[' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
@@ -1884,7 +1865,7 @@ mod tests {
     #[test]
     fn strips_colour_codes() {
         assert_eq!(
-            strip_ansi("\x1b[2m2026\x1b[0m \x1b[31mERROR\x1b[0m x"),
+            understudy_testbed::strip_ansi("\x1b[2m2026\x1b[0m \x1b[31mERROR\x1b[0m x"),
             "2026 ERROR x"
         );
     }

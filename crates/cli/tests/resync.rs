@@ -249,7 +249,7 @@ fn failback_preserves_the_old_actives_unreplicated_writes() {
     // two agree up to where B took over (op 101, the last of A's generation B applied), not
     // at 0 as when A's unrecorded position counted as nothing agreed. With its change log
     // pruned, 0 meant comparing the whole tree.
-    let b_log = strip_ansi(
+    let b_log = understudy_testbed::strip_ansi(
         &std::fs::read_to_string(pair.dir().join(format!("{}.log", NAMES[b]))).expect("B's log"),
     );
     let plan = b_log
@@ -355,22 +355,4 @@ fn a_restart_after_a_clean_stop_compares_nothing() {
         "the log says nothing was compared"
     );
     assert_same_tree(&pair.data_dir(a2), &pair.data_dir(1 - a2)).expect("identical copies");
-}
-
-/// The log without its colour codes.
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for d in chars.by_ref() {
-                if d.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }

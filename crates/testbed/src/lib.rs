@@ -49,6 +49,25 @@ pub use pairnet::{channel_ifname, PairNet, MAX_CHANNEL_LINKS, PREFIX_LEN, PUBLIC
 pub use proc::{spawn, spawn_in, stress_cpu, Proc};
 pub use util::tool_path;
 
+/// A log line without the terminal colour codes tracing puts in it.
+pub fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // ESC [ ... final byte in @..~
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) && c != '[' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Returns true if this test can run: effective uid 0, `ip` present, and a
 /// network namespace can actually be created (containers often forbid it).
 ///
