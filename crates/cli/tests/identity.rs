@@ -303,4 +303,16 @@ fn the_watchdog_fences_a_hung_active() {
         client.last_answer().as_deref(),
         Some(common::NAMES[passive])
     );
+    // It knew from its own lease that it had been fenced, before acting on anything that
+    // arrived while it slept: its monitors found the resources the fence had stopped, and
+    // acting on that as an active would restart them behind the new active's back.
+    let log = understudy_testbed::strip_ansi(&pair.log(active));
+    assert!(
+        log.contains("stalled past its watchdog lease"),
+        "the woken daemon demotes on its lapsed lease"
+    );
+    assert!(
+        !log.contains("resource failure"),
+        "no resource failure was acted on after the fence"
+    );
 }

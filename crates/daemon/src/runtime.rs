@@ -396,14 +396,25 @@ pub async fn run(cfg: Config, node_name: &str) -> Result<()> {
         // The lease says "this loop is alive"; it is armed while resources may run here.
         watchdog.renew(core.phase().is_running());
         let deadline = origin + Duration::from_millis(core.next_timeout().0);
-        tokio::select! {
-            msg = inbox.recv() => {
-                let Some(msg) = msg else { break };
-                handle(&mut core, &mut daemon, msg);
-            }
-            _ = tokio::time::sleep_until(deadline.into()) => core.handle(daemon.now(), Input::Tick),
-            _ = sigterm.recv() => signals += on_signal(&mut core, &daemon, signals),
-            _ = sigint.recv() => signals += on_signal(&mut core, &daemon, signals),
+        let woke = tokio::select! {
+            msg = inbox.recv() => Woke::Message(msg),
+            _ = tokio::time::sleep_until(deadline.into()) => Woke::Timeout,
+            _ = sigterm.recv() => Woke::Signal,
+            _ = sigint.recv() => Woke::Signal,
+        };
+        // Waking from a stall longer than the lease: the watchdog has fenced this node.
+        // Demote on that first. What arrived meanwhile (a monitor finding a resource the
+        // fence stopped) must not be acted on as if the node still served: the fault suite
+        // saw such a node restart its address while its peer took it over.
+        if watchdog.lapsed() && core.phase() == Phase::Active {
+            error!("this daemon stalled past its watchdog lease: the watchdog has stopped every resource; demoting");
+            core.handle(daemon.now(), Input::Fenced);
+        }
+        match woke {
+            Woke::Message(None) => break,
+            Woke::Message(Some(msg)) => handle(&mut core, &mut daemon, msg),
+            Woke::Timeout => core.handle(daemon.now(), Input::Tick),
+            Woke::Signal => signals += on_signal(&mut core, &daemon, signals),
         }
     }
     // Resources are stopped by now (a clean exit demotes first): disarm and let go.
@@ -413,6 +424,13 @@ pub async fn run(cfg: Config, node_name: &str) -> Result<()> {
     tokio::time::sleep(Duration::from_millis(100)).await;
     info!("stopped cleanly");
     Ok(())
+}
+
+/// What woke the core loop.
+enum Woke {
+    Message(Option<ToCore>),
+    Timeout,
+    Signal,
 }
 
 fn on_signal(core: &mut PairCore, daemon: &Daemon, earlier: u32) -> u32 {

@@ -110,6 +110,8 @@ pub struct Watchdog {
     lease_in: Option<ChildStdin>,
     armed: bool,
     last_renewal: Instant,
+    /// How long an armed lease may go unrenewed before the watchdog fences.
+    lease: Duration,
 }
 
 /// How often the lease is renewed at most: the core loop wakes at least once a heartbeat.
@@ -157,6 +159,7 @@ impl Watchdog {
             lease_in,
             armed: false,
             last_renewal: Instant::now(),
+            lease: Duration::from_millis(cfg.pair.isolation_timeout_ms),
         })
     }
 
@@ -173,6 +176,13 @@ impl Watchdog {
         }
         self.armed = running;
         self.last_renewal = Instant::now();
+    }
+
+    /// The armed lease went unrenewed for its whole length: this loop stalled, and the
+    /// watchdog has stopped (or is stopping) every resource, whether or not its `F` has been
+    /// read yet.
+    pub fn lapsed(&self) -> bool {
+        self.armed && self.last_renewal.elapsed() >= self.lease
     }
 
     /// A clean stop: disarm, close the pipe and let the watchdog exit.
