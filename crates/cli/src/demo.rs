@@ -1472,16 +1472,20 @@ fn parse_answer(raw: &[u8]) -> Option<Answer> {
     let head = std::str::from_utf8(&raw[..split]).ok()?;
     let mut lines = head.split("\r\n");
     let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
-    let node = lines.find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.eq_ignore_ascii_case("x-node")
-            .then(|| v.trim().to_string())
-    });
-    Some(Answer {
-        status,
-        node,
-        body: raw[split + 4..].to_vec(),
-    })
+    let header = |name: &str| {
+        head.split("\r\n").skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    };
+    let node = header("x-node");
+    let body = raw[split + 4..].to_vec();
+    // A service stopped mid-answer closes the connection after its headers: that is no
+    // answer, not an empty value.
+    if header("content-length").is_some_and(|n| n.parse::<usize>().ok() != Some(body.len())) {
+        return None;
+    }
+    Some(Answer { status, node, body })
 }
 
 /// One PUT of the client.
@@ -1851,6 +1855,9 @@ mod tests {
         let a = parse_answer(raw).expect("parsed");
         assert_eq!((a.status, a.body.as_slice()), (200, &b"value 7"[..]));
         assert!(parse_answer(b"HTTP/1.1 200").is_none());
+        // Cut short after the headers.
+        assert!(parse_answer(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n").is_none());
+        assert!(parse_answer(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nv55").is_some());
     }
 
     #[test]

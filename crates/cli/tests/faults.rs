@@ -148,7 +148,9 @@ while time.time() < end:
     time.sleep(0.02)
 "#;
 
-/// One HTTP request through the floating address; (status line, last body line).
+/// One HTTP request through the floating address; (status line, last body line). None if
+/// it failed, including a response cut short: a service stopped mid-answer (a restart of
+/// the active) closes the connection after its headers, and that is no answer at all.
 fn http(method: &str, path: &str, body: &str, timeout: Duration) -> Option<(String, String)> {
     let mut s = TcpStream::connect_timeout(&SocketAddr::new(VIP, 8080), timeout).ok()?;
     s.set_read_timeout(Some(timeout)).ok()?;
@@ -161,8 +163,16 @@ fn http(method: &str, path: &str, body: &str, timeout: Duration) -> Option<(Stri
     .ok()?;
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
-    let status = text.lines().next()?.to_string();
-    let last = text.lines().last().unwrap_or_default().to_string();
+    let (head, content) = text.split_once("\r\n\r\n")?;
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    if length.is_some_and(|n| n != content.len()) {
+        return None;
+    }
+    let status = head.lines().next()?.to_string();
+    let last = content.lines().last().unwrap_or_default().to_string();
     Some((status, last))
 }
 
