@@ -54,7 +54,7 @@ impl Pair {
     }
 
     pub fn repl(&self, i: usize) -> Result<ReplicationReport> {
-        self.status(i)?
+        self.status_direct(i)?
             .replication
             .into_iter()
             .next()
