@@ -52,27 +52,16 @@ pub async fn run_sender(
     peer: SocketAddr,
 ) {
     let mut backoff = Duration::from_millis(20);
-    let mut attempt = 0u64;
     // Sessions in a row that the peer accepted but that ended within SESSION_SHORT: a passive
     // that cannot take the stream (its disk is full, its copy cannot be written) would
     // otherwise be resynced from the start several times a second, filling both logs.
     let mut short_sessions = 0u32;
+    let mut failed_dials = 0u64;
     loop {
         let started = Instant::now();
-        attempt += 1;
-        // A peer that is down or cut off drops our SYNs: give up on the TCP connect quickly
-        // and retry often, so a healed link carries the stream again within about 100 ms.
-        // Every fourth attempt waits longer, for a peer far away (a WAN pair); the
-        // handshake itself may take its time on a busy peer.
-        let connect_timeout = if attempt % 4 == 0 {
-            Duration::from_secs(2)
-        } else {
-            Duration::from_millis(100)
-        };
-        let dialled =
-            understudy_tls::connect_with(&tls, peer, connect_timeout, Duration::from_secs(3)).await;
-        match dialled {
+        match dial(&tls, peer, DIAL_ROUND).await {
             Ok(stream) => {
+                failed_dials = 0;
                 let why = sender_session(&set, &queue, stream).await;
                 queue.end_session();
                 set.end_active_session();
@@ -87,15 +76,88 @@ pub async fn run_sender(
                     debug!(set = set.name(), reason = %why, short_sessions, "replication session ended again");
                 }
             }
-            Err(e) => debug!(set = set.name(), error = %e, "replication connect failed"),
+            Err(e) => {
+                // One line per round of attempts (a second of them), not per attempt.
+                failed_dials += 1;
+                debug!(set = set.name(), error = %e, rounds = failed_dials, "replication connect failed");
+            }
         }
         backoff = if started.elapsed() > SESSION_SHORT {
-            attempt = 0;
             Duration::from_millis(20)
         } else {
             (backoff * 2).min(Duration::from_millis(100))
         };
-        tokio::time::sleep(backoff.max(failed_session_pause(short_sessions))).await;
+        if failed_dials == 0 {
+            tokio::time::sleep(backoff.max(failed_session_pause(short_sessions))).await;
+        }
+    }
+}
+
+/// A new connection attempt starts this often while earlier ones still wait.
+const DIAL_INTERVAL: Duration = Duration::from_millis(25);
+/// How long a frequent attempt waits for the TCP connect: a cut-off or dead peer drops our
+/// SYNs, and the kernel would send the next one only after a second.
+const DIAL_CONNECT_SHORT: Duration = Duration::from_millis(200);
+/// One attempt at a time waits this long, for a peer far away (a WAN pair).
+const DIAL_CONNECT_LONG: Duration = Duration::from_secs(2);
+/// The TCP connect and the TLS handshake together, per attempt.
+const DIAL_HANDSHAKE: Duration = Duration::from_secs(3);
+/// Attempts in flight at once, at most (short ones last DIAL_CONNECT_SHORT, so about
+/// eight of them overlap, plus the long one).
+const DIAL_IN_FLIGHT_MAX: usize = 12;
+/// One call of [`dial`] starts attempts for this long.
+const DIAL_ROUND: Duration = Duration::from_secs(1);
+
+/// Dials the peer with overlapping attempts: a new one every [`DIAL_INTERVAL`] while earlier
+/// ones still wait for their SYN to be answered, so a link that heals carries a session again
+/// within about that interval (one attempt at a time, waiting out a dropped SYN, took a few
+/// hundred milliseconds). The first attempt whose handshake completes wins; the others are
+/// dropped, which closes their sockets. Starts attempts for `round`; returns the last error
+/// if none succeeded by the time all of them ended.
+async fn dial(
+    tls: &NodeTls,
+    peer: SocketAddr,
+    round: Duration,
+) -> Result<understudy_tls::ChannelStream, understudy_tls::TlsError> {
+    let mut attempts = tokio::task::JoinSet::new();
+    let start = tokio::time::Instant::now();
+    let deadline = start + round;
+    let mut next_start = start;
+    let mut long_free_at = start;
+    let mut last_error = None;
+    loop {
+        let now = tokio::time::Instant::now();
+        let may_start = now < deadline && attempts.len() < DIAL_IN_FLIGHT_MAX;
+        if !may_start && attempts.is_empty() {
+            return Err(
+                last_error.unwrap_or_else(|| understudy_tls::TlsError::Timeout {
+                    stage: "connecting to",
+                    peer: peer.to_string(),
+                    after: round,
+                }),
+            );
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(next_start), if may_start => {
+                let connect_timeout = if now >= long_free_at {
+                    long_free_at = now + DIAL_CONNECT_LONG;
+                    DIAL_CONNECT_LONG
+                } else {
+                    DIAL_CONNECT_SHORT
+                };
+                let tls = tls.clone();
+                attempts.spawn(async move {
+                    understudy_tls::connect_with(&tls, peer, connect_timeout, DIAL_HANDSHAKE).await
+                });
+                next_start = now + DIAL_INTERVAL;
+            }
+            Some(done) = attempts.join_next(), if !attempts.is_empty() => match done {
+                Ok(Ok(stream)) => return Ok(stream),
+                Ok(Err(e)) => last_error = Some(e),
+                // An attempt task cannot panic short of a bug in the TLS stack; try again.
+                Err(e) => debug!(error = %e, "a connection attempt ended abnormally"),
+            },
+        }
     }
 }
 

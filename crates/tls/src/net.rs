@@ -21,6 +21,9 @@ use crate::explain::{explain_handshake, Side};
 use crate::identity::{check_peer, describe_protocols, negotiated_version};
 use crate::{NodeTls, TlsError};
 
+/// A channel connection this node dialled.
+pub type ChannelStream = tokio_rustls::client::TlsStream<TcpStream>;
+
 /// Connects to the peer at `addr` and completes the TLS handshake.
 ///
 /// The server must present a certificate from the pair's CA for

@@ -91,7 +91,7 @@ impl Pair {
             if Instant::now() > deadline {
                 bail!("queue never drained: {r:?}");
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
