@@ -17,8 +17,8 @@
 //! including errors and Ctrl-C; the logs directory is kept.
 
 use std::fs::File;
-use std::io::{IsTerminal, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::io::{IsTerminal, Write};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -1439,53 +1439,18 @@ fn in_netns<T: Send>(ns: &Netns, f: impl FnOnce() -> T + Send) -> Result<T> {
     })
 }
 
-/// One HTTP answer from the service.
-struct Answer {
-    status: u16,
-    /// The X-Node header: which node served the request.
-    node: Option<String>,
-    body: Vec<u8>,
-}
-
 /// One request to the floating address, with the demo's short timeouts.
-fn http(method: &str, path: &str, body: &[u8]) -> std::io::Result<Answer> {
-    let addr = SocketAddr::from((VIP, PORT));
-    let mut s = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
-    s.set_read_timeout(Some(IO_TIMEOUT))?;
-    s.set_write_timeout(Some(IO_TIMEOUT))?;
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {VIP}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes())?;
-    s.write_all(body)?;
-    let mut raw = Vec::new();
-    // Bounded: the service's answers are tiny.
-    s.take(64 * 1024).read_to_end(&mut raw)?;
-    parse_answer(&raw).ok_or_else(|| {
-        std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed HTTP answer")
-    })
-}
+use understudy_testbed::http::HttpAnswer;
 
-fn parse_answer(raw: &[u8]) -> Option<Answer> {
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = std::str::from_utf8(&raw[..split]).ok()?;
-    let mut lines = head.split("\r\n");
-    let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
-    let header = |name: &str| {
-        head.split("\r\n").skip(1).find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
-        })
-    };
-    let node = header("x-node");
-    let body = raw[split + 4..].to_vec();
-    // A service stopped mid-answer closes the connection after its headers: that is no
-    // answer, not an empty value.
-    if header("content-length").is_some_and(|n| n.parse::<usize>().ok() != Some(body.len())) {
-        return None;
-    }
-    Some(Answer { status, node, body })
+fn http(method: &str, path: &str, body: &[u8]) -> std::io::Result<HttpAnswer> {
+    understudy_testbed::http::request(
+        SocketAddr::from((VIP, PORT)),
+        method,
+        path,
+        body,
+        CONNECT_TIMEOUT,
+        IO_TIMEOUT,
+    )
 }
 
 /// One PUT of the client.
@@ -1844,21 +1809,6 @@ impl Drop for ArpSocket {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_answers() {
-        let raw = b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nX-Node: beta\r\n\r\n";
-        let a = parse_answer(raw).expect("parsed");
-        assert_eq!(a.status, 204);
-        assert_eq!(a.node.as_deref(), Some("beta"));
-        let raw = b"HTTP/1.1 200 OK\r\nx-node: alpha\r\n\r\nvalue 7";
-        let a = parse_answer(raw).expect("parsed");
-        assert_eq!((a.status, a.body.as_slice()), (200, &b"value 7"[..]));
-        assert!(parse_answer(b"HTTP/1.1 200").is_none());
-        // Cut short after the headers.
-        assert!(parse_answer(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n").is_none());
-        assert!(parse_answer(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nv55").is_some());
-    }
 
     #[test]
     fn config_is_valid_and_quotes_paths() {

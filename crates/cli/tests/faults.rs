@@ -29,8 +29,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -148,32 +147,23 @@ while time.time() < end:
     time.sleep(0.02)
 "#;
 
-/// One HTTP request through the floating address; (status line, last body line). None if
-/// it failed, including a response cut short: a service stopped mid-answer (a restart of
-/// the active) closes the connection after its headers, and that is no answer at all.
-fn http(method: &str, path: &str, body: &str, timeout: Duration) -> Option<(String, String)> {
-    let mut s = TcpStream::connect_timeout(&SocketAddr::new(VIP, 8080), timeout).ok()?;
-    s.set_read_timeout(Some(timeout)).ok()?;
-    s.set_write_timeout(Some(timeout)).ok()?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.0\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
+/// One request to the floating address: (status, the body's last line), or None when
+/// there was no whole answer (a refused or cut connection, a response cut short).
+fn http(method: &str, path: &str, body: &str, timeout: Duration) -> Option<(u16, String)> {
+    let a = understudy_testbed::http::request(
+        SocketAddr::new(VIP, 8080),
+        method,
+        path,
+        body.as_bytes(),
+        timeout,
+        timeout,
     )
     .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let (head, content) = text.split_once("\r\n\r\n")?;
-    let length = head
-        .lines()
-        .find_map(|l| l.strip_prefix("Content-Length:"))
-        .and_then(|v| v.trim().parse::<usize>().ok());
-    if length.is_some_and(|n| n != content.len()) {
-        return None;
-    }
-    let status = head.lines().next()?.to_string();
-    let last = content.lines().last().unwrap_or_default().to_string();
-    Some((status, last))
+    let text = String::from_utf8_lossy(&a.body);
+    Some((
+        a.status,
+        text.lines().last().unwrap_or_default().to_string(),
+    ))
 }
 
 /// The client: from its own namespace, PUTs key after key through the floating address
@@ -240,7 +230,7 @@ impl Workload {
                         &format!("v{n}"),
                         Duration::from_millis(300),
                     );
-                    let ok = answer.as_ref().is_some_and(|(s, _)| s.contains(" 204"));
+                    let ok = answer.as_ref().is_some_and(|(s, _)| *s == 204);
                     samples
                         .lock()
                         .expect("samples")
@@ -258,9 +248,9 @@ impl Workload {
                             if let Some((status, body)) =
                                 http("GET", &format!("/k{k}"), "", Duration::from_millis(300))
                             {
-                                if status.contains(" 200") && body != format!("v{k}") {
+                                if status == 200 && body != format!("v{k}") {
                                     bad.lock().expect("bad").push(format!("k{k} read {body:?}"));
-                                } else if status.contains(" 404") {
+                                } else if status == 404 {
                                     bad.lock().expect("bad").push(format!("k{k} missing"));
                                 }
                             }
@@ -629,7 +619,7 @@ fn faults_never_lose_acknowledged_writes_nor_make_two_actives() {
                 let got = (0..3)
                     .find_map(|_| http("GET", &format!("/k{k}"), "", Duration::from_millis(500)));
                 match got {
-                    Some((s, body)) if s.contains(" 200") && body == format!("v{k}") => {}
+                    Some((200, body)) if body == format!("v{k}") => {}
                     other => lost.push(format!("k{k}: {other:?}")),
                 }
             }

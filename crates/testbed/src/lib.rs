@@ -32,6 +32,7 @@
 //! ```
 
 mod clock;
+pub mod http;
 mod loopfs;
 mod netns;
 mod pairnet;
