@@ -431,10 +431,23 @@ impl Applier {
                 }
                 Action::Create => created = self.create(ctx, &mut parents, entries, &leaders, i)?,
             }
+            // A file just created here has the daemon's owner and CREATE_MODE: knowing
+            // them spares a chown (the costliest of the metadata calls) when the entry has
+            // the same owner, as most do.
+            let created_st = match (&created, e.kind) {
+                (Some(fd), EntryKind::Regular) => rfs::statx(
+                    fd,
+                    "",
+                    AtFlags::EMPTY_PATH,
+                    StatxFlags::UID | StatxFlags::GID | StatxFlags::MODE,
+                )
+                .ok(),
+                _ => None,
+            };
             let old = if actions[i] == Action::Keep {
                 old.map(|f| &f.st)
             } else {
-                None
+                created_st.as_ref()
             };
             match e.kind {
                 // Last, deepest first.

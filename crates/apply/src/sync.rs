@@ -43,7 +43,10 @@ use rustix::fs::{self as rfs, AtFlags, FileType, OFlags, StatxFlags, Timestamps}
 use rustix::io::Errno;
 use understudy_oplog::{EntryKind, FileRef, Timespec, TreeEntry, Xattrs};
 
-use crate::{confine, owner, perm, rustix_time, xattr, Applier, ApplyError, Bad, Ctx, Target};
+use crate::{
+    confine, owner, perm, rustix_time, xattr, Applier, ApplyError, Bad, Ctx, Target,
+    PERMISSION_BITS,
+};
 
 /// Longest range a `VerifyRange` may ask to hash: it is read in full by the passive.
 pub(crate) const MAX_VERIFY_RANGE: u64 = 64 << 20;
@@ -452,11 +455,22 @@ impl Applier {
                 return Err(ctx.refuse(path, "sync metadata for something not a regular file"))
             }
         };
-        rfs::ftruncate(&*fd, size).map_err(|e| ctx.fail(path, e))?;
+        // What is already right is left alone: after a copy the size, owner and mode mostly
+        // are, and truncate, chown and chmod each cost a metadata update (on a 10,000-file
+        // initial sync, a tenth of the apply thread's time).
+        let st = rfs::fstat(&*fd).map_err(|e| ctx.fail(path, e))?;
+        if u64::try_from(st.st_size).ok() != Some(size) {
+            rfs::ftruncate(&*fd, size).map_err(|e| ctx.fail(path, e))?;
+        }
         // Owner before mode: chown clears the set-ID bits the mode may set.
-        let (uid, gid) = owner(Some(uid), Some(gid));
-        rfs::fchown(&*fd, uid, gid).map_err(|e| ctx.fail(path, e))?;
-        rfs::fchmod(&*fd, perm(mode)).map_err(|e| ctx.fail(path, e))?;
+        let same_owner = st.st_uid == uid && st.st_gid == gid;
+        if !same_owner {
+            let (uid, gid) = owner(Some(uid), Some(gid));
+            rfs::fchown(&*fd, uid, gid).map_err(|e| ctx.fail(path, e))?;
+        }
+        if !same_owner || st.st_mode & PERMISSION_BITS != mode & PERMISSION_BITS {
+            rfs::fchmod(&*fd, perm(mode)).map_err(|e| ctx.fail(path, e))?;
+        }
         xattr::set_exactly(&*fd, xattrs).map_err(|e| ctx.fail(path, e))?;
         let times = Timestamps {
             last_access: rustix_time(None),
