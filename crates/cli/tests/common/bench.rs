@@ -102,13 +102,15 @@ pub fn start(test: &str, mode: &str, queue_max_bytes: u64) -> Result<(Scratch, P
     Ok((scratch, pair, active))
 }
 
-/// Removes a benchmark's data (the native directory and both nodes' copies of the set) once
+/// Removes a benchmark's data (the native directory, rsync's copy and both nodes' copies of the set) once
 /// the pair is gone, also when the benchmark failed; the logs stay.
 pub struct Scratch(pub std::path::PathBuf);
 
 impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(self.0.join("native"));
+        // The resync benchmarks' rsync baseline copy (2 GiB a run, left behind before).
+        let _ = std::fs::remove_dir_all(self.0.join("rsync-copy"));
         for node in super::NAMES {
             let _ = std::fs::remove_dir_all(self.0.join(format!("state-{node}")).join("sets"));
         }
