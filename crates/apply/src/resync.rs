@@ -431,23 +431,10 @@ impl Applier {
                 }
                 Action::Create => created = self.create(ctx, &mut parents, entries, &leaders, i)?,
             }
-            // A file just created here has the daemon's owner and CREATE_MODE: knowing
-            // them spares a chown (the costliest of the metadata calls) when the entry has
-            // the same owner, as most do.
-            let created_st = match (&created, e.kind) {
-                (Some(fd), EntryKind::Regular) => rfs::statx(
-                    fd,
-                    "",
-                    AtFlags::EMPTY_PATH,
-                    StatxFlags::UID | StatxFlags::GID | StatxFlags::MODE,
-                )
-                .ok(),
-                _ => None,
-            };
             let old = if actions[i] == Action::Keep {
                 old.map(|f| &f.st)
             } else {
-                created_st.as_ref()
+                None
             };
             match e.kind {
                 // Last, deepest first.
@@ -455,11 +442,24 @@ impl Applier {
                 // A follower's metadata is its leader's inode's, set with the leader.
                 EntryKind::Regular if leaders[i] != i => {}
                 EntryKind::Regular => {
-                    let fd = match created {
-                        Some(fd) => fd,
-                        None => self.open_found(ctx, &e.path)?,
+                    let (fd, created_st) = match created {
+                        // A file just created here has the daemon's owner and CREATE_MODE:
+                        // knowing them spares a chown (the costliest of the metadata calls)
+                        // when the entry has the same owner, as most do.
+                        Some(fd) => {
+                            let st = rfs::statx(
+                                &fd,
+                                "",
+                                AtFlags::EMPTY_PATH,
+                                StatxFlags::UID | StatxFlags::GID | StatxFlags::MODE,
+                            )
+                            .ok();
+                            (fd, st)
+                        }
+                        None => (self.open_found(ctx, &e.path)?, None),
                     };
                     let mtime = !needs_content.contains(&i);
+                    let old = old.or(created_st.as_ref());
                     self.meta_fd(ctx, &e.path, &fd, e, old, mtime)?;
                 }
                 _ => {

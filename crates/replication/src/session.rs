@@ -59,7 +59,8 @@ pub async fn run_sender(
     let mut failed_dials = 0u64;
     loop {
         let started = Instant::now();
-        match dial(&tls, peer, DIAL_ROUND).await {
+        // A failed round already spent a second on attempts: the pause is for sessions.
+        let session_ran = match dial(&tls, peer, DIAL_ROUND).await {
             Ok(stream) => {
                 failed_dials = 0;
                 let why = sender_session(&set, &queue, stream).await;
@@ -75,19 +76,21 @@ pub async fn run_sender(
                 } else {
                     debug!(set = set.name(), reason = %why, short_sessions, "replication session ended again");
                 }
+                true
             }
             Err(e) => {
                 // One line per round of attempts (a second of them), not per attempt.
                 failed_dials += 1;
                 debug!(set = set.name(), error = %e, rounds = failed_dials, "replication connect failed");
+                false
             }
-        }
+        };
         backoff = if started.elapsed() > SESSION_SHORT {
             Duration::from_millis(20)
         } else {
             (backoff * 2).min(Duration::from_millis(100))
         };
-        if failed_dials == 0 {
+        if session_ran {
             tokio::time::sleep(backoff.max(failed_session_pause(short_sessions))).await;
         }
     }

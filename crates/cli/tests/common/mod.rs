@@ -180,18 +180,13 @@ timeout_ms = 150
     /// loops use, so that the measuring costs the two cores it shares little (a CLI process
     /// every 10 ms took a fifth of a core away from the daemons being timed).
     pub fn status_direct(&self, i: usize) -> Result<StatusReport> {
-        use std::io::{BufRead, Write};
-        let socket = self.socket(i);
-        let mut stream = std::os::unix::net::UnixStream::connect(&socket)
-            .with_context(|| format!("connecting to {}", socket.display()))?;
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        let mut request = serde_json::to_vec(&understudy_daemon::control::Request::Status)?;
-        request.push(b'\n');
-        stream.write_all(&request)?;
-        let mut line = String::new();
-        std::io::BufReader::new(stream).read_line(&mut line)?;
-        let reply: understudy_daemon::control::Reply =
-            serde_json::from_str(line.trim()).context("status reply JSON")?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let reply = rt.block_on(understudy_daemon::control::request(
+            &self.socket(i),
+            &understudy_daemon::control::Request::Status,
+        ))?;
         reply
             .status
             .with_context(|| format!("no status from {}: {:?}", NAMES[i], reply.error))
