@@ -239,7 +239,9 @@ fn restart_passive_and_time(
     let cpu_a = common::bench::cpu_secs(pair.proc(a).pid());
     let t = Instant::now();
     pair.start_node(p)?;
+    let profiler = profile_start();
     let s = wait_resync(pair, a, before, Duration::from_secs(1800))?;
+    profile_stop(profiler);
     let secs = t.elapsed().as_secs_f64();
     let used = common::bench::cpu_secs(pair.proc(a).pid()) - cpu_a
         + common::bench::cpu_secs(pair.proc(p).pid());
@@ -248,6 +250,30 @@ fn restart_passive_and_time(
         used / secs / 2.0 * 100.0
     );
     Ok((secs, s))
+}
+
+/// With `BENCH_PROFILE="COMMAND ARGS..."` (for instance `perf record -a -g -o /tmp/perf.data`),
+/// runs that command while the resync runs and stops it with SIGINT at the end, for finding
+/// where the time goes. Nothing when unset.
+fn profile_start() -> Option<std::process::Child> {
+    let line = std::env::var("BENCH_PROFILE").ok()?;
+    let mut words = line.split_whitespace();
+    std::process::Command::new(words.next()?)
+        .args(words)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| eprintln!("BENCH_PROFILE: cannot start {line}: {e}"))
+        .ok()
+}
+
+/// Stops the profiler started by [`profile_start`] (SIGINT lets it write its file).
+fn profile_stop(profiler: Option<std::process::Child>) {
+    if let Some(mut child) = profiler {
+        let _ = std::process::Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status();
+        let _ = child.wait();
+    }
 }
 
 struct Fixture {

@@ -181,11 +181,13 @@ fn failed_session_pause(short_sessions: u32) -> Duration {
     (Duration::from_millis(250) * (1u32 << doublings)).min(FAILED_SESSION_PAUSE_MAX)
 }
 
-async fn sender_session<S>(set: &Arc<ReplicaSet>, queue: &Arc<SetQueue>, stream: S) -> String
-where
-    S: AsyncRead + AsyncWrite + Send + 'static,
-{
-    let (mut rd, wr) = tokio::io::split(stream);
+async fn sender_session(
+    set: &Arc<ReplicaSet>,
+    queue: &Arc<SetQueue>,
+    stream: understudy_tls::Channel,
+) -> String {
+    // Halves without a lock between them: acks are read while records are written.
+    let (mut rd, wr) = stream.into_split();
     let mut wr = BufWriter::with_capacity(256 << 10, proto::StallGuard::new(wr, IDLE_TIMEOUT));
     let (history, origin_empty) = {
         let p = set.persisted();
@@ -452,11 +454,8 @@ async fn send_records<W: AsyncWrite + Unpin>(
 
 /// The passive's side: the peer's sender dialled us. Read its hello and hand the stream to
 /// the set it names.
-pub async fn serve_passive<S>(sets: &[Arc<ReplicaSet>], stream: S)
-where
-    S: AsyncRead + AsyncWrite + Send + 'static,
-{
-    let (mut rd, mut wr) = tokio::io::split(stream);
+pub async fn serve_passive(sets: &[Arc<ReplicaSet>], stream: understudy_tls::Channel) {
+    let (mut rd, mut wr) = stream.into_split();
     let mut buf = Vec::new();
     let hello = match tokio::time::timeout(IDLE_TIMEOUT, proto::read_frame(&mut rd, &mut buf)).await
     {

@@ -127,6 +127,9 @@ pub fn load_node_tls(dir: &Path, node: &str, peer: &str) -> Result<NodeTls, TlsE
     // The channel reconnects rarely, so the cost does not matter.
     server.session_storage = Arc::new(NoServerSessionStorage {});
     server.send_tls13_tickets = 0;
+    // After the handshake the channel seals its records itself (`records.rs`) with the
+    // keys rustls negotiated.
+    server.enable_secret_extraction = true;
 
     let mut client = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -136,6 +139,7 @@ pub fn load_node_tls(dir: &Path, node: &str, peer: &str) -> Result<NodeTls, TlsE
         .map_err(key_err)?;
     client.alpn_protocols = alpn;
     client.resumption = Resumption::disabled();
+    client.enable_secret_extraction = true;
 
     Ok(NodeTls {
         server: Arc::new(server),

@@ -1,41 +1,208 @@
-//! Dialling and accepting channel connections over tokio-rustls, with a time
-//! limit, the protocol-version check and the peer-identity check done in one
-//! place so the daemon cannot forget one of them.
+//! Dialling and accepting channel connections: the handshake over tokio-rustls, with a
+//! time limit, the protocol-version check and the peer-identity check done in one place
+//! so the daemon cannot forget one of them; then the records go through
+//! [`crate::records`].
 //!
-//! A note on TLS 1.3 and client-certificate rejection: the client finishes
-//! its half of the handshake before the server has looked at the client's
-//! certificate. So when the *server* refuses us, [`connect`] may still
-//! succeed, and the refusal shows up as an error on the first read. The
-//! server's [`accept`] always reports the precise reason.
+//! Handing the keys over from rustls takes one exchange: the client sends one byte
+//! through rustls and then waits, the server reads it, takes over the keys and answers
+//! with one byte through the new record layer. So neither rustls holds a record meant for
+//! the record layer when the keys are taken (rustls reads ahead), and [`connect`] returns
+//! only once the server accepted us: under TLS 1.3 the client finishes its half of the
+//! handshake before the server has looked at the client's certificate, and a refusal
+//! arrives as an alert during that exchange.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use rustls::pki_types::ServerName;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::server::Acceptor;
+use rustls::{CommonState, ExtractedSecrets, SupportedCipherSuite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 use tokio_rustls::{LazyConfigAcceptor, TlsConnector};
 
 use crate::explain::{explain_handshake, Side};
 use crate::identity::{check_peer, describe_protocols, negotiated_version};
+use crate::records::{Direction, RecordReader, RecordWriter};
 use crate::{NodeTls, TlsError};
 
-/// A channel connection this node dialled.
-pub type ChannelStream = tokio_rustls::client::TlsStream<TcpStream>;
+/// The byte each side sends when it is ready for the record layer.
+const READY: u8 = 0x55;
 
+/// A channel connection: the handshake done, the peer checked, and the records sealed
+/// and opened by [`crate::records`].
+pub struct Channel {
+    reader: ChannelReader,
+    writer: ChannelWriter,
+    alpn: Option<Vec<u8>>,
+    peer_certificates: Vec<CertificateDer<'static>>,
+}
+
+/// The receiving half of a [`Channel`], independent of the sending half.
+pub type ChannelReader = RecordReader<OwnedReadHalf>;
+/// The sending half of a [`Channel`].
+pub type ChannelWriter = RecordWriter<OwnedWriteHalf>;
+
+/// A channel connection this node dialled (the same type as an accepted one).
+pub type ChannelStream = Channel;
+
+/// What the channel keeps from rustls's connection, read before its keys are taken.
+struct Negotiated {
+    confidentiality_limit: u64,
+    alpn: Option<Vec<u8>>,
+    peer_certificates: Vec<CertificateDer<'static>>,
+}
+
+impl Negotiated {
+    fn of(state: &CommonState) -> io::Result<Self> {
+        let confidentiality_limit = match state.negotiated_cipher_suite() {
+            Some(SupportedCipherSuite::Tls13(suite)) => suite.common.confidentiality_limit,
+            _ => return Err(io::Error::other("the channel needs a TLS 1.3 cipher suite")),
+        };
+        Ok(Negotiated {
+            confidentiality_limit,
+            alpn: state.alpn_protocol().map(<[u8]>::to_vec),
+            peer_certificates: state
+                .peer_certificates()
+                .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+                .unwrap_or_default(),
+        })
+    }
+}
+
+impl Channel {
+    /// Takes the keys over from rustls once its handshake is done.
+    fn take_over(
+        tcp: TcpStream,
+        negotiated: Negotiated,
+        secrets: Result<ExtractedSecrets, rustls::Error>,
+    ) -> io::Result<Self> {
+        let secrets =
+            secrets.map_err(|e| io::Error::other(format!("taking over the TLS keys: {e}")))?;
+        let limit = negotiated.confidentiality_limit;
+        let tx = Direction::new(secrets.tx, limit).map_err(io::Error::other)?;
+        let rx = Direction::new(secrets.rx, limit).map_err(io::Error::other)?;
+        let (read_half, write_half) = tcp.into_split();
+        Ok(Channel {
+            reader: RecordReader::new(read_half, rx),
+            writer: RecordWriter::new(write_half, tx),
+            alpn: negotiated.alpn,
+            peer_certificates: negotiated.peer_certificates,
+        })
+    }
+
+    /// The protocol version the handshake agreed on (see [`negotiated_version`]).
+    pub fn alpn_protocol(&self) -> Option<&[u8]> {
+        self.alpn.as_deref()
+    }
+
+    /// The certificate chain the peer presented.
+    pub fn peer_certificates(&self) -> Option<&[CertificateDer<'static>]> {
+        Some(&self.peer_certificates[..]).filter(|c| !c.is_empty())
+    }
+
+    /// The TCP connection underneath.
+    pub fn tcp(&self) -> &TcpStream {
+        self.writer.get_ref().as_ref()
+    }
+
+    /// Splits into halves that read and write independently (no lock between them).
+    pub fn into_split(self) -> (ChannelReader, ChannelWriter) {
+        (self.reader, self.writer)
+    }
+}
+
+impl std::fmt::Debug for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Channel")
+            .field("peer", &self.tcp().peer_addr().ok())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AsyncRead for Channel {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.reader).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Channel {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.writer).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.writer).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.writer).poll_shutdown(cx)
+    }
+}
+
+/// Client side of the key handover (see the module doc).
+async fn client_take_over(
+    mut stream: tokio_rustls::client::TlsStream<TcpStream>,
+) -> io::Result<Channel> {
+    stream.write_all(&[READY]).await?;
+    stream.flush().await?;
+    let (tcp, conn) = stream.into_inner();
+    let negotiated = Negotiated::of(&conn)?;
+    let mut channel = Channel::take_over(tcp, negotiated, conn.dangerous_extract_secrets())?;
+    expect_ready(&mut channel).await?;
+    Ok(channel)
+}
+
+/// Server side of the key handover (see the module doc).
+async fn server_take_over(
+    mut stream: tokio_rustls::server::TlsStream<TcpStream>,
+) -> io::Result<Channel> {
+    expect_ready(&mut stream).await?;
+    let (tcp, conn) = stream.into_inner();
+    let negotiated = Negotiated::of(&conn)?;
+    let mut channel = Channel::take_over(tcp, negotiated, conn.dangerous_extract_secrets())?;
+    channel.write_all(&[READY]).await?;
+    channel.flush().await?;
+    Ok(channel)
+}
+
+async fn expect_ready<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<()> {
+    let mut ready = [0u8; 1];
+    stream.read_exact(&mut ready).await?;
+    if ready[0] != READY {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the peer's first record is not the channel's ready byte",
+        ));
+    }
+    Ok(())
+}
 /// Connects to the peer at `addr` and completes the TLS handshake.
 ///
 /// The server must present a certificate from the pair's CA for
 /// `tls.peer_name`, whatever address was dialled (the pair's addresses may be
 /// raw IPs or change; the identity does not). `timeout` bounds the TCP connect
 /// and the handshake together. The negotiated protocol version is checked;
-/// read it again with `negotiated_version(stream.get_ref().1.alpn_protocol())`.
+/// read it again with `negotiated_version(channel.alpn_protocol())`.
 pub async fn connect(
     tls: &NodeTls,
     addr: SocketAddr,
     timeout: Duration,
-) -> Result<tokio_rustls::client::TlsStream<TcpStream>, TlsError> {
+) -> Result<Channel, TlsError> {
     connect_with(tls, addr, timeout, timeout).await
 }
 
@@ -47,7 +214,7 @@ pub async fn connect_with(
     addr: SocketAddr,
     connect_timeout: Duration,
     timeout: Duration,
-) -> Result<tokio_rustls::client::TlsStream<TcpStream>, TlsError> {
+) -> Result<Channel, TlsError> {
     let start = Instant::now();
     let deadline = start + timeout;
     let timed_out = |stage| TlsError::Timeout {
@@ -89,8 +256,17 @@ pub async fn connect_with(
     // rustls has already matched the server's certificate against
     // `peer_name`; checking again keeps both directions on the same rule.
     check_peer(conn.peer_certificates(), &tls.peer_name)?;
+    // The server judges our certificate only now; its refusal arrives here.
+    let channel = timeout_at(deadline, client_take_over(stream))
+        .await
+        .map_err(|_| timed_out("waiting for the server to accept us:"))?
+        .map_err(|error| TlsError::Handshake {
+            peer: addr.to_string(),
+            reason: explain_handshake(&error, Side::Client, None),
+            error,
+        })?;
     tracing::debug!(peer = %addr, peer_name = %tls.peer_name, "channel TLS connection established");
-    Ok(stream)
+    Ok(channel)
 }
 
 /// Completes the TLS handshake on a connection the peer dialled to us, and
@@ -104,7 +280,7 @@ pub async fn accept(
     tls: &NodeTls,
     tcp: TcpStream,
     timeout: Duration,
-) -> Result<(tokio_rustls::server::TlsStream<TcpStream>, String), TlsError> {
+) -> Result<(Channel, String), TlsError> {
     let peer = tcp
         .peer_addr()
         .map(|a| a.to_string())
@@ -141,9 +317,14 @@ pub async fn accept(
     let (_, conn) = stream.get_ref();
     // A client that offered no ALPN at all gets through the rustls handshake;
     // it is refused here.
-    negotiated_version(conn.alpn_protocol())
-        .map_err(|_| TlsError::UnsupportedVersion { offered })?;
+    negotiated_version(conn.alpn_protocol()).map_err(|_| TlsError::UnsupportedVersion {
+        offered: offered.clone(),
+    })?;
     check_peer(conn.peer_certificates(), &tls.peer_name)?;
+    let channel = timeout_at(deadline, server_take_over(stream))
+        .await
+        .map_err(|_| timed_out())?
+        .map_err(|e| handshake_err(e, Some(&offered)))?;
     tracing::debug!(%peer, peer_name = %tls.peer_name, "channel TLS connection accepted");
-    Ok((stream, tls.peer_name.clone()))
+    Ok((channel, tls.peer_name.clone()))
 }

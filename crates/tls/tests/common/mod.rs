@@ -39,7 +39,7 @@ pub fn node<'a>(m: &'a PairMaterial, name: &str) -> &'a NodeMaterial {
     m.nodes.iter().find(|n| n.name == name).unwrap()
 }
 
-pub type Accepted = Result<(tokio_rustls::server::TlsStream<TcpStream>, String), TlsError>;
+pub type Accepted = Result<(understudy_tls::Channel, String), TlsError>;
 
 /// Listens on an ephemeral loopback port and runs `accept` on the first
 /// connection.
