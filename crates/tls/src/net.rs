@@ -239,17 +239,18 @@ pub async fn connect_with(
 
     let server_name = ServerName::try_from(tls.peer_name.clone())
         .map_err(|e| TlsError::Config(format!("peer name '{}': {e}", tls.peer_name)))?;
+    let handshake_err = |error: io::Error| TlsError::Handshake {
+        peer: addr.to_string(),
+        reason: explain_handshake(&error, Side::Client, None),
+        error,
+    };
     let stream = timeout_at(
         deadline,
         TlsConnector::from(tls.client.clone()).connect(server_name, tcp),
     )
     .await
     .map_err(|_| timed_out("during the TLS handshake with"))?
-    .map_err(|error| TlsError::Handshake {
-        peer: addr.to_string(),
-        reason: explain_handshake(&error, Side::Client, None),
-        error,
-    })?;
+    .map_err(handshake_err)?;
 
     let (_, conn) = stream.get_ref();
     negotiated_version(conn.alpn_protocol())?;
@@ -259,12 +260,8 @@ pub async fn connect_with(
     // The server judges our certificate only now; its refusal arrives here.
     let channel = timeout_at(deadline, client_take_over(stream))
         .await
-        .map_err(|_| timed_out("waiting for the server to accept us:"))?
-        .map_err(|error| TlsError::Handshake {
-            peer: addr.to_string(),
-            reason: explain_handshake(&error, Side::Client, None),
-            error,
-        })?;
+        .map_err(|_| timed_out("waiting for the server's verdict from"))?
+        .map_err(handshake_err)?;
     tracing::debug!(peer = %addr, peer_name = %tls.peer_name, "channel TLS connection established");
     Ok(channel)
 }

@@ -412,13 +412,18 @@ mod tests {
         assert_eq!(got, data);
     }
 
-    #[tokio::test]
-    async fn a_flipped_bit_is_refused_and_stays_refused() {
+    /// The bytes of `data` written through a writer (no close_notify), and the reader's key.
+    async fn sealed(data: &[u8]) -> (Vec<u8>, Direction) {
         let (tx, rx) = pair(1 << 24);
         let mut w = RecordWriter::new(Vec::new(), tx);
-        w.write_all(b"hello").await.unwrap();
+        w.write_all(data).await.unwrap();
         w.flush().await.unwrap();
-        let mut wire = w.io.clone();
+        (w.io, rx)
+    }
+
+    #[tokio::test]
+    async fn a_flipped_bit_is_refused_and_stays_refused() {
+        let (mut wire, rx) = sealed(b"hello").await;
         wire[HEADER + 2] ^= 1;
         let mut r = RecordReader::new(&wire[..], rx);
         let mut buf = [0u8; 5];
@@ -429,11 +434,8 @@ mod tests {
 
     #[tokio::test]
     async fn truncation_is_an_error_not_an_end() {
-        let (tx, rx) = pair(1 << 24);
-        let mut w = RecordWriter::new(Vec::new(), tx);
-        w.write_all(b"hello").await.unwrap();
-        w.flush().await.unwrap();
-        let mut r = RecordReader::new(&w.io[..], rx);
+        let (wire, rx) = sealed(b"hello").await;
+        let mut r = RecordReader::new(&wire[..], rx);
         let mut got = Vec::new();
         let err = r.read_to_end(&mut got).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
@@ -442,11 +444,7 @@ mod tests {
 
     #[tokio::test]
     async fn replayed_or_reordered_records_are_refused() {
-        let (tx, rx) = pair(1 << 24);
-        let mut w = RecordWriter::new(Vec::new(), tx);
-        w.write_all(b"one").await.unwrap();
-        w.flush().await.unwrap();
-        let first = w.io.clone();
+        let (first, rx) = sealed(b"one").await;
         // The same record twice: the second is opened with the next sequence number.
         let twice = [first.clone(), first].concat();
         let mut r = RecordReader::new(&twice[..], rx);

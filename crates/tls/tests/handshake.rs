@@ -261,3 +261,21 @@ async fn connect_reports_refused_tcp() {
 fn alpn_constant() {
     assert_eq!(ALPN_V1, b"understudy/1");
 }
+
+/// The client's `connect` returns only once the server accepted its certificate: a refusal
+/// is an error of `connect` itself, not of some later read.
+#[tokio::test]
+async fn connect_fails_when_the_server_refuses_us() {
+    let (tmp, _) = pair_dir("prod", &["alpha", "beta", "mallory"]);
+    let (addr, task) = serve_once(load(&tmp, "alpha", "beta")).await;
+    let err = connect(&load(&tmp, "mallory", "alpha"), addr, TIMEOUT)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TlsError::Handshake { .. }), "{err:?}");
+    assert!(err.to_string().contains(&addr.to_string()), "{err}");
+    let server_err = task.await.unwrap().unwrap_err();
+    assert!(
+        matches!(server_err, TlsError::WrongPeer { .. }),
+        "{server_err:?}"
+    );
+}
