@@ -12,12 +12,16 @@ use x509_parser::extensions::GeneralName;
 
 use crate::TlsError;
 
-/// ALPN protocol identifier for version 1 of the channel protocol.
-pub const ALPN_V1: &[u8] = b"understudy/1";
+/// ALPN protocol identifier for version 2 of the channel protocol: after the
+/// handshake, one ready byte each way hands the keys from rustls to the
+/// channel's record layer (`records.rs`). Version 1 went straight to
+/// application data through rustls; the two cannot talk, so a version-1 peer
+/// is refused at the handshake with what it offered, not misread afterwards.
+pub const ALPN_V2: &[u8] = b"understudy/2";
 
 /// The ALPN identifiers we offer, newest first. Both the client and server
 /// configurations are built from this list.
-pub(crate) const SUPPORTED_ALPN: &[&[u8]] = &[ALPN_V1];
+pub(crate) const SUPPORTED_ALPN: &[&[u8]] = &[ALPN_V2];
 
 /// Maps the ALPN protocol negotiated on a connection to a channel protocol
 /// version.
@@ -27,7 +31,7 @@ pub(crate) const SUPPORTED_ALPN: &[&[u8]] = &[ALPN_V1];
 /// speaks is not one we can talk to.
 pub fn negotiated_version(alpn: Option<&[u8]>) -> Result<u16, TlsError> {
     match alpn {
-        Some(p) if p == ALPN_V1 => Ok(1),
+        Some(p) if p == ALPN_V2 => Ok(2),
         other => Err(TlsError::UnsupportedVersion {
             offered: describe_protocols(other.into_iter()),
         }),
@@ -128,7 +132,9 @@ mod tests {
 
     #[test]
     fn versions() {
-        assert_eq!(negotiated_version(Some(b"understudy/1")).ok(), Some(1));
+        assert_eq!(negotiated_version(Some(b"understudy/2")).ok(), Some(2));
+        // Version 1 (no key handover) cannot talk to us.
+        assert!(negotiated_version(Some(b"understudy/1")).is_err());
         let e = negotiated_version(Some(b"understudy/99")).unwrap_err();
         assert_eq!(
             e.to_string(),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use understudy_tls::{connect, negotiated_version, TlsError, ALPN_V1};
+use understudy_tls::{connect, negotiated_version, TlsError, ALPN_V2};
 
 async fn handshake(server_name: &str, client_name: &str) {
     let (tmp, _) = pair_dir("prod", &["alpha", "beta"]);
@@ -21,8 +21,8 @@ async fn handshake(server_name: &str, client_name: &str) {
     let (mut s, peer) = task.await.unwrap().unwrap();
 
     assert_eq!(peer, client_name);
-    assert_eq!(negotiated_version(c.alpn_protocol()).unwrap(), 1);
-    assert_eq!(negotiated_version(s.alpn_protocol()).unwrap(), 1);
+    assert_eq!(negotiated_version(c.alpn_protocol()).unwrap(), 2);
+    assert_eq!(negotiated_version(s.alpn_protocol()).unwrap(), 2);
     understudy_tls::check_peer(c.peer_certificates(), server_name).unwrap();
     assert_eq!(
         understudy_tls::peer_identity(s.peer_certificates().unwrap()).unwrap(),
@@ -259,7 +259,7 @@ async fn connect_reports_refused_tcp() {
 
 #[test]
 fn alpn_constant() {
-    assert_eq!(ALPN_V1, b"understudy/1");
+    assert_eq!(ALPN_V2, b"understudy/2");
 }
 
 /// The client's `connect` returns only once the server accepted its certificate: a refusal
