@@ -47,7 +47,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use understudy_tls::NodeTls;
 
 /// All replicated sets of this node, and the listener the peer's sender dials.
@@ -98,6 +98,10 @@ impl Replicator {
             tokio::spawn(async move {
                 match understudy_tls::accept(&me.tls, tcp, Duration::from_secs(5)).await {
                     Ok((stream, _)) => session::serve_passive(&me.sets, stream).await,
+                    // The active's dialler overlaps attempts and drops the losers mid-handshake.
+                    Err(e) if e.peer_hung_up() => {
+                        debug!(from = %from, error = %e, "replication connection abandoned by its dialler")
+                    }
                     Err(e) => warn!(from = %from, error = %e, "refused a replication connection"),
                 }
             });

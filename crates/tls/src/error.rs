@@ -145,6 +145,24 @@ pub enum TlsError {
 }
 
 impl TlsError {
+    /// True when the peer simply closed the connection during the handshake, having
+    /// presented nothing we refused: a dialler dropping an attempt that lost a race (the
+    /// replication sender overlaps its attempts), not a refusal worth a warning.
+    pub fn peer_hung_up(&self) -> bool {
+        match self {
+            TlsError::Handshake { error, .. } => {
+                !matches!(error.get_ref(), Some(e) if e.is::<rustls::Error>())
+                    && matches!(
+                        error.kind(),
+                        io::ErrorKind::UnexpectedEof
+                            | io::ErrorKind::ConnectionReset
+                            | io::ErrorKind::BrokenPipe
+                    )
+            }
+            _ => false,
+        }
+    }
+
     /// Shorthand for building an [`TlsError::Io`] in `map_err`.
     pub(crate) fn io(
         action: &'static str,

@@ -279,3 +279,18 @@ async fn connect_fails_when_the_server_refuses_us() {
         "{server_err:?}"
     );
 }
+
+/// A dialler that closes mid-handshake (the replication sender drops the attempts that lost
+/// its race) is told apart from a refused peer, so the passive need not warn about it.
+#[tokio::test]
+async fn a_dialler_hanging_up_is_not_a_refusal() {
+    let (tmp, m) = pair_dir("prod", &["alpha", "beta"]);
+    let (addr, task) = serve_once(load(&tmp, "alpha", "beta")).await;
+    drop(tokio::net::TcpStream::connect(addr).await.unwrap());
+    let err = task.await.unwrap().unwrap_err();
+    assert!(err.peer_hung_up(), "{err:?}");
+
+    let client = raw_client(&m.ca_cert_pem, None, GOOD_ALPN);
+    let err = refused_by_server(load(&tmp, "alpha", "beta"), client).await;
+    assert!(!err.peer_hung_up(), "{err:?}");
+}
