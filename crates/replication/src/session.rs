@@ -121,7 +121,7 @@ async fn dial(
     tls: &NodeTls,
     peer: SocketAddr,
     round: Duration,
-) -> Result<understudy_tls::ChannelStream, understudy_tls::TlsError> {
+) -> Result<understudy_tls::Channel, understudy_tls::TlsError> {
     let mut attempts = tokio::task::JoinSet::new();
     let start = tokio::time::Instant::now();
     let deadline = start + round;

@@ -26,9 +26,7 @@ pub use error::TlsError;
 pub use generate::{generate_pair, write_pair, NodeMaterial, PairMaterial};
 pub use identity::{check_peer, negotiated_version, peer_identity, ALPN_V2};
 pub use load::{load_node_tls, NodeTls};
-pub use net::{
-    accept, connect, connect_with, Channel, ChannelReader, ChannelStream, ChannelWriter,
-};
+pub use net::{accept, connect, connect_with, Channel, ChannelReader, ChannelWriter};
 
 /// Re-exported so callers can name the certificate type in
 /// [`peer_identity`] / [`check_peer`] without depending on rustls directly.

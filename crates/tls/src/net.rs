@@ -11,16 +11,15 @@
 //! handshake before the server has looked at the client's certificate, and a refusal
 //! arrives as an alert during that exchange.
 
-use std::net::SocketAddr;
-use std::time::Duration;
-
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::server::Acceptor;
-use rustls::{CommonState, ExtractedSecrets, SupportedCipherSuite};
+use rustls::SupportedCipherSuite;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -49,51 +48,30 @@ pub type ChannelReader = RecordReader<OwnedReadHalf>;
 /// The sending half of a [`Channel`].
 pub type ChannelWriter = RecordWriter<OwnedWriteHalf>;
 
-/// A channel connection this node dialled (the same type as an accepted one).
-pub type ChannelStream = Channel;
-
-/// What the channel keeps from rustls's connection, read before its keys are taken.
-struct Negotiated {
-    confidentiality_limit: u64,
-    alpn: Option<Vec<u8>>,
-    peer_certificates: Vec<CertificateDer<'static>>,
-}
-
-impl Negotiated {
-    fn of(state: &CommonState) -> io::Result<Self> {
-        let confidentiality_limit = match state.negotiated_cipher_suite() {
+impl Channel {
+    /// Takes the keys over from rustls once its handshake is done, keeping what the
+    /// connection negotiated.
+    fn take_over(tcp: TcpStream, conn: rustls::Connection) -> io::Result<Self> {
+        let limit = match conn.negotiated_cipher_suite() {
             Some(SupportedCipherSuite::Tls13(suite)) => suite.common.confidentiality_limit,
             _ => return Err(io::Error::other("the channel needs a TLS 1.3 cipher suite")),
         };
-        Ok(Negotiated {
-            confidentiality_limit,
-            alpn: state.alpn_protocol().map(<[u8]>::to_vec),
-            peer_certificates: state
-                .peer_certificates()
-                .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
-                .unwrap_or_default(),
-        })
-    }
-}
-
-impl Channel {
-    /// Takes the keys over from rustls once its handshake is done.
-    fn take_over(
-        tcp: TcpStream,
-        negotiated: Negotiated,
-        secrets: Result<ExtractedSecrets, rustls::Error>,
-    ) -> io::Result<Self> {
-        let secrets =
-            secrets.map_err(|e| io::Error::other(format!("taking over the TLS keys: {e}")))?;
-        let limit = negotiated.confidentiality_limit;
+        let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
+        let peer_certificates = conn
+            .peer_certificates()
+            .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+            .unwrap_or_default();
+        let secrets = conn
+            .dangerous_extract_secrets()
+            .map_err(|e| io::Error::other(format!("taking over the TLS keys: {e}")))?;
         let tx = Direction::new(secrets.tx, limit).map_err(io::Error::other)?;
         let rx = Direction::new(secrets.rx, limit).map_err(io::Error::other)?;
         let (read_half, write_half) = tcp.into_split();
         Ok(Channel {
             reader: RecordReader::new(read_half, rx),
             writer: RecordWriter::new(write_half, tx),
-            alpn: negotiated.alpn,
-            peer_certificates: negotiated.peer_certificates,
+            alpn,
+            peer_certificates,
         })
     }
 
@@ -161,8 +139,7 @@ async fn client_take_over(
     stream.write_all(&[READY]).await?;
     stream.flush().await?;
     let (tcp, conn) = stream.into_inner();
-    let negotiated = Negotiated::of(&conn)?;
-    let mut channel = Channel::take_over(tcp, negotiated, conn.dangerous_extract_secrets())?;
+    let mut channel = Channel::take_over(tcp, conn.into())?;
     expect_ready(&mut channel).await?;
     Ok(channel)
 }
@@ -173,8 +150,7 @@ async fn server_take_over(
 ) -> io::Result<Channel> {
     expect_ready(&mut stream).await?;
     let (tcp, conn) = stream.into_inner();
-    let negotiated = Negotiated::of(&conn)?;
-    let mut channel = Channel::take_over(tcp, negotiated, conn.dangerous_extract_secrets())?;
+    let mut channel = Channel::take_over(tcp, conn.into())?;
     channel.write_all(&[READY]).await?;
     channel.flush().await?;
     Ok(channel)
@@ -191,6 +167,7 @@ async fn expect_ready<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<()> {
     }
     Ok(())
 }
+
 /// Connects to the peer at `addr` and completes the TLS handshake.
 ///
 /// The server must present a certificate from the pair's CA for

@@ -463,6 +463,20 @@ mod tests {
         w.write_all(&big).await.unwrap();
         let err = w.write_all(&big).await.unwrap_err();
         assert!(err.to_string().contains("confidentiality limit"), "{err}");
+
+        // Three records from a sender without that limit: the reader opens two.
+        let (tx, _) = pair(1 << 24);
+        let (_, rx) = pair(2);
+        let mut w = RecordWriter::new(Vec::new(), tx);
+        for _ in 0..3 {
+            w.write_all(&big).await.unwrap();
+        }
+        w.flush().await.unwrap();
+        let mut r = RecordReader::new(&w.io[..], rx);
+        let mut got = vec![0u8; 2 * MAX_PLAINTEXT];
+        r.read_exact(&mut got).await.unwrap();
+        let err = r.read_exact(&mut got[..1]).await.unwrap_err();
+        assert!(err.to_string().contains("confidentiality limit"), "{err}");
     }
 
     #[tokio::test]
