@@ -253,7 +253,7 @@ fn restart_passive_and_time(
 }
 
 /// With `BENCH_PROFILE="COMMAND ARGS..."` (for instance `perf record -a -g -o /tmp/perf.data`),
-/// runs that command while the resync runs and stops it with SIGINT at the end, for finding
+/// runs that command while the resync (or verify) runs and stops it with SIGINT at the end, for finding
 /// where the time goes. Nothing when unset.
 fn profile_start() -> Option<std::process::Child> {
     let line = std::env::var("BENCH_PROFILE").ok()?;
@@ -524,9 +524,11 @@ fn verify_vs_one_read() {
         let v = py(&f.pair, f.a, READ_ALL, std::slice::from_ref(&f.data)).expect("read");
         let read = num(&v, "secs");
         drop_caches(&f.pair, f.a).expect("drop caches");
+        let profiler = profile_start();
         let t = Instant::now();
         let out = f.pair.cli(f.a, &["verify", "--json"]);
         let secs = t.elapsed().as_secs_f64();
+        profile_stop(profiler);
         assert!(
             out.status.success(),
             "verify: {} {}",

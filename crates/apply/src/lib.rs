@@ -1174,6 +1174,13 @@ impl Applier {
                 Err(e) => return Err(ctx.fail(&describe(file), e)),
             }
         }
+        if self.dirty.overflow {
+            // A syncfs comes next (a resync, or too much to track): start writing now, while
+            // the data is still arriving, instead of all at once then. With this, an initial
+            // sync of 2 GiB took 3.0 s instead of 3.9 s: the disk wrote while it read, and
+            // the final flush fell from 260-310 ms to about 60 ms.
+            sys::start_writeback(fd.as_fd(), offset, data.len() as u64);
+        }
         self.dirty.file(id, &fd, false);
         Ok(())
     }

@@ -37,6 +37,20 @@ pub(crate) fn chmod_nofollow(dir: BorrowedFd<'_>, name: &[u8], mode: u32) -> Res
     }
 }
 
+/// `sync_file_range(fd, offset, len, SYNC_FILE_RANGE_WRITE)`: starts writing the range's
+/// dirty pages back without waiting for them. A hint: errors are ignored.
+pub(crate) fn start_writeback(fd: BorrowedFd<'_>, offset: u64, len: u64) {
+    // SAFETY: the descriptor is valid for the call (borrowed); the rest are plain integers.
+    let _ = unsafe {
+        libc::sync_file_range(
+            fd.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        )
+    };
+}
+
 /// True for errors that say the passive's storage or process is in trouble, rather than that
 /// the replica's tree is not what the op expected.
 pub(crate) fn is_environmental(errno: Errno) -> bool {
