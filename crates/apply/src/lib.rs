@@ -84,6 +84,9 @@ const RESOLVE: ResolveFlags = ResolveFlags::BENEATH
 
 /// Permission bits (with setuid, setgid, sticky); the file type comes from the op, not these.
 const PERMISSION_BITS: u32 = 0o7777;
+/// Writes at least this large are part of a stream (a copy, a backup, a log): their pages
+/// are sent to disk as soon as they are written (see `Applier::write`).
+const STREAMING_WRITE_BYTES: usize = 256 << 10;
 /// Mode for a node between its creation and the chown/chmod that gives it its real mode: no
 /// one else can use it in between, whatever the process umask is.
 const CREATE_MODE: u32 = 0o600;
@@ -1174,11 +1177,12 @@ impl Applier {
                 Err(e) => return Err(ctx.fail(&describe(file), e)),
             }
         }
-        if self.dirty.overflow {
-            // A syncfs comes next (a resync, or too much to track): start writing now, while
-            // the data is still arriving, instead of all at once then. With this, an initial
-            // sync of 2 GiB took 3.0 s instead of 3.9 s: the disk wrote while it read, and
-            // the final flush fell from 260-310 ms to about 60 ms.
+        if self.dirty.overflow || data.len() >= STREAMING_WRITE_BYTES {
+            // A flush comes next (a syncfs after a resync, an fsync after a stream of large
+            // writes): start writing now, while the data is still arriving, instead of all
+            // at once then. With this, an initial sync of 2 GiB took 3.0 s instead of 3.9 s
+            // (the disk wrote while it read; the final flush fell from 260-310 ms to about
+            // 60 ms). Small writes are left to the kernel: they are the ones rewritten soon.
             sys::start_writeback(fd.as_fd(), offset, data.len() as u64);
         }
         self.dirty.file(id, &fd, false);

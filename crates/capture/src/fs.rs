@@ -51,6 +51,9 @@ pub(crate) const MAX_WRITE: u32 = 1 << 20;
 /// Paths in ops must fit the oplog codec (PATH_MAX). The backing syscalls enforce this for
 /// everything they resolve; fd-based ops check it explicitly.
 const MAX_PATH: usize = 4096;
+/// Writes at least this large are part of a stream: their pages are sent to disk as soon as
+/// they are written (see `do_write`).
+const STREAMING_WRITE_BYTES: usize = 256 << 10;
 
 /// How long a writable open waits for passthrough readers of the same file to close before
 /// it is refused. The kernel sends RELEASE asynchronously, so a reader that already closed
@@ -1059,7 +1062,7 @@ impl CaptureFs {
         // The one copy: the journal needs owned bytes. Made before taking the order lock to
         // keep the lock's hold time to the syscall and the record.
         let mut copy = data.to_vec();
-        let _order = self.order.lock();
+        let order = self.order.lock();
         let file = self.file_ref(f.node)?;
         let n = sys::pwrite(f.fd.as_raw_fd(), data, offset)?;
         if n == 0 {
@@ -1078,6 +1081,12 @@ impl CaptureFs {
             mtimes,
         );
         self.kill_privs(f.fd.as_raw_fd(), &file, kill_setid);
+        drop(order);
+        if n >= STREAMING_WRITE_BYTES {
+            // Part of a stream (a copy, a backup): its fsync comes later and would find all
+            // of it still to write. Start now, while the next writes arrive.
+            sys::start_writeback(f.fd.as_raw_fd(), offset, n as u64);
+        }
         self.stats.writes.fetch_add(1, Ordering::Relaxed);
         self.stats
             .write_bytes

@@ -80,6 +80,20 @@ pub(crate) fn pwrite(fd: RawFd, buf: &[u8], offset: u64) -> io::Result<usize> {
     check_size(unsafe { libc::pwrite(fd, buf.as_ptr().cast(), buf.len(), offset) })
 }
 
+/// `sync_file_range(SYNC_FILE_RANGE_WRITE)`: starts writing the range's dirty pages back
+/// without waiting for them. A hint: errors are ignored.
+pub(crate) fn start_writeback(fd: RawFd, offset: u64, len: u64) {
+    // SAFETY: plain syscall on a descriptor; the rest are integers.
+    let _ = unsafe {
+        libc::sync_file_range(
+            fd,
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        )
+    };
+}
+
 pub(crate) fn fsync(fd: RawFd, datasync: bool) -> io::Result<()> {
     // SAFETY: plain syscalls on a descriptor.
     check(unsafe {
