@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use common::bench::{
-    assert_no_move, clean, cpu_secs, drop_caches, med, mode, native_dir, num, p, percentile, py,
-    role_count, rounds, rss, settle, start, verdict,
+    assert_no_move, clean, cpu_secs, drop_caches, med, mode, native_dir, num, p, percentile,
+    profile_start, profile_stop, py, role_count, rounds, rss, settle, start, verdict,
 };
 use common::{env_u64, Pair};
 use serde_json::Value;
@@ -162,8 +162,10 @@ fn seq_write_sync() {
         settle(&pair, a).expect("sync");
         let pids = [pair.proc(a).pid(), pair.proc(1 - a).pid()];
         let before = pids.map(cpu_secs);
+        let profiler = profile_start();
         let v =
             py(&pair, a, SEQ_WRITE, &[mib.to_string(), p(&m, "seq")]).expect("replicated write");
+        profile_stop(profiler);
         let after = pids.map(cpu_secs);
         let mut c = cpu.borrow_mut();
         c.0.push(after[0] - before[0]);

@@ -19,7 +19,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use common::bench::{drop_caches, med, num, py, rounds, start, verdict};
+use common::bench::{
+    drop_caches, med, num, profile_start, profile_stop, py, rounds, start, verdict,
+};
 use common::{env_u64, Pair, NAMES};
 use understudy_testbed::require_root;
 
@@ -250,29 +252,6 @@ fn restart_passive_and_time(
         used / secs / 2.0 * 100.0
     );
     Ok((secs, s))
-}
-
-/// With `BENCH_PROFILE="COMMAND ARGS..."` (for instance `perf record -a -g -o /tmp/perf.data`),
-/// runs that command while the resync (or verify) runs and stops it with SIGINT at the end, for finding
-/// where the time goes. Nothing when unset.
-fn profile_start() -> Option<std::process::Child> {
-    let line = std::env::var("BENCH_PROFILE").ok()?;
-    let mut words = line.split_whitespace();
-    std::process::Command::new(words.next()?)
-        .args(words)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .map_err(|e| eprintln!("BENCH_PROFILE: cannot start {line}: {e}"))
-        .ok()
-}
-
-/// Stops the profiler started by [`profile_start`] (SIGINT lets it write its file).
-fn profile_stop(profiler: Option<std::process::Child>) {
-    if let Some(mut child) = profiler {
-        // SAFETY: plain kill(2) on a child we spawned and have not reaped.
-        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-        let _ = child.wait();
-    }
 }
 
 struct Fixture {

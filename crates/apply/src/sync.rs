@@ -415,11 +415,18 @@ impl Applier {
             return Ok(());
         }
         // On error the context is dropped (the layer above starts over).
+        let started = std::time::Instant::now();
         if state.verify {
             self.verify_listing(ctx, observer, &state)?;
         } else {
             self.resync_listing(ctx, observer, &state)?;
         }
+        tracing::info!(
+            entries = state.entries.len(),
+            verify = state.verify,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "listing compared with this copy"
+        );
         state.entries = Vec::new();
         state.index = HashMap::new();
         state.listed = true;

@@ -183,3 +183,27 @@ pub fn rss(pid: u32) -> Result<(u64, u64)> {
     };
     Ok((field("VmRSS:")?, field("VmHWM:")?))
 }
+
+/// With `BENCH_PROFILE="COMMAND ARGS..."` (for instance `perf record -a -g -o /tmp/perf.data`),
+/// runs that command while the measured part of a benchmark runs (a resync, a verify, a
+/// replicated write) and stops it with SIGINT at the end, for finding where the time goes.
+/// Nothing when unset.
+pub fn profile_start() -> Option<std::process::Child> {
+    let line = std::env::var("BENCH_PROFILE").ok()?;
+    let mut words = line.split_whitespace();
+    std::process::Command::new(words.next()?)
+        .args(words)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| eprintln!("BENCH_PROFILE: cannot start {line}: {e}"))
+        .ok()
+}
+
+/// Stops the profiler started by [`profile_start`] (SIGINT lets it write its file).
+pub fn profile_stop(profiler: Option<std::process::Child>) {
+    if let Some(mut child) = profiler {
+        // SAFETY: plain kill(2) on a child we spawned and have not reaped.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let _ = child.wait();
+    }
+}
