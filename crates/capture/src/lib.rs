@@ -109,6 +109,8 @@ pub struct CaptureStats {
     pub passthrough_opens: u64,
     /// Opens (and creates) served through FUSE.
     pub cached_opens: u64,
+    /// Of those, write-only ones served with `FOPEN_DIRECT_IO` (no page cache of the mount).
+    pub direct_opens: u64,
     /// FUSE read requests and the bytes they returned (passthrough reads do not count).
     pub reads: u64,
     pub read_bytes: u64,
@@ -125,6 +127,7 @@ pub(crate) struct Stats {
     passthrough: AtomicBool,
     passthrough_opens: AtomicU64,
     cached_opens: AtomicU64,
+    direct_opens: AtomicU64,
     reads: AtomicU64,
     read_bytes: AtomicU64,
     writes: AtomicU64,
@@ -139,6 +142,7 @@ impl Stats {
             passthrough_enabled: self.passthrough.load(r),
             passthrough_opens: self.passthrough_opens.load(r),
             cached_opens: self.cached_opens.load(r),
+            direct_opens: self.direct_opens.load(r),
             reads: self.reads.load(r),
             read_bytes: self.read_bytes.load(r),
             writes: self.writes.load(r),
@@ -307,10 +311,12 @@ pub fn mount_with_read_passthrough(
     config.n_threads = Some(opts.threads.max(1));
     // One /dev/fuse descriptor per worker: requests are spread without a shared read lock.
     config.clone_fd = true;
+    let notifier = fs.notifier_slot();
     let session = Session::new(fs, &mountpoint, &config).map_err(|source| CaptureError::Mount {
         path: mountpoint.clone(),
         source,
     })?;
+    let _ = notifier.set(session.notifier());
     let mountpoint_c =
         CString::new(mountpoint.as_os_str().as_bytes()).map_err(|_| CaptureError::Mount {
             path: mountpoint.clone(),

@@ -66,6 +66,9 @@ pub(crate) struct Node {
     /// How many known links name this node as their parent. A parent outlives its children.
     children: u64,
     pub opens: Opens,
+    /// True once a cached (not direct, not passthrough) open was made: the kernel may hold
+    /// pages of this inode (they outlive the open: `FOPEN_KEEP_CACHE`).
+    pub page_cache: bool,
     /// Set once the last known name went away while handles were open; later ops address the
     /// inode as `FileRef::Orphan(id)` until the last handle closes.
     pub orphan: Option<u64>,
@@ -113,6 +116,7 @@ impl Table {
                 links: Vec::new(),
                 children: 0,
                 opens: Opens::default(),
+                page_cache: false,
                 orphan: None,
                 backing: Weak::new(),
             },
@@ -164,6 +168,7 @@ impl Table {
                 links: Vec::new(),
                 children: 0,
                 opens: Opens::default(),
+                page_cache: false,
                 orphan: None,
                 backing: Weak::new(),
             },
@@ -368,9 +373,16 @@ impl Table {
         self.nodes.get(&id)?.orphan.map(FileRef::Orphan)
     }
 
-    pub(crate) fn add_handle(&mut self, id: u64, fh: u64, passthrough: Option<&Arc<BackingId>>) {
+    pub(crate) fn add_handle(
+        &mut self,
+        id: u64,
+        fh: u64,
+        passthrough: Option<&Arc<BackingId>>,
+        direct: bool,
+    ) {
         if let Some(n) = self.nodes.get_mut(&id) {
             n.opens.handles.push(fh);
+            n.page_cache |= passthrough.is_none() && !direct;
             if let Some(b) = passthrough {
                 n.opens.passthrough += 1;
                 n.backing = Arc::downgrade(b);
@@ -454,7 +466,7 @@ mod tests {
         t.add_lookup(f);
         t.add_link(f, ROOT, OsStr::new("f"));
         t.add_link(f, ROOT, OsStr::new("g"));
-        t.add_handle(f, 100, None);
+        t.add_handle(f, 100, None, false);
         assert_eq!(t.remove_name(ROOT, OsStr::new("f")).orphan, None);
         assert_eq!(t.path(f).as_deref(), Some(&b"g"[..]));
         let r = t.remove_name(ROOT, OsStr::new("g"));

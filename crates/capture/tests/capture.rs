@@ -722,6 +722,44 @@ fn o_dsync_writes_are_barriers() {
 }
 
 #[test]
+fn rwf_dsync_writes_on_write_only_opens_are_barriers() {
+    if !require_root("rwf_dsync_writes_on_write_only_opens_are_barriers") {
+        return;
+    }
+    // A write-only open is direct I/O, after which the kernel sends no FUSE_FSYNC: the
+    // per-write RWF_DSYNC must still make the write a barrier.
+    let f = Fixture::new();
+    let file = File::create(f.m("a")).expect("create");
+    f.journal.take();
+    let data = b"abc";
+    let iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    // SAFETY: one valid iovec over `data`, which outlives the call.
+    let n = unsafe { libc::pwritev2(file.as_raw_fd(), &iov, 1, 0, libc::RWF_DSYNC) };
+    assert_eq!(n, 3, "pwritev2: {}", std::io::Error::last_os_error());
+    assert_eq!(
+        ops(&f.journal.take()),
+        vec![
+            Op::Write {
+                file: path_ref("a"),
+                offset: 0,
+                data: data.to_vec()
+            },
+            Op::Fsync {
+                file: path_ref("a"),
+                datasync: true
+            }
+        ]
+    );
+    // A plain write on the same descriptor is no barrier.
+    (&file).write_all(b"d").expect("write");
+    assert!(matches!(&ops(&f.journal.take())[..], [Op::Write { .. }]));
+    assert!(f.stats().direct_opens >= 1);
+}
+
+#[test]
 fn read_only_opens_read_correct_data_through_fuse_or_passthrough() {
     if !require_root("read_only_opens_read_correct_data_through_fuse_or_passthrough") {
         return;
@@ -755,6 +793,70 @@ fn read_only_opens_read_correct_data_through_fuse_or_passthrough() {
     assert_eq!(&buf[..], &data[1_000_000..1_000_010]);
     drop(r);
     assert!(f.journal.snapshot().is_empty(), "reads are not recorded");
+}
+
+#[test]
+fn write_only_opens_bypass_the_cache_and_readers_never_see_stale_pages() {
+    if !require_root("write_only_opens_bypass_the_cache_and_readers_never_see_stale_pages") {
+        return;
+    }
+    // Default policy: a 0644 file is read through FUSE and its pages are cached.
+    let f = Fixture::new();
+    const LEN: usize = 256 << 10;
+    fs::write(f.m("c"), vec![0u8; LEN]).expect("create");
+    let before = f.stats();
+    assert!(
+        before.direct_opens >= 1,
+        "a write-only create is direct: {before:?}"
+    );
+    let mut reader = File::open(f.m("c")).expect("reader");
+    let mut got = vec![0u8; LEN];
+    reader.read_exact(&mut got).expect("first read");
+    assert!(got.iter().all(|&b| b == 0));
+    // Rounds of: a write-only open rewrites the file with one byte value; every read that
+    // starts after the write returned sees that value, never a cached older one. A second
+    // reader keeps reading meanwhile, so pages are read back in while writes happen.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn = {
+        let (path, stop) = (f.m("c"), stop.clone());
+        std::thread::spawn(move || {
+            let mut r = File::open(path).expect("churn reader");
+            let mut buf = vec![0u8; LEN];
+            let mut reads = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && reads < 100_000 {
+                r.seek(SeekFrom::Start(0)).expect("seek");
+                let _ = r.read(&mut buf).expect("churn read");
+                reads += 1;
+            }
+        })
+    };
+    for round in 1..=100u8 {
+        let mut w = OpenOptions::new()
+            .write(true)
+            .open(f.m("c"))
+            .expect("writer");
+        w.write_all(&vec![round; LEN]).expect("write");
+        drop(w);
+        reader.seek(SeekFrom::Start(0)).expect("seek");
+        reader.read_exact(&mut got).expect("read");
+        let stale = got.iter().filter(|&&b| b != round).count();
+        assert_eq!(
+            stale, 0,
+            "round {round}: {stale} stale bytes read after the write returned"
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    churn.join().expect("churn reader");
+    let after = f.stats();
+    assert!(after.direct_opens >= before.direct_opens + 100, "{after:?}");
+    // The writes were captured, the last one with the last value.
+    let last = write_ops(&f.journal.snapshot())
+        .into_iter()
+        .filter(|(file, _, _)| *file == path_ref("c"))
+        .last()
+        .expect("captured writes");
+    assert!(last.2.iter().all(|&b| b == 100), "last captured write");
+    assert_eq!(fs::read(f.b("c")).expect("backing"), vec![100u8; LEN]);
 }
 
 #[test]
@@ -793,10 +895,34 @@ fn large_writes_arrive_as_whole_mebibyte_ops() {
     }
     let f = Fixture::new();
     let data: Vec<u8> = (0..4 << 20).map(|i| (i % 253) as u8).collect();
-    let mut file = File::create(f.m("big")).expect("create");
+    // Read-write: through the page cache, which hands over whole pages.
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(f.m("big"))
+        .expect("create");
     file.write_all(&data).expect("write 4 MiB");
     drop(file);
-    let writes = write_ops(&f.journal.snapshot());
+    // Write-only (direct I/O): the kernel cuts requests at 256 pages of the writer's buffer,
+    // so a buffer that does not start on a page boundary costs one more, shorter request.
+    File::create(f.m("direct"))
+        .and_then(|mut d| d.write_all(&data))
+        .expect("direct write");
+    let direct = write_ops(&f.journal.snapshot())
+        .into_iter()
+        .filter(|w| w.0 == path_ref("direct"))
+        .collect::<Vec<_>>();
+    assert!(
+        (4..=5).contains(&direct.len()) && direct.iter().all(|w| w.2.len() <= 1 << 20),
+        "direct sizes {:?}",
+        direct.iter().map(|w| w.2.len()).collect::<Vec<_>>()
+    );
+    assert_eq!(fs::read(f.b("direct")).expect("backing"), data);
+    let writes = write_ops(&f.journal.snapshot())
+        .into_iter()
+        .filter(|w| w.0 == path_ref("big"))
+        .collect::<Vec<_>>();
     let max = f
         .journal
         .max_write
