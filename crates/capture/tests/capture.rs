@@ -853,7 +853,7 @@ fn write_only_opens_bypass_the_cache_and_readers_never_see_stale_pages() {
     let last = write_ops(&f.journal.snapshot())
         .into_iter()
         .filter(|(file, _, _)| *file == path_ref("c"))
-        .last()
+        .next_back()
         .expect("captured writes");
     assert!(last.2.iter().all(|&b| b == 100), "last captured write");
     assert_eq!(fs::read(f.b("c")).expect("backing"), vec![100u8; LEN]);
