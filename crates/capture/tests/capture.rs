@@ -852,8 +852,7 @@ fn write_only_opens_bypass_the_cache_and_readers_never_see_stale_pages() {
     // The writes were captured, the last one with the last value.
     let last = write_ops(&f.journal.snapshot())
         .into_iter()
-        .filter(|(file, _, _)| *file == path_ref("c"))
-        .next_back()
+        .rfind(|(file, _, _)| *file == path_ref("c"))
         .expect("captured writes");
     assert!(last.2.iter().all(|&b| b == 100), "last captured write");
     assert_eq!(fs::read(f.b("c")).expect("backing"), vec![100u8; LEN]);
