@@ -698,27 +698,85 @@ fn o_dsync_writes_are_barriers() {
     }
     let f = Fixture::new();
     fs::write(f.m("a"), b"").expect("a");
-    f.journal.take();
-    let mut file = OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_DSYNC)
-        .open(f.m("a"))
-        .expect("open");
-    file.write_all(b"abc").expect("write");
+    // Read-write opens go through the page cache (the kernel follows the write with FSYNC),
+    // write-only ones are direct I/O (the daemon makes the write a barrier itself).
+    for read in [true, false] {
+        f.journal.take();
+        let mut file = OpenOptions::new()
+            .read(read)
+            .write(true)
+            .custom_flags(libc::O_DSYNC)
+            .open(f.m("a"))
+            .expect("open");
+        file.write_all(b"abc").expect("write");
+        assert_eq!(
+            ops(&f.journal.take()),
+            write_then_datasync("a", b"abc"),
+            "read: {read}"
+        );
+    }
+}
+
+/// The ops of a write of `data` at offset 0 of `name` followed by its fdatasync barrier.
+fn write_then_datasync(name: &str, data: &[u8]) -> Vec<Op> {
+    vec![
+        Op::Write {
+            file: path_ref(name),
+            offset: 0,
+            data: data.to_vec(),
+        },
+        Op::Fsync {
+            file: path_ref(name),
+            datasync: true,
+        },
+    ]
+}
+
+#[test]
+fn kernel_copies_into_write_only_opens_are_captured() {
+    if !require_root("kernel_copies_into_write_only_opens_are_captured") {
+        return;
+    }
+    // std::io::copy uses copy_file_range, sendfile or splice: the kernel's own buffers, not a
+    // user buffer, reach the direct-I/O write path.
+    let f = Fixture::new();
+    let data: Vec<u8> = (0..3 * 1024 * 1024 + 123)
+        .map(|i| (i % 241) as u8)
+        .collect();
+    let src = f.b("../source");
+    fs::write(&src, &data).expect("source");
+    let mut from_file = File::open(&src).expect("open source");
+    let mut to = File::create(f.m("from-file")).expect("create");
     assert_eq!(
-        ops(&f.journal.take()),
-        vec![
-            Op::Write {
-                file: path_ref("a"),
-                offset: 0,
-                data: b"abc".to_vec()
-            },
-            Op::Fsync {
-                file: path_ref("a"),
-                datasync: true
-            }
-        ]
+        std::io::copy(&mut from_file, &mut to).expect("copy"),
+        data.len() as u64
     );
+    drop(to);
+    let mut child = std::process::Command::new("cat")
+        .arg(&src)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("cat");
+    let mut pipe = child.stdout.take().expect("pipe");
+    let mut to = File::create(f.m("from-pipe")).expect("create");
+    assert_eq!(
+        std::io::copy(&mut pipe, &mut to).expect("splice"),
+        data.len() as u64
+    );
+    drop(to);
+    assert!(child.wait().expect("cat").success());
+    let records = f.journal.snapshot();
+    for name in ["from-file", "from-pipe"] {
+        assert_eq!(fs::read(f.b(name)).expect("backing"), data, "{name}");
+        // The captured writes rebuild the file exactly.
+        let mut rebuilt = vec![0u8; data.len()];
+        for (_, offset, bytes) in write_ops(&records).iter().filter(|w| w.0 == path_ref(name)) {
+            let at = *offset as usize;
+            rebuilt[at..at + bytes.len()].copy_from_slice(bytes);
+        }
+        assert_eq!(rebuilt, data, "{name}: captured writes");
+    }
+    assert!(f.stats().direct_opens >= 2);
 }
 
 #[test]
@@ -739,20 +797,7 @@ fn rwf_dsync_writes_on_write_only_opens_are_barriers() {
     // SAFETY: one valid iovec over `data`, which outlives the call.
     let n = unsafe { libc::pwritev2(file.as_raw_fd(), &iov, 1, 0, libc::RWF_DSYNC) };
     assert_eq!(n, 3, "pwritev2: {}", std::io::Error::last_os_error());
-    assert_eq!(
-        ops(&f.journal.take()),
-        vec![
-            Op::Write {
-                file: path_ref("a"),
-                offset: 0,
-                data: data.to_vec()
-            },
-            Op::Fsync {
-                file: path_ref("a"),
-                datasync: true
-            }
-        ]
-    );
+    assert_eq!(ops(&f.journal.take()), write_then_datasync("a", data));
     // A plain write on the same descriptor is no barrier.
     (&file).write_all(b"d").expect("write");
     assert!(matches!(&ops(&f.journal.take())[..], [Op::Write { .. }]));
