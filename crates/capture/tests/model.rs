@@ -1080,8 +1080,15 @@ impl<'a> Worker<'a> {
         let proc = format!("/proc/self/fd/{}", self.held[i].file.as_raw_fd());
         let rel = self.held[i].rel.clone();
         let c = CString::new(proc).expect("path");
+        // O_NONBLOCK like every other open here: the name may be a FIFO, and a write to a full
+        // FIFO nobody reads would block the worker forever (seed 116 of 300 did).
         // SAFETY: valid path.
-        let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+        let fd = unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_RDWR | libc::O_CLOEXEC | libc::O_NONBLOCK,
+            )
+        };
         self.hold(fd, rel);
     }
 
