@@ -517,7 +517,7 @@ impl CaptureFs {
         mode: u32,
         umask: u32,
         flags: i32,
-    ) -> Result<(u64, u64, libc::stat, bool), Errno> {
+    ) -> Result<(u64, u64, libc::stat, FopenFlags), Errno> {
         let _order = self.order.lock();
         let (path, dir_path) = self.child_path(parent, name)?;
         let parent_st = self.root.lstat(&dir_path)?;
@@ -550,10 +550,7 @@ impl CaptureFs {
                 direct,
             })),
         );
-        self.stats.cached_opens.fetch_add(1, Ordering::Relaxed);
-        if direct {
-            self.stats.direct_opens.fetch_add(1, Ordering::Relaxed);
-        }
+        let open_flags = self.fuse_open_flags(direct);
         let mut mtimes = vec![(FileRef::Path(path.clone()), mtime(&st))];
         mtimes.extend(self.mtime_at(&dir_path));
         self.record(
@@ -567,7 +564,7 @@ impl CaptureFs {
             },
             mtimes,
         );
-        Ok((id, fh, st, direct))
+        Ok((id, fh, st, open_flags))
     }
 
     fn do_symlink(
@@ -1044,7 +1041,8 @@ impl CaptureFs {
             None
         };
         let fh = self.new_fh();
-        let direct = backing.is_none() && direct_io_for(flags);
+        // Write-only, so never a passthrough open (those are read-only).
+        let direct = direct_io_for(flags);
         t.add_handle(ino.0, fh, backing.as_ref(), direct);
         self.handles.write().insert(
             fh,
@@ -1063,18 +1061,8 @@ impl CaptureFs {
                 reply.opened_passthrough(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH, &b);
             }
             None => {
-                self.stats.cached_opens.fetch_add(1, Ordering::Relaxed);
-                if direct {
-                    self.stats.direct_opens.fetch_add(1, Ordering::Relaxed);
-                }
-                // Keep the page cache across opens: every change goes through this mount, so
-                // the kernel's cache is never stale. Read-only handles have nothing to flush.
-                let mut f = FopenFlags::FOPEN_KEEP_CACHE;
-                if direct {
-                    // Not KEEP_CACHE: the open drops the file's cached pages, and each write
-                    // drops the ones read back in since (`do_write`).
-                    f = FopenFlags::FOPEN_DIRECT_IO;
-                }
+                let mut f = self.fuse_open_flags(direct);
+                // Read-only handles have nothing to flush.
                 if !writable {
                     f |= FopenFlags::FOPEN_NOFLUSH;
                 }
@@ -1141,6 +1129,21 @@ impl CaptureFs {
             .write_bytes
             .fetch_add(n as u64, Ordering::Relaxed);
         Ok(n)
+    }
+
+    /// Counts an open served through FUSE (not passthrough) and gives the flags of its reply.
+    fn fuse_open_flags(&self, direct: bool) -> FopenFlags {
+        self.stats.cached_opens.fetch_add(1, Ordering::Relaxed);
+        if direct {
+            self.stats.direct_opens.fetch_add(1, Ordering::Relaxed);
+            // Not KEEP_CACHE: the open drops the file's cached pages, and each write drops
+            // the ones read back in since (`do_write`).
+            FopenFlags::FOPEN_DIRECT_IO
+        } else {
+            // Keep the page cache across opens: every change goes through this mount, so the
+            // kernel's cache is never stale.
+            FopenFlags::FOPEN_KEEP_CACHE
+        }
     }
 
     /// True if the handle is a direct-I/O one (see [`direct_io_for`]).
@@ -1796,16 +1799,12 @@ impl Filesystem for CaptureFs {
         reply: ReplyCreate,
     ) {
         match self.do_create(req, parent, name, mode, umask, flags) {
-            Ok((id, fh, st, direct)) => reply.created(
+            Ok((id, fh, st, open_flags)) => reply.created(
                 &TTL,
                 &attr(id, &st),
                 Generation(0),
                 FileHandle(fh),
-                if direct {
-                    FopenFlags::FOPEN_DIRECT_IO
-                } else {
-                    FopenFlags::FOPEN_KEEP_CACHE
-                },
+                open_flags,
             ),
             Err(e) => reply.error(e),
         }

@@ -42,6 +42,15 @@ fn write_ops(records: &[Record]) -> Vec<(FileRef, u64, Vec<u8>)> {
         .collect()
 }
 
+/// The captured writes to one path, in order.
+fn writes_to(records: &[Record], name: &str) -> Vec<(FileRef, u64, Vec<u8>)> {
+    let file = path_ref(name);
+    write_ops(records)
+        .into_iter()
+        .filter(|w| w.0 == file)
+        .collect()
+}
+
 fn renameat2(from: &std::path::Path, to: &std::path::Path, flags: u32) -> std::io::Result<()> {
     let (f, t) = (cpath(from), cpath(to));
     // SAFETY: valid NUL-terminated paths.
@@ -770,9 +779,9 @@ fn kernel_copies_into_write_only_opens_are_captured() {
         assert_eq!(fs::read(f.b(name)).expect("backing"), data, "{name}");
         // The captured writes rebuild the file exactly.
         let mut rebuilt = vec![0u8; data.len()];
-        for (_, offset, bytes) in write_ops(&records).iter().filter(|w| w.0 == path_ref(name)) {
-            let at = *offset as usize;
-            rebuilt[at..at + bytes.len()].copy_from_slice(bytes);
+        for (_, offset, bytes) in writes_to(&records, name) {
+            let at = offset as usize;
+            rebuilt[at..at + bytes.len()].copy_from_slice(&bytes);
         }
         assert_eq!(rebuilt, data, "{name}: captured writes");
     }
@@ -895,9 +904,8 @@ fn write_only_opens_bypass_the_cache_and_readers_never_see_stale_pages() {
     let after = f.stats();
     assert!(after.direct_opens >= before.direct_opens + 100, "{after:?}");
     // The writes were captured, the last one with the last value.
-    let last = write_ops(&f.journal.snapshot())
-        .into_iter()
-        .rfind(|(file, _, _)| *file == path_ref("c"))
+    let last = writes_to(&f.journal.snapshot(), "c")
+        .pop()
         .expect("captured writes");
     assert!(last.2.iter().all(|&b| b == 100), "last captured write");
     assert_eq!(fs::read(f.b("c")).expect("backing"), vec![100u8; LEN]);
@@ -953,20 +961,14 @@ fn large_writes_arrive_as_whole_mebibyte_ops() {
     File::create(f.m("direct"))
         .and_then(|mut d| d.write_all(&data))
         .expect("direct write");
-    let direct = write_ops(&f.journal.snapshot())
-        .into_iter()
-        .filter(|w| w.0 == path_ref("direct"))
-        .collect::<Vec<_>>();
+    let direct = writes_to(&f.journal.snapshot(), "direct");
     assert!(
         (4..=5).contains(&direct.len()) && direct.iter().all(|w| w.2.len() <= 1 << 20),
         "direct sizes {:?}",
         direct.iter().map(|w| w.2.len()).collect::<Vec<_>>()
     );
     assert_eq!(fs::read(f.b("direct")).expect("backing"), data);
-    let writes = write_ops(&f.journal.snapshot())
-        .into_iter()
-        .filter(|w| w.0 == path_ref("big"))
-        .collect::<Vec<_>>();
+    let writes = writes_to(&f.journal.snapshot(), "big");
     let max = f
         .journal
         .max_write
