@@ -318,6 +318,14 @@ impl SetQueue {
         self.progress.notify_all();
     }
 
+    /// Asks the sender to end the current session (a resync that cannot finish exactly):
+    /// the next one plans again from what the passive has.
+    pub fn abandon_session(&self) {
+        self.lock().abandon_session = true;
+        self.progress.notify_all();
+        self.wake_sender.notify_one();
+    }
+
     /// True when a stalled writer asked the sender to give up on the current passive.
     pub fn session_abandoned(&self) -> bool {
         self.lock().abandon_session

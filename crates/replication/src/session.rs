@@ -324,7 +324,7 @@ async fn sender_session(
     let mut hold_until: Option<tokio::time::Instant> = None;
     let why = loop {
         if queue.session_abandoned() {
-            break "abandoned: the passive fell too far behind".to_string();
+            break "abandoned: the passive fell too far behind, or a resync failed".to_string();
         }
         let mut control_err = None;
         while let Ok((k, body)) = control_rx.try_recv() {

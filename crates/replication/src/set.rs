@@ -645,6 +645,11 @@ impl ReplicaSet {
                     Err(e) => {
                         lock(&me.progress).phase = "failed".into();
                         warn!(set = %me.cfg.name, error = %e, "resync stopped; it starts again with the next session");
+                        // The passive stays out of sync until a resync finishes: start the
+                        // next session now rather than at the next outage.
+                        if !matches!(e, crate::engine::EngineError::SessionEnded) {
+                            queue.abandon_session();
+                        }
                     }
                 }
                 busy.store(false, Ordering::SeqCst);

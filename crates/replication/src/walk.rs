@@ -398,18 +398,56 @@ pub fn open_handle(root: &OwnedFd, h: &ActiveHandle) -> std::io::Result<OwnedFd>
         .map_err(std::io::Error::from)
 }
 
-/// The path of an open file of the copy at `root_path`, relative to it, as the kernel
-/// knows it now; `None` if the file has no name left (unlinked) or lives elsewhere.
-pub fn current_path(fd: &OwnedFd, root_path: &[u8]) -> Option<Vec<u8>> {
+/// Where an open file of the copy is now, as the kernel's name for its descriptor says.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Whereabouts {
+    /// This path, relative to the copy's root.
+    Named(Vec<u8>),
+    /// Its last name was removed.
+    Deleted,
+    /// The kernel does not know a name under the root: a descriptor opened by handle after
+    /// its directory entry was evicted from the dentry cache reads as `/` until closed
+    /// (`open_by_handle_at` does not reconnect non-directories). Not "gone": the file may
+    /// well have a name, just not one this descriptor can tell.
+    Unknown,
+}
+
+/// The whereabouts of an open file of the copy at `root_path`.
+pub fn whereabouts(fd: &OwnedFd, root_path: &[u8]) -> Whereabouts {
     let link = format!("/proc/self/fd/{}", fd.as_raw_fd());
-    let target = std::fs::read_link(link).ok()?;
+    let Ok(target) = std::fs::read_link(link) else {
+        return Whereabouts::Unknown;
+    };
     let bytes = target.as_os_str().as_bytes();
     if bytes.ends_with(b" (deleted)") {
-        return None;
+        return Whereabouts::Deleted;
     }
-    let rest = bytes.strip_prefix(root_path)?;
-    let rest = rest.strip_prefix(b"/")?;
-    (!rest.is_empty()).then(|| rest.to_vec())
+    match bytes
+        .strip_prefix(root_path)
+        .and_then(|rest| rest.strip_prefix(b"/"))
+    {
+        Some(rest) if !rest.is_empty() => Whereabouts::Named(rest.to_vec()),
+        _ => Whereabouts::Unknown,
+    }
+}
+
+/// Opens `path` of the copy, read-only, confined beneath `root` and through no symlink.
+pub fn open_path(root: &OwnedFd, path: &[u8]) -> Result<OwnedFd, Errno> {
+    rfs::openat2(
+        root,
+        path,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+        RESOLVE,
+    )
+}
+
+/// Whether two descriptors are the same inode.
+pub fn same_inode(a: &OwnedFd, b: &OwnedFd) -> bool {
+    match (rfs::fstat(a), rfs::fstat(b)) {
+        (Ok(x), Ok(y)) => x.st_dev == y.st_dev && x.st_ino == y.st_ino,
+        _ => false,
+    }
 }
 
 #[cfg(test)]
