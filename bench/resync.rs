@@ -185,8 +185,35 @@ fn timed_sh(script: &str) -> Result<f64> {
     Ok(t.elapsed().as_secs_f64())
 }
 
+/// Drops the page cache and gives the next timed run the same memory to start from.
+///
+/// On this VM, freed memory is soon returned to the host, and the first touch of such a page
+/// costs a host fault; pages freed a moment ago are cheap. So a run right after one that
+/// cached much (and had it dropped) went faster: `rsync` timed after a sync that read the
+/// source with `O_DIRECT` took 5.4-6.9 s, after one that read it through the page cache
+/// 3.9-4.7 s. Reading a fixed ballast file and dropping it before every timed run, ours and
+/// rsync's, makes that pool the same for both.
 fn drop_all_caches() -> Result<()> {
-    timed_sh("sync; echo 3 > /proc/sys/vm/drop_caches").map(drop)
+    static BALLAST: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
+    let ballast = BALLAST
+        .get_or_init(|| {
+            let path = "/var/tmp/understudy-bench-ballast";
+            let size = env_u64("BENCH_BALLAST_MIB", 4096) << 20;
+            let ok = std::fs::metadata(path).is_ok_and(|m| m.len() == size);
+            if !ok {
+                timed_sh(&format!(
+                    "head -c {size} /dev/zero > {path}.tmp && mv {path}.tmp {path}"
+                ))
+                .map_err(|e| e.to_string())?;
+            }
+            Ok(path.to_string())
+        })
+        .as_ref()
+        .map_err(|e| anyhow::anyhow!("ballast: {e}"))?;
+    timed_sh(&format!(
+        "sync; echo 3 > /proc/sys/vm/drop_caches; cat {ballast} > /dev/null; echo 3 > /proc/sys/vm/drop_caches"
+    ))
+    .map(drop)
 }
 
 /// Waits until the active reports a finished resync newer than `after` and the set in sync.
