@@ -62,11 +62,13 @@ const CHUNK_BYTES: usize = 512 << 10;
 const HASH_WINDOW: usize = 32;
 /// Files read ahead (by the kernel, `WILLNEED`) of the one being copied.
 const PREFETCH_FILES: usize = 64;
-/// Ranges at least this long are read with `O_DIRECT`. On the test VM the CPU's first touch
-/// of a page the disk has just filled is costly and varies with the host: a cold buffered
-/// read of 1.5 GiB cost 0.2 to 2.5 s of system time (`dd`, five runs), a direct read 0.1 to
-/// 0.2 s at 1.2-1.3 GB/s. The engine reads on the resync's critical path, so its CPU is the
-/// sync's speed. Small files keep the page cache and its read-ahead.
+/// Ranges at least this long are read with `O_DIRECT`: a resync of gigabytes then does not
+/// push the applications' data out of the active's page cache, and costs less CPU where
+/// page-cache pages are dear. On the test VM a cold buffered read of 1.5 GiB cost 0.2 to
+/// 2.5 s of system time (`dd`, five runs; the first touch of memory the host took back), a
+/// direct read 0.1 to 0.2 s at 1.2-1.3 GB/s. In the initial-sync benchmark that was 12 %
+/// faster when memory was dear, and no measurable difference when every run started from
+/// the same cheap memory. Small files keep the page cache and its read-ahead.
 const DIRECT_READ_MIN_BYTES: u64 = 8 << 20;
 /// Offset, length and buffer alignment `O_DIRECT` needs (the page size; enough for every
 /// logical block size Linux supports).
