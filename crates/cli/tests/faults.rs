@@ -557,14 +557,11 @@ impl Suite {
                     // The pair moved on its own since it settled (the story says why); a
                     // refusal is then right, and the move is checked like any other.
                     let why = String::from_utf8_lossy(&out.stderr).trim().to_string();
-                    eprintln!(
-                        "cycle: switchover refused: {why}; since the last settle: {}",
-                        self.story(self.settled_at_unix_ms)
-                    );
+                    let story = self.story(self.settled_at_unix_ms);
+                    eprintln!("cycle: switchover refused: {why}; since the last settle: {story}");
                     self.violations.push(format!(
-                        "switchover refused on the settled active {}: {why}; {}",
-                        NAMES[a],
-                        self.story(self.settled_at_unix_ms)
+                        "switchover refused on the settled active {}: {why}; {story}",
+                        NAMES[a]
                     ));
                 }
             }
@@ -658,22 +655,20 @@ fn faults_never_lose_acknowledged_writes_nor_make_two_actives() {
         if let Some(o) = outage {
             tally.outages_ms.push(o.as_millis() as u64);
         }
+        let story = suite.story(injected_at_unix_ms);
         eprintln!(
-            "cycle {cycle}: settled, active {}{} ({:.0} s so far); {}",
+            "cycle {cycle}: settled, active {}{} ({:.0} s so far); {story}",
             NAMES[new_a],
             outage.map_or(String::new(), |o| format!(
                 ", client outage {} ms",
                 o.as_millis()
             )),
-            started.elapsed().as_secs_f64(),
-            suite.story(injected_at_unix_ms)
+            started.elapsed().as_secs_f64()
         );
         if fault.keeps_the_active() && new_a != a {
             suite.violations.push(format!(
-                "cycle {cycle} ({fault:?}): the active role moved from {} to {} without cause: {}",
-                NAMES[a],
-                NAMES[new_a],
-                suite.story(injected_at_unix_ms)
+                "cycle {cycle} ({fault:?}): the active role moved from {} to {} without cause: {story}",
+                NAMES[a], NAMES[new_a]
             ));
         }
         a = new_a;

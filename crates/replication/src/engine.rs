@@ -554,10 +554,7 @@ impl Engine {
                 prefetched += 1;
             }
             let (file, has_data, hint) = &files[i];
-            let listed_path = listing
-                .entries
-                .get(file.index as usize)
-                .map_or(&[][..], |e| &e.path[..]);
+            let listed_path = listing.path_of(file.index);
             match hint {
                 Some(runs) => self.copy_blocks(file, listed_path, runs)?,
                 None => self.copy_file(file, listed_path, *has_data)?,
@@ -838,12 +835,11 @@ impl Engine {
         let consumed = std::sync::atomic::AtomicUsize::new(0);
         let result = std::thread::scope(|scope| -> Result<(), EngineError> {
             for worker in 0..OWN_HASHERS {
-                let (tx, files, root, root_path, entries, stop, consumed) = (
+                let (tx, files, root, root_path, stop, consumed) = (
                     tx.clone(),
                     &files,
                     self.io.root.clone(),
                     &root_path,
-                    &listing.entries,
                     &stop,
                     &consumed,
                 );
@@ -859,9 +855,7 @@ impl Engine {
                         if stop.load(std::sync::atomic::Ordering::Relaxed) {
                             return;
                         }
-                        let listed_path = entries
-                            .get(f.index as usize)
-                            .map_or(&[][..], |e| &e.path[..]);
+                        let listed_path = listing.path_of(f.index);
                         // A file this side cannot read is an error, never a clean result.
                         let own = match &f.handle {
                             None => Ok(None),

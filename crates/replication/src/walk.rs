@@ -40,6 +40,13 @@ pub struct Listing {
     pub files: HashMap<u32, ListedFile>,
 }
 
+impl Listing {
+    /// The path entry `index` was listed under (empty for an index out of range).
+    pub fn path_of(&self, index: u32) -> &[u8] {
+        self.entries.get(index as usize).map_or(&[], |e| &e.path)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum WalkError {
     #[error("{what} `{}`: {source}", .path.escape_ascii())]
