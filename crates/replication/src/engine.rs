@@ -47,6 +47,7 @@ use crate::proto::{
     self, HashRequest, Hashes, Need, VerifyCompare, VerifyDiffs, VerifyRangeResult,
 };
 use crate::queue::SetQueue;
+use crate::readahead::ReadAhead;
 use crate::walk::{self, ListedFile, Listing, Whereabouts};
 
 /// The engine adds a record only while fewer bytes than this wait to be sent: four records.
@@ -136,6 +137,10 @@ pub struct SyncProgress {
     /// (the link's and the passive's share).
     #[serde(default)]
     pub waiting_for_peer_ms: u64,
+    /// Reads made ahead of the lock and dropped because the file may have changed since
+    /// (each read again under the lock).
+    #[serde(default)]
+    pub reads_redone: u64,
     #[serde(skip)]
     pub started: Option<Instant>,
 }
@@ -230,6 +235,7 @@ pub struct Engine {
     /// Totals for [`SyncProgress`]: where the copy's time goes.
     reading: Duration,
     waiting_for_peer: Duration,
+    reads_redone: u64,
 }
 
 impl Drop for Engine {
@@ -239,10 +245,12 @@ impl Drop for Engine {
     }
 }
 
-/// The aligned buffer `O_DIRECT` reads land in, allocated on first use and kept.
+/// The aligned buffer `O_DIRECT` reads under the lock land in, allocated on first use and
+/// kept, and the buffers of the reads ahead ([`ReadAhead`]) between two ranges.
 #[derive(Default)]
 struct DirectBuf {
     bytes: Vec<u8>,
+    spare: Vec<Vec<u8>>,
 }
 
 impl DirectBuf {
@@ -340,6 +348,7 @@ impl Engine {
             direct: DirectBuf::default(),
             reading: Duration::ZERO,
             waiting_for_peer: Duration::ZERO,
+            reads_redone: 0,
         }
     }
 
@@ -716,12 +725,12 @@ impl Engine {
     /// Records `[from, to)` of the file as `Write`s (or a hole punch where the active has a
     /// hole), each exact at its seq. False if the file has no name any more.
     fn copy_range(&mut self, fd: &OwnedFd, from: u64, to: u64) -> Result<bool, EngineError> {
-        let mut direct = if to - from >= DIRECT_READ_MIN_BYTES {
+        let direct = if to - from >= DIRECT_READ_MIN_BYTES && from % DIRECT_ALIGN as u64 == 0 {
             reopen_direct(fd)
         } else {
             None
         };
-        if direct.is_none() {
+        let Some(dfd) = direct else {
             // The kernel reads the range in while we copy: the reads under the lock then
             // come from the page cache, and the lock blocks the set's writers only briefly.
             let _ = rfs::fadvise(
@@ -730,35 +739,67 @@ impl Engine {
                 std::num::NonZeroU64::new(to - from),
                 rfs::Advice::WillNeed,
             );
-        }
+            return self.copy_chunks(fd, None, from, to);
+        };
+        std::thread::scope(|scope| {
+            let spare = std::mem::take(&mut self.direct.spare);
+            let ahead = ReadAhead::start(scope, &dfd, from, to, CHUNK_BYTES, DIRECT_ALIGN, spare);
+            self.copy_chunks(fd, Some((&dfd, ahead)), from, to)
+        })
+    }
+
+    /// The loop of [`Engine::copy_range`]; `direct`: the file opened with `O_DIRECT` and its
+    /// reads ahead.
+    fn copy_chunks(
+        &mut self,
+        fd: &OwnedFd,
+        mut direct: Option<(&OwnedFd, ReadAhead)>,
+        from: u64,
+        to: u64,
+    ) -> Result<bool, EngineError> {
+        let queue = self.io.queue.clone();
         let mut at = from;
         while at < to {
             let want = ((to - at) as usize).min(CHUNK_BYTES);
             self.wait_room(want as u64)?;
-            // Read straight into the record's buffer: the one copy of the data here.
-            let mut data: Vec<u8> = self.io.queue.take_buffer(want);
+            let read_started = Instant::now();
+            let mut ahead_read = None;
+            if let Some((_, ahead)) = &mut direct {
+                ahead.issue(|| queue.last_seq());
+                ahead_read = ahead.next();
+                // The next reads start before this chunk is recorded.
+                ahead.issue(|| queue.last_seq());
+            }
+            self.reading += read_started.elapsed();
+            // The record's buffer: the one copy of the data here.
+            let mut data: Vec<u8> = queue.take_buffer(want);
             let recorded = {
                 let _order = self.io.order.lock();
                 let Some(path) = self.name_now(fd)? else {
                     return Ok(false);
                 };
                 let read_started = Instant::now();
-                let read_directly = match &direct {
-                    Some(dfd) if at % DIRECT_ALIGN as u64 == 0 => {
-                        match self.direct.read(dfd, &mut data, want, at) {
-                            Ok(()) => true,
-                            Err(e) => {
-                                // Not for this file after all (EINVAL: an odd filesystem).
-                                warn!(error = %e, "direct read refused; reading through the page cache");
-                                direct = None;
-                                data.clear();
-                                false
-                            }
+                let mut read = false;
+                if let (Some((_, ahead)), Some(r)) = (&mut direct, ahead_read) {
+                    invariant!(r.offset() == at, "a read ahead arrived out of order");
+                    read = ahead.use_if_exact(r, queue.last_seq(), want, &mut data);
+                    if !read {
+                        self.reads_redone += 1;
+                    }
+                }
+                if !read {
+                    if let Some((dfd, _)) = &direct {
+                        if let Err(e) = self.direct.read(dfd, &mut data, want, at) {
+                            // Not for this file after all (EINVAL: an odd filesystem).
+                            warn!(error = %e, "direct read refused; reading through the page cache");
+                            direct = None;
+                            data.clear();
+                        } else {
+                            read = true;
                         }
                     }
-                    _ => false,
-                };
-                if !read_directly {
+                }
+                if !read {
                     pread_into(fd, &mut data, want, at)
                         .map_err(|e| EngineError::Other(format!("reading: {e}")))?;
                 }
@@ -782,16 +823,31 @@ impl Engine {
                         data,
                     }
                 };
-                self.io.queue.record_sync(op);
+                let seq = queue.record_sync(op);
+                if let Some((_, ahead)) = &mut direct {
+                    ahead.recorded(seq);
+                }
+                if n < want {
+                    // The file ended early (truncated since the listing): the reads ahead
+                    // are past its end, and the next read under the lock finds it.
+                    if let Some((_, ahead)) = direct.take() {
+                        self.direct.spare = ahead.finish();
+                    }
+                }
                 n
             };
-            let (reading, waiting) = (self.reading, self.waiting_for_peer);
+            let (reading, waiting, redone) =
+                (self.reading, self.waiting_for_peer, self.reads_redone);
             self.progress(|p| {
+                p.reads_redone = redone;
                 p.bytes_sent += recorded as u64;
                 p.reading_ms = reading.as_millis() as u64;
                 p.waiting_for_peer_ms = waiting.as_millis() as u64;
             });
             at += recorded as u64;
+        }
+        if let Some((_, ahead)) = direct {
+            self.direct.spare = ahead.finish();
         }
         Ok(true)
     }
@@ -1071,7 +1127,7 @@ fn pread_into(fd: &OwnedFd, data: &mut Vec<u8>, want: usize, offset: u64) -> Res
     Ok(())
 }
 
-fn pread_full(fd: &OwnedFd, buf: &mut [u8], offset: u64) -> Result<usize, Errno> {
+pub(crate) fn pread_full(fd: &OwnedFd, buf: &mut [u8], offset: u64) -> Result<usize, Errno> {
     let mut filled = 0;
     while filled < buf.len() {
         match rustix::io::pread(fd, &mut buf[filled..], offset + filled as u64) {

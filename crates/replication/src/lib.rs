@@ -32,6 +32,7 @@ pub mod hashing;
 pub mod observer;
 pub mod proto;
 pub mod queue;
+mod readahead;
 pub mod session;
 pub mod state;
 pub mod walk;

@@ -1,0 +1,263 @@
+//! Direct reads of a large range on a thread of their own, ahead of the resync engine.
+//!
+//! The engine must record every byte exactly as it is at the record's seq, which it gets by
+//! reading under the capture's order lock. Reading 4 MiB there, one read at a time, left the
+//! disk idle while the engine cut, recorded and paced each record (the engine spent 93 % of
+//! an initial sync of large files reading, at 850 MB/s, against 1.3 GB/s for the same
+//! direct reads back to back). So the next reads run here, outside the lock, and a read is
+//! used only if it is provably exact:
+//!
+//! - before a read starts, the set's last seq `S` is noted. An op that changes the file
+//!   during or after the read is recorded with a seq above `S` (capture changes the backing
+//!   file and records the op under the order lock; the note is taken under the queue's lock,
+//!   which orders it against every record);
+//! - under the order lock, when the read is used, every seq after `S` must be one of this
+//!   range's own records (which describe this copy and do not change it). If anything else
+//!   was recorded since, the read is dropped and the engine reads again under the lock.
+//!
+//! A read that fails is dropped the same way: the read under the lock reports the error.
+
+use std::os::fd::OwnedFd;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::thread::Scope;
+
+use rustix::io::Errno;
+
+/// Reads in flight at once. With one, the disk waits while the engine records.
+const READS_AHEAD: usize = 2;
+
+struct Request {
+    offset: u64,
+    len: usize,
+    buf: Vec<u8>,
+    seen_seq: u64,
+}
+
+/// A finished read: `buf[base..base + got]` holds the file's bytes from `offset` as they
+/// were at some moment after seq `seen_seq` was recorded.
+pub(crate) struct Read {
+    offset: u64,
+    buf: Vec<u8>,
+    base: usize,
+    got: Result<usize, Errno>,
+    seen_seq: u64,
+}
+
+impl Read {
+    pub(crate) fn offset(&self) -> u64 {
+        self.offset
+    }
+}
+
+/// The reading thread's handle, for one range of one file.
+pub(crate) struct ReadAhead {
+    requests: Option<SyncSender<Request>>,
+    reads: Receiver<Read>,
+    spare: Vec<Vec<u8>>,
+    next_offset: u64,
+    to: u64,
+    in_flight: usize,
+    chunk_bytes: usize,
+    align: usize,
+    /// Every seq up to this one may be an op other than this range's records.
+    foreign_upto: u64,
+    /// This range's last record.
+    own_last: u64,
+}
+
+impl ReadAhead {
+    /// Starts reading `[from, to)` of `dfd` (opened with `O_DIRECT`) in chunks of
+    /// `chunk_bytes`, `align`ed, on a thread of `scope`; `spare` are buffers kept from an
+    /// earlier range.
+    pub(crate) fn start<'scope>(
+        scope: &'scope Scope<'scope, '_>,
+        dfd: &'scope OwnedFd,
+        from: u64,
+        to: u64,
+        chunk_bytes: usize,
+        align: usize,
+        spare: Vec<Vec<u8>>,
+    ) -> Self {
+        // Capacity for every read in flight: the reader never blocks on a send, so it ends
+        // as soon as the requests stop, however the engine leaves the range.
+        let (request_tx, request_rx) = sync_channel::<Request>(READS_AHEAD + 1);
+        let (read_tx, read_rx) = sync_channel::<Read>(READS_AHEAD + 1);
+        scope.spawn(move || {
+            for mut r in request_rx {
+                let base = r.buf.as_ptr().align_offset(align);
+                let got = match r.buf.get_mut(base..base + r.len) {
+                    Some(buf) => crate::engine::pread_full(dfd, buf, r.offset),
+                    None => Err(Errno::INVAL),
+                };
+                let read = Read {
+                    offset: r.offset,
+                    buf: r.buf,
+                    base,
+                    got,
+                    seen_seq: r.seen_seq,
+                };
+                if read_tx.send(read).is_err() {
+                    break;
+                }
+            }
+        });
+        ReadAhead {
+            requests: Some(request_tx),
+            reads: read_rx,
+            spare,
+            next_offset: from,
+            to,
+            in_flight: 0,
+            chunk_bytes,
+            align,
+            foreign_upto: 0,
+            own_last: 0,
+        }
+    }
+
+    /// Starts the next reads, up to [`READS_AHEAD`] in flight. `last_seq` is the set's last
+    /// seq now (read after anything before it took effect).
+    pub(crate) fn issue(&mut self, last_seq: impl Fn() -> u64) {
+        while self.in_flight < READS_AHEAD && self.next_offset < self.to {
+            let Some(requests) = &self.requests else {
+                return;
+            };
+            let buf = self
+                .spare
+                .pop()
+                .unwrap_or_else(|| vec![0u8; self.chunk_bytes + self.align]);
+            let want = ((self.to - self.next_offset) as usize).min(self.chunk_bytes);
+            let len = want.div_ceil(self.align) * self.align;
+            let request = Request {
+                offset: self.next_offset,
+                len,
+                buf,
+                seen_seq: last_seq(),
+            };
+            if requests.send(request).is_err() {
+                self.requests = None;
+                return;
+            }
+            self.in_flight += 1;
+            self.next_offset += want as u64;
+        }
+    }
+
+    /// Waits for the oldest read in flight (`None` if there is none).
+    pub(crate) fn next(&mut self) -> Option<Read> {
+        if self.in_flight == 0 {
+            return None;
+        }
+        let read = self.reads.recv().ok()?;
+        self.in_flight -= 1;
+        Some(read)
+    }
+
+    /// Under the order lock, with the set's last seq `last_seq`: appends up to `want` bytes
+    /// of `read` to `data` if it is exact now, and says whether it did. Gives the buffer
+    /// back either way.
+    pub(crate) fn use_if_exact(
+        &mut self,
+        read: Read,
+        last_seq: u64,
+        want: usize,
+        data: &mut Vec<u8>,
+    ) -> bool {
+        if last_seq != self.own_last {
+            self.foreign_upto = last_seq;
+        }
+        let used = match read.got {
+            Ok(got) if self.foreign_upto <= read.seen_seq => {
+                let n = got.min(want);
+                data.extend_from_slice(&read.buf[read.base..read.base + n]);
+                true
+            }
+            _ => false,
+        };
+        self.spare.push(read.buf);
+        used
+    }
+
+    /// This range recorded `seq` (under the order lock).
+    pub(crate) fn recorded(&mut self, seq: u64) {
+        self.own_last = seq;
+    }
+
+    /// Stops reading; returns the buffers for the next range.
+    pub(crate) fn finish(mut self) -> Vec<Vec<u8>> {
+        self.requests = None;
+        while let Some(read) = self.next() {
+            self.spare.push(read.buf);
+        }
+        self.spare
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    const CHUNK: usize = 64 << 10;
+    const ALIGN: usize = 4096;
+
+    /// A file of four chunks opened with `O_DIRECT` (`None` where the filesystem refuses it).
+    fn direct_file(dir: &std::path::Path) -> Option<OwnedFd> {
+        let path = dir.join("f");
+        let bytes: Vec<u8> = (0..4 * CHUNK).map(|i| (i / CHUNK) as u8 + 1).collect();
+        std::fs::write(&path, &bytes).expect("write");
+        rustix::fs::open(
+            &path,
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECT,
+            rustix::fs::Mode::empty(),
+        )
+        .ok()
+    }
+
+    #[test]
+    fn a_read_is_used_only_while_nothing_but_own_records_came_after_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let Some(dfd) = direct_file(dir.path()) else {
+            eprintln!("skipping: {} refuses O_DIRECT", dir.path().display());
+            return;
+        };
+        // The set's last seq, as the queue would report it.
+        let last = Cell::new(10u64);
+        std::thread::scope(|scope| {
+            let mut ahead =
+                ReadAhead::start(scope, &dfd, 0, 4 * CHUNK as u64, CHUNK, ALIGN, Vec::new());
+            ahead.issue(|| last.get());
+            // Chunk 0: nothing happened since it was read: used.
+            let r = ahead.next().expect("read 0");
+            assert_eq!(r.offset(), 0);
+            ahead.issue(|| last.get());
+            let mut data = Vec::new();
+            assert!(ahead.use_if_exact(r, last.get(), CHUNK, &mut data));
+            assert!(data.len() == CHUNK && data.iter().all(|&b| b == 1));
+            last.set(11);
+            ahead.recorded(11);
+            // Chunk 1 was read before our record 11, which does not change the file: used.
+            let r = ahead.next().expect("read 1");
+            ahead.issue(|| last.get());
+            data.clear();
+            assert!(ahead.use_if_exact(r, last.get(), CHUNK, &mut data));
+            assert!(data.iter().all(|&b| b == 2));
+            last.set(12);
+            ahead.recorded(12);
+            // Someone else records 13 (a write to the file, say) while chunk 2 is read:
+            // dropped, and so is chunk 3, read before 13 too.
+            last.set(13);
+            let r = ahead.next().expect("read 2");
+            data.clear();
+            assert!(!ahead.use_if_exact(r, last.get(), CHUNK, &mut data));
+            assert!(data.is_empty());
+            last.set(14);
+            ahead.recorded(14);
+            let r = ahead.next().expect("read 3");
+            assert!(!ahead.use_if_exact(r, last.get(), CHUNK, &mut data));
+            assert!(ahead.next().is_none(), "nothing more was asked");
+            let spare = ahead.finish();
+            assert!(!spare.is_empty(), "buffers are kept for the next range");
+        });
+    }
+}
