@@ -10,7 +10,8 @@
 //!    the passive's tree within the scope becomes exactly the active's at that seq, names,
 //!    types, links and metadata. From then on every live op applies exactly there too.
 //! 2. For each file whose content differs, the differing blocks are read and recorded as
-//!    `Write`s, each under the lock (its bytes are exactly the file's at that seq), and a
+//!    `Write`s, each under the lock (its bytes are exactly the file's at that seq: read
+//!    there, or read ahead (`readahead.rs`) and proven unchanged since), and a
 //!    `SyncMeta` sets the final size and metadata. Live writes in between are replayed in
 //!    order, so nothing is lost and no stale data overwrites newer data.
 //! 3. `SyncEnd` closes it. Once the passive made it durable, its copy is exact.
