@@ -168,6 +168,16 @@ impl Watchdog {
         if running == self.armed && self.last_renewal.elapsed() < RENEW_EVERY {
             return;
         }
+        let since_last = self.last_renewal.elapsed();
+        if self.armed && since_last > self.lease / 2 {
+            // Half the lease gone between two renewals: the core loop (or the whole process)
+            // did not run. Logged so a fencing for a stall can be told from a near miss.
+            warn!(
+                late_ms = since_last.as_millis() as u64,
+                lease_ms = self.lease.as_millis() as u64,
+                "the watchdog's lease was renewed late: this daemon was stalled"
+            );
+        }
         let byte = if running { ARMED } else { DISARMED };
         let written = self.lease_in.as_mut().map(|pipe| pipe.write_all(&[byte]));
         if let Some(Err(e)) = written {
