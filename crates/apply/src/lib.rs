@@ -160,7 +160,7 @@ pub struct Applier {
     sync_due: bool,
     /// The resync or verify in progress, between its `SyncBegin` and `SyncEnd`.
     sync: Option<sync::SyncState>,
-    /// Where large writes are staged for `O_DIRECT` (see `Applier::write_direct`).
+    /// Where large writes are staged for `O_DIRECT` (see `direct.rs`).
     direct: direct::DirectWriter,
 }
 

@@ -165,10 +165,10 @@ impl Watchdog {
 
     /// Renews the lease; `running` arms it (resources may be running here).
     pub fn renew(&mut self, running: bool) {
-        if running == self.armed && self.last_renewal.elapsed() < RENEW_EVERY {
+        let since_last = self.last_renewal.elapsed();
+        if running == self.armed && since_last < RENEW_EVERY {
             return;
         }
-        let since_last = self.last_renewal.elapsed();
         if self.armed && since_last > self.lease / 2 {
             // Half the lease gone between two renewals: the core loop (or the whole process)
             // did not run. Logged so a fencing for a stall can be told from a near miss.

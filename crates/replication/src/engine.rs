@@ -48,7 +48,7 @@ use crate::proto::{
     self, HashRequest, Hashes, Need, VerifyCompare, VerifyDiffs, VerifyRangeResult,
 };
 use crate::queue::SetQueue;
-use crate::readahead::ReadAhead;
+use crate::readahead::{self, ReadAhead};
 use crate::walk::{self, ListedFile, Listing, Whereabouts};
 
 /// The engine adds a record only while fewer bytes than this wait to be sent: four records.
@@ -246,11 +246,10 @@ impl Drop for Engine {
     }
 }
 
-/// The aligned buffer `O_DIRECT` reads under the lock land in, allocated on first use and
-/// kept, and the buffers of the reads ahead ([`ReadAhead`]) between two ranges.
+/// Buffers for `O_DIRECT` reads, kept between ranges: the reads ahead ([`ReadAhead`]) take
+/// them, and a read under the lock borrows one.
 #[derive(Default)]
 struct DirectBuf {
-    bytes: Vec<u8>,
     spare: Vec<Vec<u8>>,
 }
 
@@ -264,19 +263,24 @@ impl DirectBuf {
         want: usize,
         offset: u64,
     ) -> Result<(), Errno> {
-        if self.bytes.is_empty() {
-            self.bytes = vec![0u8; CHUNK_BYTES + DIRECT_ALIGN];
-        }
-        let start = self.bytes.as_ptr().align_offset(DIRECT_ALIGN);
+        let mut buf = self
+            .spare
+            .pop()
+            .unwrap_or_else(|| readahead::direct_buffer(CHUNK_BYTES, DIRECT_ALIGN));
         let len = want.div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
+        let part = readahead::aligned_part(&mut buf, DIRECT_ALIGN, len);
         invariant!(
-            start < DIRECT_ALIGN && start + len <= self.bytes.len(),
+            part.is_some(),
             "direct read of {want} bytes does not fit its buffer"
         );
-        let buf = &mut self.bytes[start..start + len];
-        let got = pread_full(dfd, buf, offset)?;
-        data.extend_from_slice(&buf[..got.min(want)]);
-        Ok(())
+        let result = match part {
+            Some((_, part)) => pread_full(dfd, part, offset).map(|got| {
+                data.extend_from_slice(&part[..got.min(want)]);
+            }),
+            None => Err(Errno::INVAL),
+        };
+        self.spare.push(buf);
+        result
     }
 }
 

@@ -26,6 +26,19 @@ use rustix::io::Errno;
 /// Reads in flight at once. With one, the disk waits while the engine records.
 const READS_AHEAD: usize = 2;
 
+/// A buffer for one direct read of up to `chunk_bytes`, with room to align it.
+pub(crate) fn direct_buffer(chunk_bytes: usize, align: usize) -> Vec<u8> {
+    vec![0u8; chunk_bytes + align]
+}
+
+/// Where the `align`ed part of `buf` starts, and that part for `len` bytes (`None` if it
+/// does not fit).
+pub(crate) fn aligned_part(buf: &mut [u8], align: usize, len: usize) -> Option<(usize, &mut [u8])> {
+    let base = buf.as_ptr().align_offset(align);
+    let end = base.checked_add(len)?;
+    buf.get_mut(base..end).map(|part| (base, part))
+}
+
 struct Request {
     offset: u64,
     len: usize,
@@ -84,10 +97,9 @@ impl ReadAhead {
         let (read_tx, read_rx) = sync_channel::<Read>(READS_AHEAD + 1);
         scope.spawn(move || {
             for mut r in request_rx {
-                let base = r.buf.as_ptr().align_offset(align);
-                let got = match r.buf.get_mut(base..base + r.len) {
-                    Some(buf) => crate::engine::pread_full(dfd, buf, r.offset),
-                    None => Err(Errno::INVAL),
+                let (base, got) = match aligned_part(&mut r.buf, align, r.len) {
+                    Some((base, part)) => (base, crate::engine::pread_full(dfd, part, r.offset)),
+                    None => (0, Err(Errno::INVAL)),
                 };
                 let read = Read {
                     offset: r.offset,
@@ -125,7 +137,7 @@ impl ReadAhead {
             let buf = self
                 .spare
                 .pop()
-                .unwrap_or_else(|| vec![0u8; self.chunk_bytes + self.align]);
+                .unwrap_or_else(|| direct_buffer(self.chunk_bytes, self.align));
             let want = ((self.to - self.next_offset) as usize).min(self.chunk_bytes);
             let len = want.div_ceil(self.align) * self.align;
             let request = Request {
