@@ -51,6 +51,7 @@ mod handle;
 mod resync;
 mod sync;
 mod sys;
+mod writeback;
 mod xattr;
 
 pub use crate::handle::{handle_of, open_by_handle};
@@ -162,6 +163,8 @@ pub struct Applier {
     sync: Option<sync::SyncState>,
     /// Where large writes are staged for `O_DIRECT` (see `direct.rs`).
     direct: direct::DirectWriter,
+    /// Starts early writeback on a helper thread.
+    writeback: writeback::Writeback,
 }
 
 /// The op being applied, for error reports.
@@ -542,6 +545,7 @@ impl Applier {
             sync_due: false,
             sync: None,
             direct: direct::DirectWriter::default(),
+            writeback: writeback::Writeback::default(),
         })
     }
 
@@ -1195,7 +1199,8 @@ impl Applier {
             // at once then. With this, an initial sync of 2 GiB took 3.0 s instead of 3.9 s
             // (the disk wrote while it read; the final flush fell from 260-310 ms to about
             // 60 ms). Small writes are left to the kernel: they are the ones rewritten soon.
-            sys::start_writeback(fd.as_fd(), offset + direct_len as u64, buffered as u64);
+            self.writeback
+                .kick(&fd, offset + direct_len as u64, buffered as u64);
         }
         self.dirty.file(id, &fd, false);
         Ok(())
