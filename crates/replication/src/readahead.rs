@@ -17,14 +17,20 @@
 //!
 //! A read that fails is dropped the same way: the read under the lock reports the error.
 
+use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
 use std::thread::Scope;
 
 use rustix::io::Errno;
 
 /// Reads in flight at once. With one, the disk waits while the engine records.
 const READS_AHEAD: usize = 2;
+/// Threads making the reads: as many as reads in flight, so that the disk really has that
+/// many requests at once (one thread had one at a time: `fio` on this VM reads 4 MiB direct
+/// chunks at 1.2 GB/s with one request queued and 1.5-2.3 GB/s with two).
+const READERS: usize = READS_AHEAD;
 
 /// A buffer for one direct read of up to `chunk_bytes`, with room to align it.
 pub(crate) fn direct_buffer(chunk_bytes: usize, align: usize) -> Vec<u8> {
@@ -66,6 +72,10 @@ impl Read {
 pub(crate) struct ReadAhead {
     requests: Option<SyncSender<Request>>,
     reads: Receiver<Read>,
+    /// Offsets of the reads in flight, in the order they were issued (and are used).
+    issued: VecDeque<u64>,
+    /// Reads that finished before an older one (the readers race).
+    arrived: Vec<Read>,
     spare: Vec<Vec<u8>>,
     next_offset: u64,
     to: u64,
@@ -95,8 +105,13 @@ impl ReadAhead {
         // as soon as the requests stop, however the engine leaves the range.
         let (request_tx, request_rx) = sync_channel::<Request>(READS_AHEAD + 1);
         let (read_tx, read_rx) = sync_channel::<Read>(READS_AHEAD + 1);
-        scope.spawn(move || {
-            for mut r in request_rx {
+        let request_rx = Arc::new(Mutex::new(request_rx));
+        for _ in 0..READERS {
+            let (request_rx, read_tx) = (Arc::clone(&request_rx), read_tx.clone());
+            scope.spawn(move || loop {
+                // Held only to take a request, never across a read.
+                let next = request_rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                let Ok(mut r) = next else { break };
                 let (base, got) = match aligned_part(&mut r.buf, align, r.len) {
                     Some((base, part)) => (base, crate::engine::pread_full(dfd, part, r.offset)),
                     None => (0, Err(Errno::INVAL)),
@@ -111,11 +126,13 @@ impl ReadAhead {
                 if read_tx.send(read).is_err() {
                     break;
                 }
-            }
-        });
+            });
+        }
         ReadAhead {
             requests: Some(request_tx),
             reads: read_rx,
+            issued: VecDeque::with_capacity(READS_AHEAD),
+            arrived: Vec::with_capacity(READS_AHEAD),
             spare,
             next_offset: from,
             to,
@@ -151,6 +168,7 @@ impl ReadAhead {
                 return;
             }
             self.in_flight += 1;
+            self.issued.push_back(self.next_offset);
             self.next_offset += want as u64;
         }
     }
@@ -160,9 +178,19 @@ impl ReadAhead {
         if self.in_flight == 0 {
             return None;
         }
-        let read = self.reads.recv().ok()?;
-        self.in_flight -= 1;
-        Some(read)
+        let oldest = *self.issued.front()?;
+        // Bounded: each turn takes one of the reads in flight.
+        for _ in 0..=READS_AHEAD {
+            if let Some(k) = self.arrived.iter().position(|r| r.offset == oldest) {
+                self.issued.pop_front();
+                self.in_flight -= 1;
+                return Some(self.arrived.swap_remove(k));
+            }
+            let read = self.reads.recv().ok()?;
+            self.arrived.push(read);
+        }
+        invariant!(false, "the oldest read ahead never arrived");
+        None
     }
 
     /// Under the order lock, with the set's last seq `last_seq`: appends up to `want` bytes
@@ -270,6 +298,46 @@ mod tests {
             assert!(ahead.next().is_none(), "nothing more was asked");
             let spare = ahead.finish();
             assert!(!spare.is_empty(), "buffers are kept for the next range");
+        });
+    }
+
+    #[test]
+    fn reads_made_by_racing_readers_come_back_in_file_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("g");
+        const CHUNKS: usize = 200;
+        const SMALL: usize = 4096;
+        let bytes: Vec<u8> = (0..CHUNKS * SMALL).map(|i| (i / SMALL) as u8).collect();
+        std::fs::write(&path, &bytes).expect("write");
+        let Ok(dfd) = rustix::fs::open(
+            &path,
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECT,
+            rustix::fs::Mode::empty(),
+        ) else {
+            eprintln!("skipping: {} refuses O_DIRECT", dir.path().display());
+            return;
+        };
+        std::thread::scope(|scope| {
+            let mut ahead = ReadAhead::start(
+                scope,
+                &dfd,
+                0,
+                (CHUNKS * SMALL) as u64,
+                SMALL,
+                ALIGN,
+                Vec::new(),
+            );
+            let mut copy = Vec::new();
+            ahead.issue(|| 1);
+            for k in 0..CHUNKS {
+                let r = ahead.next().expect("a read for every chunk");
+                assert_eq!(r.offset(), (k * SMALL) as u64, "chunk {k} out of order");
+                ahead.issue(|| 1);
+                assert!(ahead.use_if_exact(r, 1, SMALL, &mut copy));
+            }
+            assert!(ahead.next().is_none());
+            assert!(copy == bytes, "the chunks were not put together in order");
+            ahead.finish();
         });
     }
 }
