@@ -602,8 +602,16 @@ impl Applier {
         };
         check_record(record, self.sync.as_ref())
             .map_err(|(path, reason)| ctx.refuse(&path, reason))?;
+        // Writes and SyncMeta settle only with writes in flight to their own file.
+        if !matches!(record.op, Op::Write { .. } | Op::SyncMeta { .. }) {
+            self.settle(ctx)?;
+        }
         self.apply_op(ctx, &record.op, observer)?;
         let ctx = Ctx { op: "mtime", ..ctx };
+        if !record.mtimes.is_empty() {
+            // A direct write moves its file's mtime when it lands.
+            self.settle(ctx)?;
+        }
         for (file, time) in &record.mtimes {
             self.set_mtime(ctx, file, *time)?;
         }
@@ -642,6 +650,10 @@ impl Applier {
         };
         self.write(ctx, file, w.offset, w.data)?;
         let ctx = Ctx { op: "mtime", ..ctx };
+        if !shell.mtimes.is_empty() {
+            // A direct write moves its file's mtime when it lands.
+            self.settle(ctx)?;
+        }
         for (file, time) in &shell.mtimes {
             self.set_mtime(ctx, file, *time)?;
         }
@@ -687,6 +699,13 @@ impl Applier {
     /// out of sync.
     pub fn sync(&mut self) -> Result<(), ApplyError> {
         self.sync_due = false;
+        // Nothing is durable before it is written: a failed direct write fails the commit.
+        self.direct.settle().map_err(|e| {
+            io_error(
+                "sync: a direct write of an earlier record to the replica".into(),
+                e,
+            )
+        })?;
         if self.dirty.is_empty() {
             return Ok(());
         }
@@ -1165,6 +1184,24 @@ impl Applier {
         self.mark_dir(ctx, &new)
     }
 
+    /// Waits for the direct writes in flight (see `direct.rs`): before anything that could
+    /// observe them or be overwritten by them.
+    fn settle(&mut self, ctx: Ctx) -> Result<(), ApplyError> {
+        self.direct
+            .settle()
+            .map_err(|e| self.earlier_write_failed(ctx, e))
+    }
+
+    fn earlier_write_failed(&self, ctx: Ctx, e: Errno) -> ApplyError {
+        io_error(
+            format!(
+                "before seq {} ({}): a direct write of an earlier record to the replica",
+                ctx.seq, ctx.op
+            ),
+            e,
+        )
+    }
+
     fn write(
         &mut self,
         ctx: Ctx,
@@ -1173,14 +1210,24 @@ impl Applier {
         data: &[u8],
     ) -> Result<(), ApplyError> {
         let (fd, id) = self.writable(ctx, file)?;
-        // The aligned part of a large write goes straight to the disk; the rest, if any,
-        // through the page cache.
-        let mut done = if data.len() >= STREAMING_WRITE_BYTES {
-            self.direct.write(&fd, data, offset)
+        // The aligned part of a large write goes straight to the disk, made by the helper
+        // while the next records are applied; the rest, if any, through the page cache.
+        let direct_len = if data.len() >= STREAMING_WRITE_BYTES {
+            self.direct.prefix(data.len(), offset)
         } else {
             0
         };
-        let direct_len = done;
+        if direct_len > 0 {
+            self.direct
+                .submit(&fd, id, &data[..direct_len], offset)
+                .map_err(|e| self.earlier_write_failed(ctx, e))?;
+        }
+        // A buffered write must not race a direct one of the same file (nor find the
+        // helper's O_DIRECT on the descriptor).
+        if direct_len < data.len() && self.direct.busy_with(id) {
+            self.settle(ctx)?;
+        }
+        let mut done = direct_len;
         while done < data.len() {
             let at = offset
                 .checked_add(done as u64)

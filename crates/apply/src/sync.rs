@@ -462,6 +462,10 @@ impl Applier {
                 return Err(ctx.refuse(path, "sync metadata for something not a regular file"))
             }
         };
+        // Its size, times and mode only after its own writes in flight have landed.
+        if self.direct.busy_with(id) {
+            self.settle(ctx)?;
+        }
         // What is already right is left alone: after a copy the size, owner and mode mostly
         // are, and truncate, chown and chmod each cost a metadata update (on a 10,000-file
         // initial sync, a tenth of the apply thread's time).

@@ -233,6 +233,11 @@ pub struct Engine {
     /// only those blocks are sent, without hashing anything (the change log's block lists).
     hints: HashMap<Vec<u8>, Runs>,
     direct: DirectBuf,
+    /// The small files of the resync in progress, copied between large files' records.
+    small: Option<SmallLane>,
+    /// Records this engine made (for the reads ahead: the engine's records never change
+    /// the active's files).
+    records_made: u64,
     /// Totals for [`SyncProgress`]: where the copy's time goes.
     reading: Duration,
     waiting_for_peer: Duration,
@@ -243,6 +248,65 @@ impl Drop for Engine {
     fn drop(&mut self) {
         // The buffers kept for the next read are not needed until the next resync.
         self.io.queue.release_buffers();
+    }
+}
+
+/// Small files the passive lacks, with the path each was listed under, copied
+/// `per_chunk` at a time after each record of a large file (see [`Engine::resync`]).
+struct SmallLane {
+    files: Vec<(ListedFile, Vec<u8>)>,
+    /// The next one to copy.
+    cursor: usize,
+    prefetch: Prefetch,
+    per_chunk: usize,
+}
+
+/// Files a little ahead of the one being copied are opened (by handle) and read in by the
+/// kernel (`WILLNEED`) meanwhile: small files are one random read each, and a deeper queue
+/// keeps the disk busy. The descriptors are kept for the copy.
+#[derive(Default)]
+struct Prefetch {
+    /// Position (in the list being copied) of the next file to prefetch.
+    next: usize,
+    /// The descriptors opened to prefetch, by position, oldest first (at most
+    /// [`PREFETCH_FILES`]).
+    opened: VecDeque<(usize, Option<OwnedFd>)>,
+}
+
+impl Prefetch {
+    /// The descriptor for the file at position `i` of a list (`list(k)` is position `k`),
+    /// copied in order, having prefetched the files after it.
+    fn take<'a>(
+        &mut self,
+        root: &OwnedFd,
+        i: usize,
+        list: impl Fn(usize) -> Option<&'a ListedFile>,
+    ) -> Option<OwnedFd> {
+        self.next = self.next.max(i);
+        while self.next < i + PREFETCH_FILES {
+            let Some(f) = list(self.next) else { break };
+            let fd = f
+                .handle
+                .as_ref()
+                .and_then(|h| walk::open_handle(root, h).ok());
+            if let Some(fd) = &fd {
+                prefetch(fd);
+            }
+            self.opened.push_back((self.next, fd));
+            self.next += 1;
+        }
+        // Positions before i were copied (or skipped) without their descriptor.
+        while self.opened.front().is_some_and(|(j, _)| *j < i) {
+            self.opened.pop_front();
+        }
+        invariant!(
+            self.opened.len() <= PREFETCH_FILES,
+            "more prefetched descriptors kept than files prefetched"
+        );
+        match self.opened.front() {
+            Some((j, _)) if *j == i => self.opened.pop_front().and_then(|(_, fd)| fd),
+            _ => None,
+        }
     }
 }
 
@@ -352,6 +416,8 @@ impl Engine {
             deferred: VecDeque::new(),
             hints: HashMap::new(),
             direct: DirectBuf::default(),
+            small: None,
+            records_made: 0,
             reading: Duration::ZERO,
             waiting_for_peer: Duration::ZERO,
             reads_redone: 0,
@@ -565,42 +631,47 @@ impl Engine {
             p.files_total = files.len() as u64;
             p.bytes_total = total;
         });
+        // Small files the passive lacks take turns with the records of the large files: the
+        // small ones cost CPU on both sides (names, metadata), the large ones the disk, and
+        // one after the other left each idle in turn.
+        let (small, large): (Vec<_>, Vec<_>) = files
+            .into_iter()
+            .partition(|(f, has, hint)| !*has && hint.is_none() && f.size <= CHUNK_BYTES as u64);
+        let large_chunks: u64 = large
+            .iter()
+            .filter(|(_, has, hint)| !*has && hint.is_none())
+            .map(|(f, _, _)| f.size.div_ceil(CHUNK_BYTES as u64))
+            .sum();
+        let per_chunk = if large_chunks == 0 {
+            0
+        } else {
+            (small.len() as u64).div_ceil(large_chunks) as usize
+        };
+        self.small = Some(SmallLane {
+            files: small
+                .into_iter()
+                .map(|(f, _, _)| {
+                    let path = listing.path_of(f.index).to_vec();
+                    (f, path)
+                })
+                .collect(),
+            cursor: 0,
+            prefetch: Prefetch::default(),
+            per_chunk,
+        });
         // Hash requests run ahead of the copying, so the passive hashes while we copy.
         let mut requested = 0;
-        let mut prefetched = 0;
-        // The descriptors opened to prefetch, kept for the copy (at most PREFETCH_FILES).
-        let mut opened: VecDeque<(usize, Option<OwnedFd>)> = VecDeque::new();
-        for i in 0..files.len() {
-            while requested < files.len() && requested < i + HASH_WINDOW {
-                let (f, has, hint) = &files[requested];
+        let mut prefetch = Prefetch::default();
+        for i in 0..large.len() {
+            while requested < large.len() && requested < i + HASH_WINDOW {
+                let (f, has, hint) = &large[requested];
                 if *has && hint.is_none() {
                     self.request_hashes(f.index)?;
                 }
                 requested += 1;
             }
-            // Files a little ahead are read in by the kernel while this one is copied: small
-            // files are one random read each, and a deeper queue keeps the disk busy.
-            while prefetched < files.len() && prefetched < i + PREFETCH_FILES {
-                let fd = files[prefetched]
-                    .0
-                    .handle
-                    .as_ref()
-                    .and_then(|h| walk::open_handle(&self.io.root, h).ok());
-                if let Some(fd) = &fd {
-                    prefetch(fd);
-                }
-                opened.push_back((prefetched, fd));
-                prefetched += 1;
-            }
-            invariant!(
-                opened.len() <= PREFETCH_FILES,
-                "more prefetched descriptors kept than files prefetched"
-            );
-            let fd = match opened.front() {
-                Some((j, _)) if *j == i => opened.pop_front().and_then(|(_, fd)| fd),
-                _ => None,
-            };
-            let (file, has_data, hint) = &files[i];
+            let fd = prefetch.take(&self.io.root, i, |k| large.get(k).map(|(f, _, _)| f));
+            let (file, has_data, hint) = &large[i];
             let listed_path = listing.path_of(file.index);
             match hint {
                 Some(runs) => self.copy_blocks(file, listed_path, runs, fd)?,
@@ -608,7 +679,38 @@ impl Engine {
             }
             self.progress(|p| p.files_done += 1);
         }
+        // What is left of the small files (all of them when there were no large ones).
+        self.small_turn(usize::MAX)?;
+        self.small = None;
         self.finish()
+    }
+
+    /// Copies up to `count` files of the small-file lane (none while a turn is running: a
+    /// small file that turns out not to fit goes the general way, through `copy_chunks`).
+    fn small_turn(&mut self, count: usize) -> Result<(), EngineError> {
+        let Some(mut lane) = self.small.take() else {
+            return Ok(());
+        };
+        let result = (|| {
+            // Bounded by the lane's length.
+            for _ in 0..count {
+                let i = lane.cursor;
+                if i >= lane.files.len() {
+                    break;
+                }
+                lane.cursor += 1;
+                let files = &lane.files;
+                let fd = lane
+                    .prefetch
+                    .take(&self.io.root, i, |k| files.get(k).map(|(f, _)| f));
+                let (file, path) = &files[i];
+                self.copy_file(file, path, false, fd)?;
+                self.progress(|p| p.files_done += 1);
+            }
+            Ok(())
+        })();
+        self.small = Some(lane);
+        result
     }
 
     /// Records `SyncEnd` and waits until the passive holds it durably. Returns its seq.
@@ -862,6 +964,7 @@ impl Engine {
                     }
                 };
                 let seq = queue.record_sync(op);
+                self.records_made += 1;
                 if let Some((_, ahead)) = &mut direct {
                     ahead.recorded(seq);
                 }
@@ -883,6 +986,17 @@ impl Engine {
                 p.waiting_for_peer_ms = waiting.as_millis() as u64;
             });
             at += recorded as u64;
+            // A few small files while the reads ahead and the passive's disk work. Their
+            // records change nothing of this file: the reads ahead stay usable if nothing
+            // else was recorded meanwhile.
+            let per_chunk = self.small.as_ref().map_or(0, |lane| lane.per_chunk);
+            if per_chunk > 0 {
+                let (before, made) = (queue.last_seq(), self.records_made);
+                self.small_turn(per_chunk)?;
+                if let Some((_, ahead)) = &mut direct {
+                    ahead.engine_recorded(before, queue.last_seq(), self.records_made - made);
+                }
+            }
         }
         if let Some((_, ahead)) = direct {
             self.direct.spare = ahead.finish();
@@ -948,8 +1062,10 @@ impl Engine {
                     offset: 0,
                     data,
                 });
+                self.records_made += 1;
             }
             queue.record_sync(meta_op(path, &st, xattrs));
+            self.records_made += 1;
             size as u64
         };
         let (reading, waiting) = (self.reading, self.waiting_for_peer);
@@ -971,6 +1087,7 @@ impl Engine {
         let st = rfs::fstat(fd).map_err(|e| EngineError::Other(format!("stat: {e}")))?;
         let xattrs = walk::xattrs_of(fd).map_err(|e| EngineError::Other(format!("xattrs: {e}")))?;
         self.io.queue.record_sync(meta_op(path, &st, xattrs));
+        self.records_made += 1;
         Ok(())
     }
 
