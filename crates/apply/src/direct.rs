@@ -64,6 +64,19 @@ struct Job {
     offset: u64,
 }
 
+impl Job {
+    /// Makes the write; gives the buffer back with the outcome.
+    fn run(self) -> Done {
+        let staged = &self.buf[self.base..self.base + self.len];
+        let (result, refused) = write_staged(self.fd.as_fd(), staged, self.offset);
+        Done {
+            buf: self.buf,
+            result,
+            refused,
+        }
+    }
+}
+
 struct Done {
     buf: Vec<u8>,
     result: Result<(), Errno>,
@@ -94,15 +107,8 @@ impl Default for DirectWriter {
             .name("apply-direct".into())
             .spawn(move || {
                 // Ends when the applier drops its sender (having settled), or its receiver.
-                while let Ok(mut job) = job_rx.recv() {
-                    let staged = &mut job.buf[job.base..job.base + job.len];
-                    let (result, refused) = write_staged(job.fd.as_fd(), staged, job.offset);
-                    let done = Done {
-                        buf: job.buf,
-                        result,
-                        refused,
-                    };
-                    if done_tx.send(done).is_err() {
+                while let Ok(job) = job_rx.recv() {
+                    if done_tx.send(job.run()).is_err() {
                         break;
                     }
                 }
@@ -191,16 +197,13 @@ impl DirectWriter {
         match &self.jobs {
             Some(jobs) => match jobs.send(job) {
                 Ok(()) => self.in_flight.push_back(id),
-                Err(mpsc::SendError(mut job)) => {
+                Err(mpsc::SendError(job)) => {
                     // The helper is gone: made here instead.
                     self.jobs = None;
-                    self.inline(&mut job);
+                    self.finished(job.run());
                 }
             },
-            None => {
-                let mut job = job;
-                self.inline(&mut job);
-            }
+            None => self.finished(job.run()),
         }
         self.failed.take().map_or(Ok(()), Err)
     }
@@ -220,16 +223,6 @@ impl DirectWriter {
             "a direct write is still in flight"
         );
         self.failed.take().map_or(Ok(()), Err)
-    }
-
-    fn inline(&mut self, job: &mut Job) {
-        let staged = &mut job.buf[job.base..job.base + job.len];
-        let (result, refused) = write_staged(job.fd.as_fd(), staged, job.offset);
-        self.finished(Done {
-            buf: std::mem::take(&mut job.buf),
-            result,
-            refused,
-        });
     }
 
     fn reap_one(&mut self) {
@@ -253,7 +246,7 @@ impl DirectWriter {
         if let Err(e) = done.result {
             self.failed.get_or_insert(e);
         }
-        if !done.buf.is_empty() && self.spare.len() <= IN_FLIGHT {
+        if self.spare.len() <= IN_FLIGHT {
             self.spare.push(done.buf);
         }
     }

@@ -608,10 +608,6 @@ impl Applier {
         }
         self.apply_op(ctx, &record.op, observer)?;
         let ctx = Ctx { op: "mtime", ..ctx };
-        if !record.mtimes.is_empty() {
-            // A direct write moves its file's mtime when it lands.
-            self.settle(ctx)?;
-        }
         for (file, time) in &record.mtimes {
             self.set_mtime(ctx, file, *time)?;
         }
@@ -650,10 +646,6 @@ impl Applier {
         };
         self.write(ctx, file, w.offset, w.data)?;
         let ctx = Ctx { op: "mtime", ..ctx };
-        if !shell.mtimes.is_empty() {
-            // A direct write moves its file's mtime when it lands.
-            self.settle(ctx)?;
-        }
         for (file, time) in &shell.mtimes {
             self.set_mtime(ctx, file, *time)?;
         }
@@ -1450,6 +1442,8 @@ impl Applier {
     /// Sets the modification time an op left on the active, leaving atime alone and never
     /// following a symlink (a symlink's own mtime is set).
     fn set_mtime(&mut self, ctx: Ctx, file: &FileRef, time: Timespec) -> Result<(), ApplyError> {
+        // A direct write moves its file's mtime when it lands.
+        self.settle(ctx)?;
         let times = Timestamps {
             last_access: rustix_time(None),
             last_modification: rustix_time(Some(time)),
