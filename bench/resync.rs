@@ -558,6 +558,12 @@ fn verify_vs_one_read() {
             "BENCH verify round {round}: understudy verify {secs:.2} s, clean; one read of the set {read:.2} s ({} MiB)",
             num(&v, "bytes") as u64 >> 20
         );
+        // Where the time went: the daemon's own phase lines for this verify.
+        let log = f.pair.log(f.a);
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains("verify")).collect();
+        for line in &lines[lines.len().saturating_sub(4)..] {
+            println!("BENCH verify round {round}: daemon: {}", line.trim());
+        }
         ours.push(secs);
         base.push(read);
     }

@@ -588,6 +588,7 @@ impl ReplicaSet {
             root_path: copy.root_path,
             control,
             reports: rx,
+            router: router.clone(),
             progress: self.progress.clone(),
             rate_max: self.cfg.sync_rate_max,
         })
