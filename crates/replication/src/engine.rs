@@ -1228,6 +1228,11 @@ impl Engine {
                         if l > 0 && !lanes[0].done() {
                             break;
                         }
+                        // In bursts of half a window: one wakeup of the session's writer
+                        // and one socket write for many requests, not one per file.
+                        if requested[l] > lane.compared() + lane.window / 2 {
+                            continue;
+                        }
                         while requested[l] < lane.positions.len()
                             && requested[l] < lane.compared() + lane.window
                         {

@@ -160,6 +160,10 @@ fn hash_reads(
         Mode::Buffered
     };
     if mode == Mode::Direct && size >= LARGE_FILE_BYTES {
+        // Beyond the first few at once, a large file is read one chunk at a time (below).
+        let Some(_slot) = ParallelSlot::take() else {
+            return hash_sequential(fd, block, buf, chunk, size, mode, &mut flags);
+        };
         match hash_parallel(fd, block, size) {
             // Refused part way (a filesystem taking O_DIRECT only for some files): again,
             // through the page cache.
@@ -170,6 +174,19 @@ fn hash_reads(
             done => return done,
         }
     }
+    hash_sequential(fd, block, buf, chunk, size, mode, &mut flags)
+}
+
+/// The reading and hashing of [`hash_reads`], one chunk at a time in `mode`.
+fn hash_sequential(
+    fd: BorrowedFd<'_>,
+    block: usize,
+    buf: &mut [u8],
+    chunk: usize,
+    size: u64,
+    mut mode: Mode,
+    flags: &mut Flags<'_>,
+) -> Result<(u64, Vec<[u8; 32]>), Errno> {
     let mut hashes = Vec::new();
     let mut offset = 0u64;
     // Bounded: each turn reads a whole chunk or ends (at the end of the file or an error).
@@ -217,19 +234,50 @@ fn hash_reads(
 pub const LARGE_FILE_BYTES: u64 = 16 << 20;
 /// Threads hashing small files at once on each side during a verify: each has one direct
 /// read in flight, and the disk answers a lone small read in 0.1 ms, so more reads at once
-/// mean more files per second. The small files of the verify benchmark (10,000 per side)
-/// went at 740 MB/s with two, 840 MB/s with four, CPU 70-85 %.
-pub const SMALL_FILE_HASHERS: usize = 4;
+/// mean more files per second. The small files of the verify benchmark (10,000 per side,
+/// 317 MiB) went at 740 MB/s with two, 840 MB/s with four; hashing them took 0.97-1.06 s
+/// with four and 0.90-0.98 s with eight (CPU 70-85 %: the per-file work is the limit).
+pub const SMALL_FILE_HASHERS: usize = 8;
 /// Reads in flight for one large file, each of [`PARALLEL_CHUNK`] bytes. `dd` on this VM,
 /// cold 2 GiB: 1.1-1.3 GB/s with one 1 MiB direct read at a time, 1.5 GB/s with four of
-/// 4 MiB, 1.7-1.9 GB/s with eight; one buffered reader 0.57-3.1 GB/s (CPU-bound in the
-/// kernel, so it varies with the host's load).
-const READERS: usize = 4;
+/// 4 MiB, 1.7-2.1 GB/s with eight to 32; one buffered reader 0.57-3.1 GB/s (CPU-bound in the
+/// kernel, so it varies with the host's load). The verify benchmark's large files alone
+/// (1.7 GiB a side, both sides at once), 2 runs of 2 rounds each: 1.69-2.10 s with eight
+/// readers, 1.84-2.54 s with four, 2.15-2.66 s with two.
+const READERS: usize = 8;
 const PARALLEL_CHUNK: usize = 4 << 20;
 
+/// Large files hashed with parallel reads at once in this process, at most: each holds
+/// [`READERS`] chunks, so a flood of hash requests cannot make the passive hold more than
+/// this many times 32 MiB (a verify asks for two large files at a time).
+const PARALLEL_HASHINGS_MAX: usize = 2;
+static PARALLEL_HASHINGS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// One of the [`PARALLEL_HASHINGS_MAX`] places, given back when dropped.
+struct ParallelSlot;
+
+impl ParallelSlot {
+    fn take() -> Option<Self> {
+        use std::sync::atomic::Ordering::AcqRel;
+        PARALLEL_HASHINGS
+            .fetch_update(AcqRel, std::sync::atomic::Ordering::Acquire, |n| {
+                (n < PARALLEL_HASHINGS_MAX).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| ParallelSlot)
+    }
+}
+
+impl Drop for ParallelSlot {
+    fn drop(&mut self) {
+        PARALLEL_HASHINGS.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 /// The block hashes of the first `size` bytes of a large file opened with `O_DIRECT`:
-/// [`READERS`] threads read every `READERS`th chunk, two buffers each, and this thread hashes
-/// the chunks in order. Memory: `2 * READERS` chunks.
+/// [`READERS`] threads read every `READERS`th chunk, one buffer each (a read takes some
+/// 16 ms, hashing the chunk 1 ms), and this thread hashes the chunks in order. Memory:
+/// `READERS` chunks.
 fn hash_parallel(
     fd: BorrowedFd<'_>,
     block: usize,
@@ -245,12 +293,10 @@ fn hash_parallel(
         let mut lanes = Vec::with_capacity(READERS);
         for reader in 0..READERS {
             type Full = (Vec<u8>, usize, Result<usize, Errno>);
-            let (full_tx, full_rx) = sync_channel::<Full>(2);
-            let (empty_tx, empty_rx) = sync_channel::<Vec<u8>>(2);
-            for _ in 0..2 {
-                // Cannot fail: room for two, and the receiver is here.
-                let _ = empty_tx.send(vec![0u8; chunk + ALIGN]);
-            }
+            let (full_tx, full_rx) = sync_channel::<Full>(1);
+            let (empty_tx, empty_rx) = sync_channel::<Vec<u8>>(1);
+            // Cannot fail: room for one, and the receiver is here.
+            let _ = empty_tx.send(vec![0u8; chunk + ALIGN]);
             scope.spawn(move || {
                 let mut k = reader as u64;
                 while k < chunks {
@@ -418,6 +464,13 @@ mod tests {
             let (size, cold) = hash_blocks(&f, BLOCK_SIZE).expect("hash cold");
             assert_eq!((size, &cold), (data.len() as u64, &expected));
             assert_eq!(fcntl_getfl(&f).expect("flags"), before);
+            // With every place for parallel reads taken, one chunk at a time, same hashes.
+            let held: Vec<ParallelSlot> = std::iter::from_fn(ParallelSlot::take).collect();
+            assert!(held.len() <= PARALLEL_HASHINGS_MAX);
+            assert!(ParallelSlot::take().is_none());
+            let (size, one_by_one) = hash_blocks(&f, BLOCK_SIZE).expect("hash sequentially");
+            assert_eq!((size, &one_by_one), (data.len() as u64, &expected));
+            drop(held);
         }
         // An empty file has no blocks.
         let empty = dir.path().join("e");

@@ -361,93 +361,72 @@ impl SyncObserver for PassiveObserver {
     }
 }
 
-/// Serves the active's hash requests: a thread opens each file from its handle and hands it,
-/// by size, to one thread hashing the large files or [`hashing::SMALL_FILE_HASHERS`] hashing
-/// the others (as the active does during a verify), which send the hashes. Ends when `requests` closes.
+/// Serves the active's hash requests on [`hashing::SMALL_FILE_HASHERS`] threads: each opens
+/// the file from its handle, hashes its blocks and sends them. A verify asks for its large
+/// files first, two at a time, and for the small ones after them, so the threads hash one
+/// kind at a time, as the active's do. Ends when `requests` closes.
 pub fn spawn_hashers(
     requests: std::sync::mpsc::Receiver<proto::HashRequest>,
     handles: Handles,
     root: Arc<OwnedFd>,
     reports: ReportTx,
 ) {
-    type Opened = (proto::HashRequest, Option<OwnedFd>);
-    // Bounded, so open descriptors waiting to be hashed are too (the active keeps far fewer
-    // requests outstanding; a flood of them waits as requests, without descriptors).
-    let (large_tx, large_rx) = std::sync::mpsc::sync_channel::<Opened>(HASHES_WAITING);
-    let (small_tx, small_rx) = std::sync::mpsc::sync_channel::<Opened>(HASHES_WAITING);
-    let small_rx = Arc::new(Mutex::new(small_rx));
-    let large_rx = Arc::new(Mutex::new(large_rx));
-    let mut lanes = vec![("sync-hash-large".to_string(), large_rx)];
-    lanes.extend(
-        (0..hashing::SMALL_FILE_HASHERS).map(|n| (format!("sync-hash-{n}"), small_rx.clone())),
-    );
-    for (name, opened) in lanes {
-        let reports = reports.clone();
-        let spawned = std::thread::Builder::new().name(name).spawn(move || loop {
-            let (req, fd) = {
-                let rx = opened.lock().unwrap_or_else(|p| p.into_inner());
-                match rx.recv() {
-                    Ok(r) => r,
-                    Err(_) => return,
-                }
-            };
-            let (size, hashes) = fd
-                .and_then(|fd| hashing::hash_blocks(&fd, req.block_size).ok())
-                .unwrap_or((0, Vec::new()));
-            let frame = Hashes {
-                id: req.id,
-                index: req.index,
-                block_size: req.block_size,
-                size,
-                hashes,
-            };
-            if reports.send((proto::kind::HASHES, frame.encode())).is_err() {
-                return;
-            }
-        });
-        if let Err(e) = spawned {
-            warn!(error = %e, "cannot start a hashing thread");
-        }
-    }
-    let spawned = std::thread::Builder::new()
-        .name("sync-hash-open".into())
-        .spawn(move || {
-            for req in requests {
+    let requests = Arc::new(Mutex::new(requests));
+    for n in 0..hashing::SMALL_FILE_HASHERS {
+        let (requests, handles, root, reports) = (
+            requests.clone(),
+            handles.clone(),
+            root.clone(),
+            reports.clone(),
+        );
+        let spawned = std::thread::Builder::new()
+            .name(format!("sync-hash-{n}"))
+            .spawn(move || loop {
+                let req = {
+                    let rx = requests.lock().unwrap_or_else(|p| p.into_inner());
+                    match rx.recv() {
+                        Ok(r) => r,
+                        Err(_) => return,
+                    }
+                };
                 let handle = handles
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&(req.id, req.index));
                 // A file that cannot be opened is hashed as empty (the active then finds
                 // every block different and checks them exactly).
-                let opened = handle.and_then(|h| open_local(&root, &h).ok());
-                let large = opened
-                    .as_ref()
-                    .is_some_and(|(_, size)| *size >= hashing::LARGE_FILE_BYTES);
-                let lane = if large { &large_tx } else { &small_tx };
-                if lane.send((req, opened.map(|(fd, _)| fd))).is_err() {
+                let (size, hashes) = handle
+                    .and_then(|h| open_local(&root, &h).ok())
+                    .and_then(|fd| hashing::hash_blocks(&fd, req.block_size).ok())
+                    .unwrap_or((0, Vec::new()));
+                let frame = Hashes {
+                    id: req.id,
+                    index: req.index,
+                    block_size: req.block_size,
+                    size,
+                    hashes,
+                };
+                if reports.send((proto::kind::HASHES, frame.encode())).is_err() {
                     return;
                 }
-            }
-        });
-    if let Err(e) = spawned {
-        warn!(error = %e, "cannot start the hashing thread that opens files");
+            });
+        if let Err(e) = spawned {
+            warn!(error = %e, "cannot start a hashing thread");
+        }
     }
     info!("hashing threads ready");
 }
 
-/// Opened files waiting for each of the passive's hashing lanes, at most.
-const HASHES_WAITING: usize = 64;
-
 /// Opens a handle the applier made, read-only, and makes sure it is a regular file on the
-/// replica's filesystem. Returns it with its size.
-fn open_local(root: &OwnedFd, h: &LocalHandle) -> std::io::Result<(OwnedFd, u64)> {
+/// replica's filesystem.
+fn open_local(root: &OwnedFd, h: &LocalHandle) -> std::io::Result<OwnedFd> {
     let fd = crate::walk::open_handle(root, h)?;
     let st = rustix::fs::fstat(&fd)?;
     let root_st = rustix::fs::fstat(root)?;
     if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_dev != root_st.st_dev {
         return Err(std::io::Error::other("handle is not a file of the replica"));
     }
-    Ok((fd, st.st_size as u64))
+    Ok(fd)
 }
 
 #[cfg(test)]
