@@ -50,8 +50,17 @@ pub struct NodeTls {
 /// The crypto provider for every configuration this crate builds: always ring,
 /// passed explicitly, so the result never depends on whichever provider some
 /// other part of the process installed as the default.
+///
+/// TLS 1.3's AES-128-GCM is preferred to ring's default AES-256-GCM: 10 AES rounds instead
+/// of 14 for every byte the channel carries (TLS 1.3's mandatory suite, 128-bit security);
+/// the other suites stay acceptable after it.
 pub(crate) fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    use rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256;
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider
+        .cipher_suites
+        .sort_by_key(|s| s.suite() != TLS13_AES_128_GCM_SHA256.suite());
+    Arc::new(provider)
 }
 
 /// Loads `ca.pem`, `<node>.pem` and `<node>.key` from `dir` and builds the

@@ -41,6 +41,7 @@ pub struct Channel {
     writer: ChannelWriter,
     alpn: Option<Vec<u8>>,
     peer_certificates: Vec<CertificateDer<'static>>,
+    cipher_suite: rustls::CipherSuite,
 }
 
 /// The receiving half of a [`Channel`], independent of the sending half.
@@ -52,8 +53,10 @@ impl Channel {
     /// Takes the keys over from rustls once its handshake is done, keeping what the
     /// connection negotiated.
     fn take_over(tcp: TcpStream, conn: rustls::Connection) -> io::Result<Self> {
-        let limit = match conn.negotiated_cipher_suite() {
-            Some(SupportedCipherSuite::Tls13(suite)) => suite.common.confidentiality_limit,
+        let (limit, cipher_suite) = match conn.negotiated_cipher_suite() {
+            Some(SupportedCipherSuite::Tls13(suite)) => {
+                (suite.common.confidentiality_limit, suite.common.suite)
+            }
             _ => return Err(io::Error::other("the channel needs a TLS 1.3 cipher suite")),
         };
         let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
@@ -72,7 +75,13 @@ impl Channel {
             writer: RecordWriter::new(write_half, tx),
             alpn,
             peer_certificates,
+            cipher_suite,
         })
+    }
+
+    /// The cipher suite the handshake agreed on.
+    pub fn cipher_suite(&self) -> rustls::CipherSuite {
+        self.cipher_suite
     }
 
     /// The protocol version the handshake agreed on (see [`negotiated_version`]).

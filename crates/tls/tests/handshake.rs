@@ -23,6 +23,14 @@ async fn handshake(server_name: &str, client_name: &str) {
     assert_eq!(peer, client_name);
     assert_eq!(negotiated_version(c.alpn_protocol()).unwrap(), 2);
     assert_eq!(negotiated_version(s.alpn_protocol()).unwrap(), 2);
+    // The cheaper of TLS 1.3's AES suites, preferred by both ends.
+    assert_eq!(
+        (c.cipher_suite(), s.cipher_suite()),
+        (
+            rustls::CipherSuite::TLS13_AES_128_GCM_SHA256,
+            rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+        )
+    );
     understudy_tls::check_peer(c.peer_certificates(), server_name).unwrap();
     assert_eq!(
         understudy_tls::peer_identity(s.peer_certificates().unwrap()).unwrap(),
