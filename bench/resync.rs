@@ -576,7 +576,7 @@ fn verify_vs_one_read() {
             String::from_utf8_lossy(&out.stderr)
         );
         // Where the time went: the daemon's own phase lines for this verify.
-        let log = strip_colours(&f.pair.log(f.a));
+        let log = understudy_testbed::strip_ansi(&f.pair.log(f.a));
         let phases: Vec<&str> = log
             .lines()
             .filter(|l| l.contains("verify: ") && l.contains("after_ms="))
@@ -602,22 +602,4 @@ fn verify_vs_one_read() {
         o / b,
         verdict(o <= 2.0 * b)
     );
-}
-
-/// The text without its terminal colour sequences (`ESC [ ... m`).
-fn strip_colours(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for d in chars.by_ref() {
-                if d == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }

@@ -1145,15 +1145,11 @@ impl Engine {
         // the same. They take turns rather than run together (see `wait_done`). Each lane
         // keeps at most its window of files hashed or asked for and not yet compared; a file
         // is compared as soon as both sides' hashes are in, in any order.
-        let lanes = [
-            Lane::new(
-                &files,
-                |f| f.size >= hashing::LARGE_FILE_BYTES,
-                LARGE_WINDOW,
-            ),
-            Lane::new(&files, |f| f.size < hashing::LARGE_FILE_BYTES, HASH_WINDOW),
-        ];
         let lane_of = |f: &ListedFile| usize::from(f.size < hashing::LARGE_FILE_BYTES);
+        let lanes = [
+            Lane::new(&files, |f| lane_of(f) == 0, LARGE_WINDOW),
+            Lane::new(&files, |f| lane_of(f) == 1, HASH_WINDOW),
+        ];
         let position_of: HashMap<u32, usize> = files
             .iter()
             .enumerate()
@@ -1396,14 +1392,7 @@ impl Lane {
 
     /// Waits until the lane is done; false if `stop` was set first.
     fn wait_done(&self, stop: &std::sync::atomic::AtomicBool) -> bool {
-        // Bounded by the comparisons (which end or set `stop`).
-        while !self.done() {
-            if stop.load(std::sync::atomic::Ordering::Relaxed) {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        true
+        wait_until(stop, || self.done())
     }
 
     /// The next file to hash, once it is within the window; `None` when the lane is done or
@@ -1411,14 +1400,21 @@ impl Lane {
     fn take(&self, stop: &std::sync::atomic::AtomicBool) -> Option<usize> {
         let k = self.next.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         let position = *self.positions.get(k)?;
-        // Bounded by the comparisons (which end or set `stop`).
-        while k >= self.compared() + self.window {
-            if stop.load(std::sync::atomic::Ordering::Relaxed) {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(1));
+        wait_until(stop, || k < self.compared() + self.window).then_some(position)
+    }
+}
+
+/// Waits until `ready` holds (true) or `stop` is set (false), looking every millisecond.
+fn wait_until(stop: &std::sync::atomic::AtomicBool, ready: impl Fn() -> bool) -> bool {
+    // Bounded by the verify's comparisons, which make `ready` hold, or end and set `stop`.
+    loop {
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            return false;
         }
-        (!stop.load(std::sync::atomic::Ordering::Relaxed)).then_some(position)
+        if ready() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 

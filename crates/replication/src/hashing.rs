@@ -7,6 +7,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use rustix::fs::{fcntl_getfl, fcntl_setfl, OFlags};
 use rustix::io::Errno;
 
+use crate::readahead::{aligned_part, direct_buffer};
+
 /// Block size used for comparisons. At 32 KiB a file's hash list is 1/1024 of its size, and
 /// a 4 KiB change costs 32 KiB of transfer (rsync's block for a 1 GiB file is about this).
 pub const BLOCK_SIZE: u32 = 32 << 10;
@@ -32,7 +34,7 @@ pub fn hash_blocks(fd: impl AsFd, block_size: u32) -> Result<(u64, Vec<[u8; 32]>
     let chunk = (READ_CHUNK / block).max(1) * block;
     if chunk > READ_CHUNK {
         // Blocks larger than the usual read (up to 16 MiB may be asked for): not kept.
-        return hash_reads(fd, block, &mut vec![0u8; chunk + ALIGN], chunk);
+        return hash_reads(fd, block, &mut direct_buffer(chunk, ALIGN), chunk);
     }
     BUFFER.with(|buffer| {
         let mut buf = buffer.borrow_mut();
@@ -145,8 +147,7 @@ fn hash_reads(
     buf: &mut [u8],
     chunk: usize,
 ) -> Result<(u64, Vec<[u8; 32]>), Errno> {
-    let base = buf.as_ptr().align_offset(ALIGN);
-    let buf = buf.get_mut(base..base + chunk).ok_or(Errno::INVAL)?;
+    let (_, buf) = aligned_part(buf, ALIGN, chunk).ok_or(Errno::INVAL)?;
     let mut flags = Flags { fd, original: None };
     // Direct reads need aligned lengths and offsets: only for chunks that keep them so.
     let size = rustix::fs::fstat(fd)?.st_size as u64;
@@ -296,18 +297,18 @@ fn hash_parallel(
             let (full_tx, full_rx) = sync_channel::<Full>(1);
             let (empty_tx, empty_rx) = sync_channel::<Vec<u8>>(1);
             // Cannot fail: room for one, and the receiver is here.
-            let _ = empty_tx.send(vec![0u8; chunk + ALIGN]);
+            let _ = empty_tx.send(direct_buffer(chunk, ALIGN));
             scope.spawn(move || {
                 let mut k = reader as u64;
                 while k < chunks {
                     // Ends when the hashing stops (its ends of the channels are dropped).
                     let Ok(mut buf) = empty_rx.recv() else { return };
-                    let base = buf.as_ptr().align_offset(ALIGN);
                     let at = k * chunk as u64;
-                    let got = match buf.get_mut(base..base + direct_len(size, at, chunk)) {
-                        Some(part) => pread_direct(fd, part, at),
-                        None => Err(Errno::INVAL),
-                    };
+                    let (base, got) =
+                        match aligned_part(&mut buf, ALIGN, direct_len(size, at, chunk)) {
+                            Some((base, part)) => (base, pread_direct(fd, part, at)),
+                            None => (0, Err(Errno::INVAL)),
+                        };
                     if full_tx.send((buf, base, got)).is_err() {
                         return;
                     }
@@ -422,9 +423,6 @@ mod tests {
         assert_eq!(zero_hash(4), *blake3::hash(&[0; 4]).as_bytes());
     }
 
-    /// A file out of the page cache is read direct (where the filesystem allows it), a large
-    /// one with several reads in flight, and hashes exactly as when cached, its odd-sized
-    /// tail included; the descriptor is left as it was given.
     #[test]
     fn direct_reads_ask_one_aligned_block_past_the_end_at_most() {
         assert_eq!(direct_len(5000, 0, 1 << 20), 8192);
@@ -435,6 +433,9 @@ mod tests {
         assert_eq!(direct_len(4096, 1 << 20, 1 << 20), 4096);
     }
 
+    /// A file out of the page cache is read direct (where the filesystem allows it), a large
+    /// one with several reads in flight, and hashes exactly as when cached, its odd-sized
+    /// tail included; the descriptor is left as it was given.
     #[test]
     fn cold_files_hash_the_same_and_the_descriptor_is_left_as_it_was() {
         let dir = tempfile::tempdir().expect("tmp");
