@@ -356,8 +356,9 @@ fn initial_sync_vs_rsync() {
         let (secs, s) = restart_passive_and_time(&mut f.pair, f.a, true).expect("initial sync");
         let (rs, flush) = early.unwrap_or_else(|| rsync_run(&f));
         println!(
-            "BENCH initial_sync round {round}: understudy {secs:.2} s ({} entries listed in {} ms, {} files, {} MiB sent, copy phase {} ms: reading {} ms, waiting for the passive {} ms, reads redone {}; final flush {} ms); rsync -a {rs:.2} s (+ {flush:.2} s to flush it to disk)",
+            "BENCH initial_sync round {round}: understudy {secs:.2} s ({} entries listed: {} ms walking without the order lock, then {} ms under it; {} files, {} MiB sent, copy phase {} ms: reading {} ms, waiting for the passive {} ms, reads redone {}; final flush {} ms); rsync -a {rs:.2} s (+ {flush:.2} s to flush it to disk)",
             s.entries,
+            s.draft_ms,
             s.listing_ms,
             s.files_total,
             s.bytes_sent >> 20,

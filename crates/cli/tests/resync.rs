@@ -124,6 +124,14 @@ while time.time() < end:
         .expect("synced");
     let sync = r.sync.expect("a resync ran");
     assert_eq!(sync.kind, "resync", "{sync:?}");
+    // The listing was walked without the order lock and patched with what the writer
+    // changed meanwhile (no hard-linked file is written): the path this test must cover.
+    assert!(
+        pair.log(a)
+            .contains("listing drafted without the order lock, patched under it"),
+        "the draft was not used:\n{}",
+        pair.log(a)
+    );
     // Let the writer finish, then compare online and on disk.
     let mut writer = writer;
     let _ = writer.0.wait();

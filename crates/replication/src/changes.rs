@@ -167,6 +167,19 @@ pub struct ChangeLog {
     open: Option<Open>,
     /// Segments covering seqs up to here were deleted: what changed then is unknown.
     pruned_upto: u64,
+    /// The paths changed after a seq, noted exactly while a listing is drafted.
+    watch: Option<Watch>,
+}
+
+/// Most paths a [`Watch`] holds before it gives up (the draft is then not used).
+pub const WATCH_PATHS_MAX: usize = 100_000;
+
+/// Every path noted after `after`, in memory: exact where segments are coarse (a segment
+/// holds every path of its whole range).
+struct Watch {
+    after: u64,
+    paths: HashSet<Vec<u8>>,
+    overflowed: bool,
 }
 
 const PRUNED: &str = "pruned";
@@ -231,6 +244,7 @@ impl ChangeLog {
             closed,
             open: None,
             pruned_upto,
+            watch: None,
         })
     }
 
@@ -249,6 +263,22 @@ impl ChangeLog {
         let paths = crate::queue::op_paths(op);
         if paths.is_empty() {
             return;
+        }
+        if let Some(w) = self
+            .watch
+            .as_mut()
+            .filter(|w| seq > w.after && !w.overflowed)
+        {
+            for path in &paths {
+                if w.paths.len() >= WATCH_PATHS_MAX {
+                    w.overflowed = true;
+                    w.paths = HashSet::new();
+                    break;
+                }
+                if !w.paths.contains(*path) {
+                    w.paths.insert(path.to_vec());
+                }
+            }
         }
         if self.open.is_none() {
             if let Err(e) = self.start_segment(seq) {
@@ -415,6 +445,29 @@ impl ChangeLog {
         }
         let _ = std::fs::remove_file(self.dir.join(PRUNED));
         self.pruned_upto = 0;
+    }
+
+    /// Starts noting, in memory, every path an op after `after` touches (replacing a watch
+    /// already running). Call with `after` the last seq captured.
+    pub fn watch(&mut self, after: u64) {
+        self.watch = Some(Watch {
+            after,
+            paths: HashSet::new(),
+            overflowed: false,
+        });
+    }
+
+    /// Ends the watch started with `after`: the paths touched since, or `None` if there are
+    /// too many or the watch is not that one.
+    pub fn take_watch(&mut self, after: u64) -> Option<HashSet<Vec<u8>>> {
+        match self.watch.take() {
+            Some(w) if w.after == after && !w.overflowed => Some(w.paths),
+            Some(w) if w.after != after => {
+                self.watch = Some(w);
+                None
+            }
+            _ => None,
+        }
     }
 
     /// Clean shutdown: seal every segment written in this boot, so the next run trusts them
@@ -659,6 +712,44 @@ mod tests {
 
     fn set(paths: &[&str]) -> HashSet<Vec<u8>> {
         paths.iter().map(|p| p.as_bytes().to_vec()).collect()
+    }
+
+    #[test]
+    fn a_watch_holds_exactly_the_paths_noted_after_its_seq() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut log = ChangeLog::open_with_boot(dir.path(), "b1").expect("open");
+        log.note(1, &write("before"));
+        log.watch(1);
+        log.note(2, &write("a"));
+        log.note(3, &write("a"));
+        log.note(
+            4,
+            &Op::Rename {
+                from: b"b".to_vec(),
+                to: b"c/d".to_vec(),
+                flags: 0,
+                orphan: None,
+            },
+        );
+        // Another watch's end does not end this one.
+        assert_eq!(log.take_watch(2), None);
+        assert_eq!(log.take_watch(1), Some(set(&["a", "b", "c/d"])));
+        // Taken: no watch runs any more.
+        log.note(5, &write("e"));
+        assert_eq!(log.take_watch(1), None);
+        // The segment still holds every path, the watch or not.
+        assert_eq!(log.since(0).paths, set(&["before", "a", "b", "c/d", "e"]));
+    }
+
+    #[test]
+    fn a_watch_that_overflows_cannot_tell() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut log = ChangeLog::open_with_boot(dir.path(), "b1").expect("open");
+        log.watch(0);
+        for i in 0..=WATCH_PATHS_MAX as u64 {
+            log.note(i + 1, &write(&format!("f{i}")));
+        }
+        assert_eq!(log.take_watch(0), None);
     }
 
     #[test]

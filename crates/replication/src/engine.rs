@@ -9,6 +9,9 @@
 //! 1. `SyncBegin` and the listing (`SyncTree` parts) are recorded in one hold of the lock:
 //!    the passive's tree within the scope becomes exactly the active's at that seq, names,
 //!    types, links and metadata. From then on every live op applies exactly there too.
+//!    The listing is drafted before, without the lock, and only what the change log says
+//!    changed meanwhile is listed again under it (`prelist.rs`), so applications are not
+//!    stalled for the length of a walk of the whole tree.
 //! 2. For each file whose content differs, the differing blocks are read and recorded as
 //!    `Write`s, each under the lock (its bytes are exactly the file's at that seq: read
 //!    there, or read ahead (`readahead.rs`) and proven unchanged since), and a
@@ -44,6 +47,8 @@ use understudy_capture::OrderLock;
 use understudy_oplog::{FileRef, Op, TreeEntry, MAX_TREE_ENTRIES};
 
 use crate::hashing::{self, BLOCK_SIZE};
+use crate::lock;
+use crate::prelist;
 use crate::proto::{
     self, HashRequest, Hashes, Need, VerifyCompare, VerifyDiffs, VerifyRangeResult,
 };
@@ -133,6 +138,9 @@ pub struct SyncProgress {
     /// How long the listing held the order lock.
     #[serde(default)]
     pub listing_ms: u64,
+    /// How long the listing's draft took, walked without the lock (`prelist.rs`).
+    #[serde(default)]
+    pub draft_ms: u64,
     /// How long the passive took to make the end durable (its final flush).
     #[serde(default)]
     pub finish_ms: u64,
@@ -451,6 +459,30 @@ impl Engine {
             p.phase = "listing".into();
             p.started = Some(Instant::now());
         });
+        // The listing is drafted without the lock first (`prelist.rs`):
+        // the lock is then held for what changed during the walk, not for the tree.
+        let drafting = Instant::now();
+        let (seq, drafted_scope) = {
+            let _order = self.io.order.lock();
+            let mut log = lock(self.io.queue.changes());
+            let drafted_scope = match &scope {
+                Scope::Paths(paths) => paths.clone(),
+                // What the scope is now; by the time the lock is taken again it may have
+                // grown (`prelist::finish` lists what was added).
+                Scope::ChangedSince { common, extra } => {
+                    let mut all = extra.clone();
+                    all.merge(log.since(*common));
+                    all.into_scope()
+                }
+            };
+            let seq = self.io.queue.last_seq();
+            log.watch(seq);
+            (seq, drafted_scope)
+        };
+        let draft = prelist::draft(&self.io.root, drafted_scope, seq).inspect_err(|_| {
+            lock(self.io.queue.changes()).take_watch(seq);
+        })?;
+        let draft_ms = drafting.elapsed().as_millis() as u64;
         let started = Instant::now();
         let _order = self.io.order.lock();
         // The scope is read under the lock: every op captured up to this seq is in the
@@ -459,13 +491,7 @@ impl Engine {
         let scope = match scope {
             Scope::Paths(p) => p,
             Scope::ChangedSince { common, mut extra } => {
-                let mine = self
-                    .io
-                    .queue
-                    .changes()
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .since(common);
+                let mine = lock(self.io.queue.changes()).since(common);
                 extra.merge(mine);
                 self.hints = extra.block_runs();
                 extra.into_scope()
@@ -476,7 +502,30 @@ impl Engine {
             None => "whole tree".to_string(),
             Some(p) => format!("{} changed paths", p.len()),
         };
-        let listing = walk::list(&self.io.root, scope.as_deref())?;
+        let changed = lock(self.io.queue.changes()).take_watch(seq);
+        let drafted = draft.entries();
+        let listing = match prelist::finish(
+            draft,
+            &self.io.root,
+            changed.as_ref(),
+            scope.as_deref(),
+        )? {
+            Ok((listing, patch)) => {
+                info!(
+                    drafted,
+                    draft_ms,
+                    dropped = patch.dropped,
+                    relisted = patch.relisted,
+                    parents = patch.parents,
+                    "listing drafted without the order lock, patched under it"
+                );
+                listing
+            }
+            Err(why) => {
+                info!(drafted, draft_ms, %why, "listing draft discarded; listing under the order lock");
+                walk::list(&self.io.root, scope.as_deref())?
+            }
+        };
         let first = if session_start {
             // A session's resync is named by its SyncBegin's seq: the passive was told that
             // seq in the plan, and knows the resync is whole when the SyncEnd with that id
@@ -525,6 +574,7 @@ impl Engine {
         self.progress(|p| {
             p.entries = listing.entries.len() as u64;
             p.listing_ms = held;
+            p.draft_ms = draft_ms;
             p.scope = scope_text.clone();
         });
         Ok((first, listing))

@@ -26,10 +26,17 @@ macro_rules! invariant {
     };
 }
 
+/// Locks a mutex; a panic elsewhere while it was held leaves the data as it was, which every
+/// user here can work with (lists and counters, no half-made invariants).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 pub mod changes;
 pub mod engine;
 pub mod hashing;
 pub mod observer;
+pub mod prelist;
 pub mod proto;
 pub mod queue;
 mod readahead;

@@ -16,6 +16,7 @@ use understudy_tls::NodeTls;
 
 use crate::changes::ChangeLog;
 use crate::engine::{Engine, EngineIo, Report, SyncProgress, VerifyOutcome};
+use crate::lock;
 use crate::observer::{PreserveRule, Quarantine};
 use crate::queue::{Mode, QueueConfig, SetQueue, SetState as ReplState};
 use crate::state::{Generation, PendingResync, SetState, UNKNOWN_GENERATION};
@@ -1003,10 +1004,6 @@ fn unescape_ascii(s: &str) -> Vec<u8> {
         }
     }
     out
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// `YYYYMMDDTHHMMSSZ` for a quarantine directory's name.

@@ -1,12 +1,13 @@
 //! The active's side of a resync listing: walks the scope of its copy (the capture's backing
-//! directory) and describes every entry as a [`TreeEntry`], parents before children. The
-//! caller holds the capture's order lock, so the listing is exact at one seq.
+//! directory) and describes every entry as a [`TreeEntry`], parents before children. Made
+//! under the capture's order lock, the listing is exact at one seq; made without it (a
+//! tolerant walk, see `prelist.rs`), it is a draft that the change log makes exact later.
 //!
 //! Scope paths may come from the passive's change log, so they are resolved confined to the
 //! copy (openat2 beneath the root, no symlinks, no mount crossings) like any path from the
 //! network; one that does not resolve simply has no entries (the passive removes it).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
@@ -109,18 +110,35 @@ struct Walker<'a> {
     out: Listing,
     /// (dev, ino) of regular files with several links -> listing index of the first name.
     links: HashMap<(u64, u64), u32>,
+    notes: WalkNotes,
+    /// Skip what cannot be read (it changed under the walk) instead of failing.
+    tolerant: bool,
+}
+
+/// What a walk saw besides the entries.
+#[derive(Debug, Default)]
+pub struct WalkNotes {
+    /// Listing indices of regular files that had more than one link.
+    pub multi_link: HashSet<u32>,
+    /// Paths a tolerant walk could not describe or read completely (they changed under it).
+    pub skipped: Vec<Vec<u8>>,
 }
 
 /// Lists `scope` (`None`: the whole tree, root included) of the copy at `root`.
 pub fn list(root: &OwnedFd, scope: Option<&[Vec<u8>]>) -> Result<Listing, WalkError> {
-    let mut w = Walker {
-        root,
-        out: Listing {
-            entries: Vec::new(),
-            files: HashMap::new(),
-        },
-        links: HashMap::new(),
-    };
+    walk(root, scope, false).map(|(listing, _)| listing)
+}
+
+/// Lists `scope` like [`list`]. `tolerant` is for a walk racing with changes: whatever
+/// cannot be read is left out and named in the notes, and only [`WalkError::TooLarge`]
+/// fails it.
+pub fn walk(
+    root: &OwnedFd,
+    scope: Option<&[Vec<u8>]>,
+    tolerant: bool,
+) -> Result<(Listing, WalkNotes), WalkError> {
+    let mut w = Walker::new(root);
+    w.tolerant = tolerant;
     match scope {
         None => {
             let dup = rfs::openat(
@@ -157,10 +175,86 @@ pub fn list(root: &OwnedFd, scope: Option<&[Vec<u8>]>) -> Result<Listing, WalkEr
             }
         }
     }
-    Ok(w.out)
+    Ok((w.out, w.notes))
 }
 
-impl Walker<'_> {
+/// The names in a directory but `.` and `..`, sorted.
+fn read_names(dir: &OwnedFd) -> Result<Vec<Vec<u8>>, Errno> {
+    let mut names: Vec<Vec<u8>> = Vec::new();
+    for item in rfs::Dir::read_from(dir)? {
+        let n = item?.file_name().to_bytes().to_vec();
+        if n != b"." && n != b".." {
+            names.push(n);
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Describes the one entry at `path` (not what is below it), as [`list`] would.
+/// `Ok(None)` if nothing is there.
+pub fn describe_one(root: &OwnedFd, path: &[u8]) -> Result<Option<TreeEntry>, WalkError> {
+    let (mut listing, _) = if path.is_empty() {
+        let dup = rfs::openat(
+            root,
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(io("open", b""))?;
+        let mut w = Walker::new(root);
+        w.describe(&dup, b"", b"", false)?;
+        (w.out, w.notes)
+    } else {
+        let (parent, name) = split_parent(path);
+        let dir = if parent.is_empty() {
+            rfs::openat(
+                root,
+                ".",
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+        } else {
+            rfs::openat2(
+                root,
+                parent,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+                RESOLVE,
+            )
+        };
+        let Ok(dir) = dir else { return Ok(None) };
+        let mut w = Walker::new(root);
+        w.describe(&dir, name, path, false)?;
+        (w.out, w.notes)
+    };
+    Ok(listing.entries.pop())
+}
+
+impl<'a> Walker<'a> {
+    fn new(root: &'a OwnedFd) -> Self {
+        Walker {
+            root,
+            out: Listing {
+                entries: Vec::new(),
+                files: HashMap::new(),
+            },
+            links: HashMap::new(),
+            notes: WalkNotes::default(),
+            tolerant: false,
+        }
+    }
+
+    /// A failure to read `path`: the walk's error, or in a tolerant walk a note.
+    fn failed(&mut self, path: &[u8], error: WalkError) -> Result<bool, WalkError> {
+        if self.tolerant {
+            self.notes.skipped.push(path.to_vec());
+            Ok(false)
+        } else {
+            Err(error)
+        }
+    }
+
     /// Describes `name` in `dir` (the root itself when `name` is empty, with `dir` the
     /// root) and everything below it if it is a directory. Parents always come before
     /// their children; a directory's entries are listed in name order before its
@@ -168,7 +262,7 @@ impl Walker<'_> {
     fn entry_at(&mut self, dir: &OwnedFd, name: &[u8], path: &[u8]) -> Result<(), WalkError> {
         // Paths on an explicit stack, not open descriptors: trees can be deep and wide.
         let mut stack: Vec<Vec<u8>> = Vec::new();
-        if self.describe(dir, name, path)? {
+        if self.describe(dir, name, path, false)? {
             stack.push(path.to_vec());
         }
         while let Some(dir_path) = stack.pop() {
@@ -187,22 +281,25 @@ impl Walker<'_> {
                     Mode::empty(),
                     RESOLVE,
                 )
-            }
-            .map_err(io("open", &dir_path))?;
-            let mut names: Vec<Vec<u8>> = Vec::new();
-            let mut reader = rfs::Dir::read_from(&dir_fd).map_err(io("readdir", &dir_path))?;
-            for item in reader.by_ref() {
-                let item = item.map_err(io("readdir", &dir_path))?;
-                let n = item.file_name().to_bytes();
-                if n != b"." && n != b".." {
-                    names.push(n.to_vec());
+            };
+            let dir_fd = match dir_fd {
+                Ok(fd) => fd,
+                Err(e) => {
+                    self.failed(&dir_path, io("open", &dir_path)(e))?;
+                    continue;
                 }
-            }
-            names.sort();
+            };
+            let names = match read_names(&dir_fd) {
+                Ok(names) => names,
+                Err(e) => {
+                    self.failed(&dir_path, io("readdir", &dir_path)(e))?;
+                    continue;
+                }
+            };
             let mut subdirs = Vec::new();
             for n in &names {
                 let child = join(&dir_path, n);
-                if self.describe(&dir_fd, n, &child)? {
+                if self.describe(&dir_fd, n, &child, true)? {
                     subdirs.push(child);
                 }
             }
@@ -212,8 +309,15 @@ impl Walker<'_> {
         Ok(())
     }
 
-    /// Adds the entry for `name` in `dir`. Returns true if it is a directory.
-    fn describe(&mut self, dir: &OwnedFd, name: &[u8], path: &[u8]) -> Result<bool, WalkError> {
+    /// Adds the entry for `name` in `dir`. Returns true if it is a directory. `read` says
+    /// the name was read from `dir` (so its absence means it went away during the walk).
+    fn describe(
+        &mut self,
+        dir: &OwnedFd,
+        name: &[u8],
+        path: &[u8],
+        read: bool,
+    ) -> Result<bool, WalkError> {
         if self.out.entries.len() >= LISTING_MAX {
             return Err(WalkError::TooLarge);
         }
@@ -227,8 +331,13 @@ impl Walker<'_> {
             Ok(st) => st,
             // Gone since the directory was read: impossible under the order lock, unless
             // something outside the mount changed the directory; then it simply is not there.
-            Err(Errno::NOENT) => return Ok(false),
-            Err(e) => return Err(io("stat", path)(e)),
+            Err(Errno::NOENT) => {
+                if self.tolerant && read {
+                    self.notes.skipped.push(path.to_vec());
+                }
+                return Ok(false);
+            }
+            Err(e) => return self.failed(path, io("stat", path)(e)),
         };
         let kind = match FileType::from_raw_mode(u32::from(st.stx_mode)) {
             FileType::Directory => EntryKind::Dir,
@@ -266,11 +375,10 @@ impl Walker<'_> {
             xattrs: Vec::new(),
         };
         match kind {
-            EntryKind::Symlink => {
-                entry.target = rfs::readlinkat(dir, at, Vec::new())
-                    .map_err(io("readlink", path))?
-                    .into_bytes();
-            }
+            EntryKind::Symlink => match rfs::readlinkat(dir, at, Vec::new()) {
+                Ok(target) => entry.target = target.into_bytes(),
+                Err(e) => return self.failed(path, io("readlink", path)(e)),
+            },
             EntryKind::Dir => {
                 let fd = if name.is_empty() {
                     rfs::openat(
@@ -286,9 +394,14 @@ impl Walker<'_> {
                         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                         Mode::empty(),
                     )
+                };
+                match fd
+                    .map_err(io("open", path))
+                    .and_then(|fd| xattrs_of(&fd).map_err(io("xattrs", path)))
+                {
+                    Ok(x) => entry.xattrs = x,
+                    Err(e) => return self.failed(path, e),
                 }
-                .map_err(io("open", path))?;
-                entry.xattrs = xattrs_of(&fd).map_err(io("xattrs", path))?;
             }
             EntryKind::Regular => {
                 let key = (
@@ -296,22 +409,36 @@ impl Walker<'_> {
                     st.stx_ino,
                 );
                 if st.stx_nlink > 1 {
+                    self.notes.multi_link.insert(index);
                     if let Some(&first) = self.links.get(&key) {
                         entry.link_to = Some(first);
                         entry.xattrs = self.out.entries[first as usize].xattrs.clone();
                         self.out.entries.push(entry);
                         return Ok(false);
                     }
-                    self.links.insert(key, index);
                 }
-                let fd = rfs::openat(
+                let opened = rfs::openat(
                     dir,
                     name,
                     OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
                     Mode::empty(),
                 )
-                .map_err(io("open", path))?;
-                entry.xattrs = xattrs_of(&fd).map_err(io("xattrs", path))?;
+                .map_err(io("open", path))
+                .and_then(|fd| Ok((xattrs_of(&fd).map_err(io("xattrs", path))?, fd)));
+                let fd = match opened {
+                    Ok((x, fd)) => {
+                        entry.xattrs = x;
+                        fd
+                    }
+                    Err(e) => {
+                        self.notes.multi_link.remove(&index);
+                        return self.failed(path, e);
+                    }
+                };
+                // Only now: a later name of the file must never point at an index left out.
+                if st.stx_nlink > 1 {
+                    self.links.insert(key, index);
+                }
                 let handle = understudy_apply::handle_of(fd.as_fd()).ok();
                 self.out.files.insert(
                     index,
