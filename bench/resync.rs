@@ -3,7 +3,8 @@
 //! each against its baseline measured in the same run on the same machine: `rsync -a`,
 //! `rsync -a --no-whole-file` (rsync's delta algorithm; locally it copies whole files
 //! unless told otherwise), a plain TCP transfer of 100 MiB between the nodes, and one read
-//! of the data set.
+//! of the data set. And how long an application's write stalls when a resync starts (the
+//! listing), against the same writer's latency just before.
 //!
 //! Real daemons in network namespaces, as root; the passive shares the machine and its
 //! disk. Page caches are dropped before every timed run of either side, so every run starts
@@ -542,6 +543,113 @@ fn reconnect_after_outage() {
         ol / b,
         o / b,
         verdict(ol <= 2.0 * b)
+    );
+}
+
+/// Writes 4 KiB at a time to one file for `secs` seconds, 1 ms apart, timing each write;
+/// the writes of the first `quiet` seconds are the baseline, and a file `ready` is made when
+/// they end. argv: path, secs, quiet, ready. Prints the latencies in ms as JSON.
+const WRITE_PROBE: &str = r#"
+import os, sys, time, json
+path, secs, quiet, ready = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+buf = os.urandom(4096)
+t0 = time.monotonic()
+before, during = [], []
+i = 0
+while i < 100000:
+    now = time.monotonic()
+    if now - t0 > secs:
+        break
+    if now - t0 >= quiet and not during and not os.path.exists(ready):
+        open(ready, "w").close()
+    s = time.perf_counter_ns()
+    os.pwrite(fd, buf, (i % 256) * 4096)
+    d = (time.perf_counter_ns() - s) / 1e6
+    (before if now - t0 < quiet else during).append(d)
+    i += 1
+    time.sleep(0.001)
+def q(v, p):
+    v = sorted(v)
+    return v[min(len(v) - 1, int(len(v) * p))] if v else 0.0
+print(json.dumps({"quiet_max_ms": max(before), "quiet_p99_ms": q(before, 0.99),
+                  "max_ms": max(during), "p99_ms": q(during, 0.99), "writes": len(during)}))
+"#;
+
+/// An application keeps writing while a resync of an empty passive starts: its longest
+/// write is the stall the resync's listing causes (the listing holds the capture's order
+/// lock), against the same writer's longest write in the second before.
+#[test]
+#[ignore = "benchmark: run with bench/run.sh"]
+fn write_stall_at_resync_start() {
+    if !require_root("write_stall_at_resync_start") {
+        return;
+    }
+    let (_scratch, mut pair, a) = start("bench-sync-stall", "sync", 1 << 30).expect("pair");
+    let p = 1 - a;
+    let small = env_u64("BENCH_SYNC_SMALL", 10_000);
+    let m = pair.mountpoint().display().to_string();
+    py(
+        &pair,
+        a,
+        POPULATE,
+        &[m.clone(), small.to_string(), "0".into(), "0".into()],
+    )
+    .expect("populate");
+    pair.wait_drained(a, Duration::from_secs(600))
+        .expect("drained");
+    let probe = format!("{m}/stall-probe");
+    let (mut worst, mut quiet, mut held) = (vec![], vec![], vec![]);
+    for round in 0..rounds() {
+        let before = last_sync_id(&pair, a);
+        pair.kill9(p);
+        let sets = pair.dir().join(format!("state-{}/sets", NAMES[p]));
+        std::fs::remove_dir_all(&sets).expect("wipe the passive");
+        drop_caches(&pair, a).expect("drop caches");
+        let ready = pair.dir().join("stall-probe-ready");
+        let _ = std::fs::remove_file(&ready);
+        let mut writer = pair
+            .python_in(
+                a,
+                WRITE_PROBE,
+                &[&probe, "5", "1", &ready.display().to_string()],
+            )
+            .expect("writer");
+        // The passive starts once the writer has its baseline second.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !ready.exists() {
+            assert!(Instant::now() < deadline, "the writer never got going");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        pair.start_node(p).expect("start the passive");
+        let s = wait_resync(&pair, a, before, Duration::from_secs(600)).expect("resync");
+        let _ = writer.0.wait();
+        let out = std::fs::read_to_string(pair.dir().join(format!("python-{a}.log")))
+            .expect("writer output");
+        let v: serde_json::Value = serde_json::from_str(out.lines().last().unwrap_or(""))
+            .unwrap_or_else(|e| panic!("writer output {out:?}: {e}"));
+        println!(
+            "BENCH write_stall round {round}: longest write {:.1} ms (p99 {:.1} ms, {} writes) while {} entries were listed ({} ms without the order lock, {} ms under it) and {} files synced in {} ms; the second before: longest {:.1} ms, p99 {:.1} ms",
+            num(&v, "max_ms"),
+            num(&v, "p99_ms"),
+            num(&v, "writes"),
+            s.entries,
+            s.draft_ms,
+            s.listing_ms,
+            s.files_total,
+            s.elapsed_ms,
+            num(&v, "quiet_max_ms"),
+            num(&v, "quiet_p99_ms"),
+        );
+        worst.push(num(&v, "max_ms"));
+        quiet.push(num(&v, "quiet_max_ms"));
+        held.push(s.listing_ms as f64);
+    }
+    let (w, q, h) = (med(worst), med(quiet), med(held));
+    println!(
+        "BENCH write_stall: {small} files, median of {} rounds, caches dropped: longest application write while a resync starts {w:.1} ms (the order lock held {h:.0} ms for the listing); longest in the second before {q:.1} ms; ratio={:.2}",
+        rounds(),
+        w / q
     );
 }
 
