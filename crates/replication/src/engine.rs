@@ -141,6 +141,10 @@ pub struct SyncProgress {
     /// How long the listing's draft took, walked without the lock (`prelist.rs`).
     #[serde(default)]
     pub draft_ms: u64,
+    /// The engine's longest hold of the order lock (applications' writes wait that long at
+    /// most because of the sync).
+    #[serde(default)]
+    pub longest_hold_us: u64,
     /// How long the passive took to make the end durable (its final flush).
     #[serde(default)]
     pub finish_ms: u64,
@@ -197,6 +201,36 @@ pub struct EngineIo {
     pub progress: Arc<Mutex<SyncProgress>>,
     /// Bytes per second the engine may send; 0: no cap.
     pub rate_max: u64,
+    /// The engine's longest hold of the order lock so far, in µs (applications' writes
+    /// wait that long at most because of it).
+    pub longest_hold_us: std::sync::atomic::AtomicU64,
+}
+
+/// The order lock, held by the engine; its length is noted when it is let go.
+struct Held<'a, G> {
+    _guard: G,
+    since: Instant,
+    longest_us: &'a std::sync::atomic::AtomicU64,
+}
+
+impl<G> Drop for Held<'_, G> {
+    fn drop(&mut self) {
+        let us = self.since.elapsed().as_micros() as u64;
+        self.longest_us
+            .fetch_max(us, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl EngineIo {
+    /// Takes the capture's order lock (see the module doc).
+    fn hold(&self) -> Held<'_, impl Sized + '_> {
+        let guard = self.order.lock();
+        Held {
+            _guard: guard,
+            since: Instant::now(),
+            longest_us: &self.longest_hold_us,
+        }
+    }
 }
 
 /// Why the engine stopped early.
@@ -441,8 +475,12 @@ impl Engine {
     }
 
     fn progress(&self, f: impl FnOnce(&mut SyncProgress)) {
-        let mut p = self.io.progress.lock().unwrap_or_else(|p| p.into_inner());
+        let mut p = lock(&self.io.progress);
         f(&mut p);
+        p.longest_hold_us = self
+            .io
+            .longest_hold_us
+            .load(std::sync::atomic::Ordering::Relaxed);
         p.tick();
     }
 
@@ -463,7 +501,7 @@ impl Engine {
         // the lock is then held for what changed during the walk, not for the tree.
         let drafting = Instant::now();
         let (seq, drafted_scope) = {
-            let _order = self.io.order.lock();
+            let _order = self.io.hold();
             let mut log = lock(self.io.queue.changes());
             let drafted_scope = match &scope {
                 Scope::Paths(paths) => paths.clone(),
@@ -484,7 +522,7 @@ impl Engine {
         })?;
         let draft_ms = drafting.elapsed().as_millis() as u64;
         let started = Instant::now();
-        let _order = self.io.order.lock();
+        let _order = self.io.hold();
         // The scope is read under the lock: every op captured up to this seq is in the
         // change log by now, and the queue is reset below in the same hold, so nothing
         // captured before the listing can be missing from both.
@@ -776,7 +814,7 @@ impl Engine {
         self.progress(|p| p.phase = "finishing".into());
         let finishing = Instant::now();
         let end = {
-            let _order = self.io.order.lock();
+            let _order = self.io.hold();
             self.io.queue.record_sync(Op::SyncEnd { id: self.id })
         };
         let deadline = Instant::now() + REPORT_TIMEOUT;
@@ -972,7 +1010,7 @@ impl Engine {
             // The record's buffer: the one copy of the data here.
             let mut data: Vec<u8> = queue.take_buffer(want);
             let recorded = {
-                let _order = self.io.order.lock();
+                let _order = self.io.hold();
                 let Some(path) = self.name_now(fd)? else {
                     return Ok(false);
                 };
@@ -1096,7 +1134,7 @@ impl Engine {
         let early = pread_into(&fd, &mut data, early_size, 0).is_ok() && data.len() == early_size;
         self.reading += read_started.elapsed();
         let sent = {
-            let _order = self.io.order.lock();
+            let _order = self.io.hold();
             let path = match walk::whereabouts(&fd, &self.io.root_path) {
                 Whereabouts::Named(path) => path,
                 // Removed since the listing: its removal was replicated in order.
@@ -1153,7 +1191,7 @@ impl Engine {
 
     /// Records the file's exact size and metadata now.
     fn send_meta(&mut self, fd: &OwnedFd) -> Result<(), EngineError> {
-        let _order = self.io.order.lock();
+        let _order = self.io.hold();
         let Some(path) = self.name_now(fd)? else {
             return Ok(());
         };
@@ -1386,7 +1424,7 @@ impl Engine {
     /// if a result will come back (0 if the file has no name any more).
     fn check_range(&mut self, fd: &OwnedFd, offset: u64, len: u64) -> Result<usize, EngineError> {
         let mut buf = vec![0u8; len as usize];
-        let _order = self.io.order.lock();
+        let _order = self.io.hold();
         let Some(path) = self.name_now(fd)? else {
             return Ok(0);
         };
