@@ -20,8 +20,10 @@
 //!   point, became the whole tree during the walk; a scope that merely grew is fine: the
 //!   new parts are listed under the lock);
 //! - the root itself changed (its subtree is everything);
-//! - a file with several hard links changed, or gained links: its other names share its
-//!   size, mtime and xattrs, and they are not in the log;
+//! - a file with several hard links changed and its names could not all be found in
+//!   [`HARD_LINK_ROUNDS`] rounds (its other names share its size, mtime and xattrs but are
+//!   not in the log, so every name of it in the draft is listed again too, and every draft
+//!   name of an inode the fresh listing found with several links);
 //! - a path the draft could not read is not among the changed ones;
 //! - too many paths changed for patching to be cheaper;
 //!
@@ -39,6 +41,9 @@ use crate::walk::{self, Listing, WalkError, WalkNotes};
 /// More changed paths than this (or than half the draft's entries) and the tree is listed
 /// again under the lock: patching would cost as much.
 pub const PATCH_PATHS_MAX: usize = 100_000;
+/// Rounds of listing again the other names of hard-linked files found among the changed
+/// ones before giving up on the draft (each round finds names the last one could not know).
+const HARD_LINK_ROUNDS: usize = 4;
 
 /// A listing made without the order lock.
 pub struct Draft {
@@ -197,41 +202,85 @@ pub fn finish(
             }
         }
     }
-    let relist = walk::normalize_scope(relist);
-    let relist_set: HashSet<&[u8]> = relist.iter().map(|p| p.as_slice()).collect();
-    if notes.skipped.iter().any(|s| !covered(s, &relist_set)) {
-        return Ok(Err(Discarded::Unreadable));
-    }
-
-    // Which draft entries go: those at or below a path listed again.
-    let n = l0.entries.len();
-    let mut drop = vec![false; n];
-    let mut parent_index: HashMap<&[u8], usize> = HashMap::new();
-    for (i, e) in l0.entries.iter().enumerate() {
-        if !relist_set.is_empty() && covered(&e.path, &relist_set) {
-            drop[i] = true;
-        } else if parents.contains(e.path.as_slice()) {
-            parent_index.insert(e.path.as_slice(), i);
+    let mut relist = walk::normalize_scope(relist);
+    {
+        let relist_set: HashSet<&[u8]> = relist.iter().map(|p| p.as_slice()).collect();
+        if notes.skipped.iter().any(|s| !covered(s, &relist_set)) {
+            return Ok(Err(Discarded::Unreadable));
         }
     }
-    if (0..n).any(|i| drop[i] && notes.multi_link.contains(&(i as u32))) {
-        return Ok(Err(Discarded::HardLinks));
-    }
 
-    // Listed again, exactly (the lock is held).
-    let (fresh, fresh_notes) = if relist.is_empty() {
-        (
-            Listing {
-                entries: Vec::new(),
-                files: HashMap::new(),
-            },
-            WalkNotes::default(),
-        )
-    } else {
-        walk::walk(root, Some(&relist), false)?
-    };
-    if !fresh_notes.multi_link.is_empty() {
+    // Hard links: the names of one inode share its size, mtime and xattrs, so when one is
+    // listed again, all are (they may not be in the change log). Draft names by inode:
+    let mut names_of: HashMap<(u64, u64), Vec<u32>> = HashMap::new();
+    for (&i, &key) in &notes.multi_link {
+        names_of.entry(key).or_default().push(i);
+    }
+    let n = l0.entries.len();
+    let mut drop = vec![false; n];
+    let mut fresh = None;
+    // Each round adds names; a few rounds settle any real tree.
+    for _ in 0..HARD_LINK_ROUNDS {
+        // Which draft entries go: those at or below a path listed again, and every other
+        // name of an inode one of them has.
+        loop {
+            let relist_set: HashSet<&[u8]> = relist.iter().map(|p| p.as_slice()).collect();
+            for (i, e) in l0.entries.iter().enumerate() {
+                drop[i] = !relist_set.is_empty() && covered(&e.path, &relist_set);
+            }
+            let mut more = Vec::new();
+            for (&i, key) in &notes.multi_link {
+                if drop[i as usize] {
+                    for &j in &names_of[key] {
+                        if !drop[j as usize] {
+                            more.push(l0.entries[j as usize].path.clone());
+                        }
+                    }
+                }
+            }
+            if more.is_empty() {
+                break;
+            }
+            relist.extend(more);
+            relist = walk::normalize_scope(relist);
+        }
+        // Listed again, exactly (the lock is held).
+        let (listing, fresh_notes) = if relist.is_empty() {
+            (
+                Listing {
+                    entries: Vec::new(),
+                    files: HashMap::new(),
+                },
+                WalkNotes::default(),
+            )
+        } else {
+            walk::walk(root, Some(&relist), false)?
+        };
+        // A fresh name of an inode that also has a kept draft name: list that one too.
+        let mut more = Vec::new();
+        for key in fresh_notes.multi_link.values() {
+            for &j in names_of.get(key).map_or(&[][..], |v| &v[..]) {
+                if !drop[j as usize] {
+                    more.push(l0.entries[j as usize].path.clone());
+                }
+            }
+        }
+        if more.is_empty() {
+            fresh = Some(listing);
+            break;
+        }
+        relist.extend(more);
+        relist = walk::normalize_scope(relist);
+    }
+    let Some(fresh) = fresh else {
         return Ok(Err(Discarded::HardLinks));
+    };
+    let relist_set: HashSet<&[u8]> = relist.iter().map(|p| p.as_slice()).collect();
+    let mut parent_index: HashMap<&[u8], usize> = HashMap::new();
+    for (i, e) in l0.entries.iter().enumerate() {
+        if !drop[i] && parents.contains(e.path.as_slice()) {
+            parent_index.insert(e.path.as_slice(), i);
+        }
     }
 
     // Parents described again, where they stay in the listing.

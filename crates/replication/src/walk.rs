@@ -7,7 +7,7 @@
 //! copy (openat2 beneath the root, no symlinks, no mount crossings) like any path from the
 //! network; one that does not resolve simply has no entries (the passive removes it).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
@@ -118,8 +118,9 @@ struct Walker<'a> {
 /// What a walk saw besides the entries.
 #[derive(Debug, Default)]
 pub struct WalkNotes {
-    /// Listing indices of regular files that had more than one link.
-    pub multi_link: HashSet<u32>,
+    /// Listing indices of regular files that had more than one link, with their inode
+    /// (device, number).
+    pub multi_link: HashMap<u32, (u64, u64)>,
     /// Paths a tolerant walk could not describe or read completely (they changed under it).
     pub skipped: Vec<Vec<u8>>,
 }
@@ -409,7 +410,7 @@ impl<'a> Walker<'a> {
                     st.stx_ino,
                 );
                 if st.stx_nlink > 1 {
-                    self.notes.multi_link.insert(index);
+                    self.notes.multi_link.insert(index, key);
                     if let Some(&first) = self.links.get(&key) {
                         entry.link_to = Some(first);
                         entry.xattrs = self.out.entries[first as usize].xattrs.clone();

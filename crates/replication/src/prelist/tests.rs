@@ -122,58 +122,50 @@ fn populate(root: &Path, rng: &mut Rng) {
 }
 
 /// Makes one random change with real syscalls; returns the paths the change log would
-/// record for it (as `queue::op_paths` does) and whether it involves a hard link.
-fn mutate(root: &Path, rng: &mut Rng, n: u64) -> (Vec<Vec<u8>>, bool) {
+/// record for it (as `queue::op_paths` does).
+fn mutate(root: &Path, rng: &mut Rng, n: u64) -> Vec<Vec<u8>> {
     let (files, dirs) = inventory(root);
     let pick_file = |rng: &mut Rng| files[rng.below(files.len())].clone();
     let pick_dir = |rng: &mut Rng| dirs[rng.below(dirs.len())].clone();
-    let links = |p: &Path| {
-        use std::os::unix::fs::MetadataExt;
-        fs::symlink_metadata(p)
-            .map(|m| m.nlink() > 1)
-            .unwrap_or(false)
-    };
     match rng.below(11) {
         0 if !files.is_empty() => {
             let f = pick_file(rng);
             let mut o = fs::OpenOptions::new().append(true).open(&f).expect("open");
             std::io::Write::write_all(&mut o, b"more").expect("append");
-            (vec![rel(root, &f)], links(&f))
+            vec![rel(root, &f)]
         }
         1 if !dirs.is_empty() => {
             let p = pick_dir(rng).join(format!("new{n}"));
             fs::write(&p, b"new").expect("create");
-            (vec![rel(root, &p)], false)
+            vec![rel(root, &p)]
         }
         2 if !files.is_empty() => {
             let f = pick_file(rng);
-            let l = links(&f);
             fs::remove_file(&f).expect("unlink");
-            (vec![rel(root, &f)], l)
+            vec![rel(root, &f)]
         }
         3 if !dirs.is_empty() => {
             let d = pick_dir(rng).join(format!("nd{n}"));
             fs::create_dir(&d).expect("mkdir");
             fs::write(d.join("inside"), b"i").expect("create");
-            (vec![rel(root, &d), rel(root, &d.join("inside"))], false)
+            vec![rel(root, &d), rel(root, &d.join("inside"))]
         }
         4 if !files.is_empty() && !dirs.is_empty() => {
             let f = pick_file(rng);
             let to = pick_dir(rng).join(format!("mv{n}"));
-            let l = links(&f);
             fs::rename(&f, &to).expect("rename");
-            (vec![rel(root, &f), rel(root, &to)], l)
+            vec![rel(root, &f), rel(root, &to)]
         }
         5 if dirs.len() > 1 => {
             // A directory moved into one that is not below it.
             let d = pick_dir(rng);
             let into = pick_dir(rng);
             if into.starts_with(&d) {
-                return (vec![], false);
+                return vec![];
             }
             let to = into.join(format!("dmv{n}"));
             fs::rename(&d, &to).expect("rename dir");
-            (vec![rel(root, &d), rel(root, &to)], false)
+            vec![rel(root, &d), rel(root, &to)]
         }
         6 if !files.is_empty() => {
             let f = pick_file(rng);
@@ -182,7 +174,7 @@ fn mutate(root: &Path, rng: &mut Rng, n: u64) -> (Vec<Vec<u8>>, bool) {
                 fs::Permissions::from_mode(0o600 + rng.below(0o77) as u32),
             )
             .expect("chmod");
-            (vec![rel(root, &f)], links(&f))
+            vec![rel(root, &f)]
         }
         7 if !files.is_empty() => {
             let f = pick_file(rng);
@@ -196,12 +188,12 @@ fn mutate(root: &Path, rng: &mut Rng, n: u64) -> (Vec<Vec<u8>>, bool) {
                 rfs::XattrFlags::empty(),
             )
             .expect("setxattr");
-            (vec![rel(root, &f)], links(&f))
+            vec![rel(root, &f)]
         }
         8 if !dirs.is_empty() => {
             let p = pick_dir(rng).join(format!("sl{n}"));
             symlink("somewhere", &p).expect("symlink");
-            (vec![rel(root, &p)], false)
+            vec![rel(root, &p)]
         }
         9 if !files.is_empty() => {
             let f = pick_file(rng);
@@ -211,15 +203,15 @@ fn mutate(root: &Path, rng: &mut Rng, n: u64) -> (Vec<Vec<u8>>, bool) {
                 .expect("open")
                 .set_len(1)
                 .expect("truncate");
-            (vec![rel(root, &f)], links(&f))
+            vec![rel(root, &f)]
         }
         10 if !files.is_empty() && !dirs.is_empty() => {
             let f = pick_file(rng);
             let to = pick_dir(rng).join(format!("hl{n}"));
             fs::hard_link(&f, &to).expect("link");
-            (vec![rel(root, &f), rel(root, &to)], true)
+            vec![rel(root, &f), rel(root, &to)]
         }
-        _ => (vec![], false),
+        _ => vec![],
     }
 }
 
@@ -242,28 +234,11 @@ fn a_patched_draft_equals_a_fresh_listing_over_random_changes() {
         {
             let d = draft(&root, scope.clone(), 0).expect("draft");
             let mut paths = Vec::new();
-            let mut hard = false;
             for n in 0..(1 + rng.below(6) as u64) {
-                let (p, h) = mutate(root_path, &mut rng, seed * 100 + round as u64 * 10 + n);
+                let p = mutate(root_path, &mut rng, seed * 100 + round as u64 * 10 + n);
                 paths.extend(p);
-                hard |= h;
             }
             let fresh = walk::list(&root, scope.as_deref()).expect("list");
-            // A file of several links below a changed path, before or after: the one
-            // reason (besides too many changes) to throw the draft away.
-            let changed_set: HashSet<&[u8]> = paths.iter().map(|p| p.as_slice()).collect();
-            hard |= d
-                .notes
-                .multi_link
-                .iter()
-                .any(|&i| covered(&d.listing.entries[i as usize].path, &changed_set));
-            hard |= fresh.entries.iter().any(|e| {
-                e.kind == EntryKind::Regular && covered(&e.path, &changed_set) && {
-                    use std::os::unix::fs::MetadataExt;
-                    let p = root_path.join(std::ffi::OsStr::from_bytes(&e.path));
-                    fs::symlink_metadata(p).is_ok_and(|m| m.nlink() > 1)
-                }
-            });
             let normalized = scope.clone().map(walk::normalize_scope);
             match finish(
                 d,
@@ -288,9 +263,10 @@ fn a_patched_draft_equals_a_fresh_listing_over_random_changes() {
                 }
                 Err(why) => {
                     discarded += 1;
-                    assert!(
-                        hard || why == Discarded::TooManyChanges,
-                        "seed {seed}: discarded without hard links: {why}"
+                    assert_eq!(
+                        why,
+                        Discarded::TooManyChanges,
+                        "seed {seed}, scope {scope:?}"
                     );
                 }
             }
@@ -323,7 +299,7 @@ fn nothing_changed_keeps_the_draft_as_it_is() {
 }
 
 #[test]
-fn an_unknown_change_set_a_changed_root_or_hard_links_discard_the_draft() {
+fn an_unknown_change_set_or_a_changed_root_discards_the_draft() {
     let tmp = tempfile::tempdir().expect("tmp");
     populate(tmp.path(), &mut Rng(9));
     let root = open_root(tmp.path());
@@ -335,10 +311,6 @@ fn an_unknown_change_set_a_changed_root_or_hard_links_discard_the_draft() {
     assert_eq!(
         run(Some(changed([b"".to_vec()]))),
         Some(Discarded::RootChanged)
-    );
-    assert_eq!(
-        run(Some(changed([b"linked".to_vec()]))),
-        Some(Discarded::HardLinks)
     );
 }
 
@@ -391,18 +363,12 @@ fn a_scope_that_grew_is_listed_where_the_draft_does_not_cover_it() {
             .cloned()
             .collect();
         let got = finish(d, &root, Some(&changed(added)), Some(&now)).expect("finish");
-        match got {
-            Ok((listing, _)) => assert_eq!(
-                facts(&listing),
-                facts(&walk::list(&root, Some(&now)).expect("list")),
-                "drafted {drafted:?}, now {now:?}"
-            ),
-            // "linked" has two names: listed again, it is one of the reasons to discard.
-            Err(why) => assert!(
-                why == Discarded::HardLinks && now.contains(&b"linked".to_vec()),
-                "drafted {drafted:?}, now {now:?}: {why}"
-            ),
-        }
+        let (listing, _) = got.expect("patched");
+        assert_eq!(
+            facts(&listing),
+            facts(&walk::list(&root, Some(&now)).expect("list")),
+            "drafted {drafted:?}, now {now:?}"
+        );
     }
     let d = draft(&root, Some(vec![b"d1".to_vec()]), 5).expect("draft");
     assert_eq!(
@@ -410,5 +376,24 @@ fn a_scope_that_grew_is_listed_where_the_draft_does_not_cover_it() {
             .expect("finish")
             .err(),
         Some(Discarded::ScopeChanged)
+    );
+}
+
+/// A write through one name of a hard-linked file changes what every name lists (size,
+/// mtime): the names the change log does not hold are listed again too.
+#[test]
+fn every_name_of_a_changed_hard_linked_file_is_listed_again() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    populate(tmp.path(), &mut Rng(17));
+    let root = open_root(tmp.path());
+    let d = draft(&root, None, 5).expect("draft");
+    fs::write(tmp.path().join("d0/linked2"), b"longer than it was before").expect("write");
+    let (listing, patch) = finish(d, &root, Some(&changed([b"d0/linked2".to_vec()])), None)
+        .expect("finish")
+        .expect("patched");
+    assert_eq!(patch.relisted, 2, "both names listed again: {patch:?}");
+    assert_eq!(
+        facts(&listing),
+        facts(&walk::list(&root, None).expect("list"))
     );
 }
