@@ -142,36 +142,15 @@ pub fn walk(
     w.tolerant = tolerant;
     match scope {
         None => {
-            let dup = rfs::openat(
-                root,
-                ".",
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(io("open", b""))?;
+            let dup = open_root_dir(root)?;
             w.entry_at(&dup, b"", b"")?;
         }
         Some(paths) => {
             for path in normalize_scope(paths.to_vec()) {
-                let (parent, name) = split_parent(&path);
-                let dir = if parent.is_empty() {
-                    rfs::openat(
-                        root,
-                        ".",
-                        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                        Mode::empty(),
-                    )
-                } else {
-                    rfs::openat2(
-                        root,
-                        parent,
-                        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                        Mode::empty(),
-                        RESOLVE,
-                    )
-                };
                 // Not there (or not a plain directory path) on the active: no entries.
-                let Ok(dir) = dir else { continue };
+                let Ok((dir, name)) = open_parent(root, &path) else {
+                    continue;
+                };
                 w.entry_at(&dir, name, &path)?;
             }
         }
@@ -195,41 +174,50 @@ fn read_names(dir: &OwnedFd) -> Result<Vec<Vec<u8>>, Errno> {
 /// Describes the one entry at `path` (not what is below it), as [`list`] would.
 /// `Ok(None)` if nothing is there.
 pub fn describe_one(root: &OwnedFd, path: &[u8]) -> Result<Option<TreeEntry>, WalkError> {
-    let (mut listing, _) = if path.is_empty() {
-        let dup = rfs::openat(
+    let mut w = Walker::new(root);
+    if path.is_empty() {
+        w.describe(&open_root_dir(root)?, b"", b"", false)?;
+    } else {
+        let Ok((dir, name)) = open_parent(root, path) else {
+            return Ok(None);
+        };
+        w.describe(&dir, name, path, false)?;
+    }
+    Ok(w.out.entries.pop())
+}
+
+/// The copy's root, opened to be read.
+fn open_root_dir(root: &OwnedFd) -> Result<OwnedFd, WalkError> {
+    rfs::openat(
+        root,
+        ".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(io("open", b""))
+}
+
+/// The directory holding `path` (a location only, `O_PATH`, resolved confined) and
+/// `path`'s last name.
+fn open_parent<'p>(root: &OwnedFd, path: &'p [u8]) -> Result<(OwnedFd, &'p [u8]), Errno> {
+    let (parent, name) = split_parent(path);
+    let dir = if parent.is_empty() {
+        rfs::openat(
             root,
             ".",
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )
-        .map_err(io("open", b""))?;
-        let mut w = Walker::new(root);
-        w.describe(&dup, b"", b"", false)?;
-        (w.out, w.notes)
     } else {
-        let (parent, name) = split_parent(path);
-        let dir = if parent.is_empty() {
-            rfs::openat(
-                root,
-                ".",
-                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-        } else {
-            rfs::openat2(
-                root,
-                parent,
-                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                Mode::empty(),
-                RESOLVE,
-            )
-        };
-        let Ok(dir) = dir else { return Ok(None) };
-        let mut w = Walker::new(root);
-        w.describe(&dir, name, path, false)?;
-        (w.out, w.notes)
-    };
-    Ok(listing.entries.pop())
+        rfs::openat2(
+            root,
+            parent,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+            RESOLVE,
+        )
+    }?;
+    Ok((dir, name))
 }
 
 impl<'a> Walker<'a> {
