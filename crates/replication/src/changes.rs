@@ -167,18 +167,18 @@ pub struct ChangeLog {
     open: Option<Open>,
     /// Segments covering seqs up to here were deleted: what changed then is unknown.
     pruned_upto: u64,
-    /// The paths changed after a seq, noted exactly while a listing is drafted.
+    /// The paths changed after a seq, noted exactly, while a resync runs.
     watch: Option<Watch>,
 }
 
 /// Most paths a [`Watch`] holds before it gives up (the draft is then not used).
 pub const WATCH_PATHS_MAX: usize = 100_000;
 
-/// Every path noted after `after`, in memory: exact where segments are coarse (a segment
-/// holds every path of its whole range).
+/// Every path noted after `after`, with the last seq that touched it, in memory: exact
+/// where segments are coarse (a segment holds every path of its whole range).
 struct Watch {
     after: u64,
-    paths: HashSet<Vec<u8>>,
+    last_seq: HashMap<Vec<u8>, u64>,
     overflowed: bool,
 }
 
@@ -270,13 +270,14 @@ impl ChangeLog {
             .filter(|w| seq > w.after && !w.overflowed)
         {
             for path in &paths {
-                if w.paths.len() >= WATCH_PATHS_MAX {
+                if let Some(last) = w.last_seq.get_mut(*path) {
+                    *last = seq;
+                } else if w.last_seq.len() >= WATCH_PATHS_MAX {
                     w.overflowed = true;
-                    w.paths = HashSet::new();
+                    w.last_seq = HashMap::new();
                     break;
-                }
-                if !w.paths.contains(*path) {
-                    w.paths.insert(path.to_vec());
+                } else {
+                    w.last_seq.insert(path.to_vec(), seq);
                 }
             }
         }
@@ -452,16 +453,37 @@ impl ChangeLog {
     pub fn watch(&mut self, after: u64) {
         self.watch = Some(Watch {
             after,
-            paths: HashSet::new(),
+            last_seq: HashMap::new(),
             overflowed: false,
         });
+    }
+
+    /// Whether an op after `seq` touched `path` or one of its ancestors (a rename of a
+    /// directory moves what is below it), as the watch started with `after` saw it. `None`
+    /// when that watch is not running, overflowed, or started after `seq`.
+    pub fn touched_after(&self, after: u64, path: &[u8], seq: u64) -> Option<bool> {
+        let w = self
+            .watch
+            .as_ref()
+            .filter(|w| w.after == after && !w.overflowed && seq >= w.after)?;
+        let touched = |p: &[u8]| w.last_seq.get(p).is_some_and(|&s| s > seq);
+        let mut p = path;
+        loop {
+            if touched(p) {
+                return Some(true);
+            }
+            match p.iter().rposition(|&c| c == b'/') {
+                Some(i) => p = &p[..i],
+                None => return Some(!p.is_empty() && touched(b"")),
+            }
+        }
     }
 
     /// Ends the watch started with `after`: the paths touched since, or `None` if there are
     /// too many or the watch is not that one.
     pub fn take_watch(&mut self, after: u64) -> Option<HashSet<Vec<u8>>> {
         match self.watch.take() {
-            Some(w) if w.after == after && !w.overflowed => Some(w.paths),
+            Some(w) if w.after == after && !w.overflowed => Some(w.last_seq.into_keys().collect()),
             Some(w) if w.after != after => {
                 self.watch = Some(w);
                 None
@@ -739,6 +761,32 @@ mod tests {
         assert_eq!(log.take_watch(1), None);
         // The segment still holds every path, the watch or not.
         assert_eq!(log.since(0).paths, set(&["before", "a", "b", "c/d", "e"]));
+    }
+
+    #[test]
+    fn touched_after_looks_at_the_path_and_its_ancestors_since_a_seq() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut log = ChangeLog::open_with_boot(dir.path(), "b1").expect("open");
+        assert_eq!(log.touched_after(10, b"a/b/f", 10), None);
+        log.watch(10);
+        log.note(12, &write("a/b/f"));
+        log.note(
+            15,
+            &Op::Rename {
+                from: b"x".to_vec(),
+                to: b"a/b".to_vec(),
+                flags: 0,
+                orphan: None,
+            },
+        );
+        assert_eq!(log.touched_after(10, b"a/b/f", 10), Some(true));
+        // The rename of an ancestor, after the write.
+        assert_eq!(log.touched_after(10, b"a/b/f", 12), Some(true));
+        assert_eq!(log.touched_after(10, b"a/b/f", 15), Some(false));
+        assert_eq!(log.touched_after(10, b"a/c", 10), Some(false));
+        // Not this watch, or before it began: it cannot say.
+        assert_eq!(log.touched_after(11, b"a/c", 12), None);
+        assert_eq!(log.touched_after(10, b"a/c", 9), None);
     }
 
     #[test]

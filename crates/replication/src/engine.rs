@@ -288,6 +288,9 @@ pub struct Engine {
     /// Records this engine made (for the reads ahead: the engine's records never change
     /// the active's files).
     records_made: u64,
+    /// The change log's watch of the paths applications change during the copy, started
+    /// from this seq (for the reads ahead: a read of a file no op touched since is exact).
+    copy_watch: Option<u64>,
     /// Totals for [`SyncProgress`]: where the copy's time goes.
     reading: Duration,
     waiting_for_peer: Duration,
@@ -468,6 +471,7 @@ impl Engine {
             direct: DirectBuf::default(),
             small: None,
             records_made: 0,
+            copy_watch: None,
             reading: Duration::ZERO,
             waiting_for_peer: Duration::ZERO,
             reads_redone: 0,
@@ -540,7 +544,18 @@ impl Engine {
             None => "whole tree".to_string(),
             Some(p) => format!("{} changed paths", p.len()),
         };
-        let changed = lock(self.io.queue.changes()).take_watch(seq);
+        let changed = {
+            let mut log = lock(self.io.queue.changes());
+            let changed = log.take_watch(seq);
+            // From here on, through the copy: which paths applications change (a read ahead
+            // of a file none of them touched is exact, invariant 26).
+            if !verify {
+                let from = self.io.queue.last_seq();
+                log.watch(from);
+                self.copy_watch = Some(from);
+            }
+            changed
+        };
         let drafted = draft.entries();
         let listing = match prelist::finish(
             draft,
@@ -616,6 +631,17 @@ impl Engine {
             p.scope = scope_text.clone();
         });
         Ok((first, listing))
+    }
+
+    /// Whether no op recorded after `seen` touched the file open as `fd`, named `path` now
+    /// (call under the order lock): the change log's watch of the copy says so, and the file
+    /// has no other name an op could have used.
+    fn untouched_since(&self, fd: &OwnedFd, path: &[u8], seen: u64) -> bool {
+        let Some(after) = self.copy_watch else {
+            return false;
+        };
+        rfs::fstat(fd).is_ok_and(|st| st.st_nlink == 1)
+            && lock(self.io.queue.changes()).touched_after(after, path, seen) == Some(false)
     }
 
     /// The file's name now (call under the order lock); `None` once it has none left.
@@ -815,6 +841,9 @@ impl Engine {
         let finishing = Instant::now();
         let end = {
             let _order = self.io.hold();
+            if let Some(from) = self.copy_watch.take() {
+                lock(self.io.queue.changes()).take_watch(from);
+            }
             self.io.queue.record_sync(Op::SyncEnd { id: self.id })
         };
         let deadline = Instant::now() + REPORT_TIMEOUT;
@@ -1018,7 +1047,8 @@ impl Engine {
                 let mut read = false;
                 if let (Some((_, ahead)), Some(r)) = (&mut direct, ahead_read) {
                     invariant!(r.offset() == at, "a read ahead arrived out of order");
-                    read = ahead.use_if_exact(r, queue.last_seq(), want, &mut data);
+                    let untouched = |seen: u64| self.untouched_since(fd, &path, seen);
+                    read = ahead.use_if_exact(r, queue.last_seq(), want, &mut data, untouched);
                     if !read {
                         self.reads_redone += 1;
                     }
@@ -1124,8 +1154,8 @@ impl Engine {
         let queue = self.io.queue.clone();
         let mut data: Vec<u8> = queue.take_buffer(st.st_size as usize);
         // Read first outside the lock, so that a read from the disk (the prefetch may not be
-        // done) never holds applications' writes back: used if nothing at all was recorded
-        // since it began (invariant 26's argument), else read again under the lock, from
+        // done) never holds applications' writes back: used if nothing recorded since it began
+        // touched the file (invariant 26's argument), else read again under the lock, from
         // the page cache this read filled.
         let seen_seq = queue.last_seq();
         let early_size = st.st_size as usize;
@@ -1150,7 +1180,8 @@ impl Engine {
                 return Ok(Some(fd));
             }
             let size = st.st_size as usize;
-            if !(early && size == early_size && queue.last_seq() == seen_seq) {
+            let exact = queue.last_seq() == seen_seq || self.untouched_since(&fd, &path, seen_seq);
+            if !(early && size == early_size && exact) {
                 self.reads_redone += 1;
                 let read_started = Instant::now();
                 data.clear();

@@ -198,19 +198,21 @@ impl ReadAhead {
 
     /// Under the order lock, with the set's last seq `last_seq`: appends up to `want` bytes
     /// of `read` to `data` if it is exact now, and says whether it did. Gives the buffer
-    /// back either way.
+    /// back either way. `untouched_since(seq)` says whether no op recorded after `seq`
+    /// touched this file (asked only when other ops were recorded since the read began).
     pub(crate) fn use_if_exact(
         &mut self,
         read: Read,
         last_seq: u64,
         want: usize,
         data: &mut Vec<u8>,
+        untouched_since: impl FnOnce(u64) -> bool,
     ) -> bool {
         if last_seq != self.own_last {
             self.foreign_upto = last_seq;
         }
         let used = match read.got {
-            Ok(got) if self.foreign_upto <= read.seen_seq => {
+            Ok(got) if self.foreign_upto <= read.seen_seq || untouched_since(read.seen_seq) => {
                 let n = got.min(want);
                 data.extend_from_slice(&read.buf[read.base..read.base + n]);
                 true
@@ -253,10 +255,10 @@ mod tests {
     const CHUNK: usize = 64 << 10;
     const ALIGN: usize = 4096;
 
-    /// A file of four chunks opened with `O_DIRECT` (`None` where the filesystem refuses it).
+    /// A file of five chunks opened with `O_DIRECT` (`None` where the filesystem refuses it).
     fn direct_file(dir: &std::path::Path) -> Option<OwnedFd> {
         let path = dir.join("f");
-        let bytes: Vec<u8> = (0..4 * CHUNK).map(|i| (i / CHUNK) as u8 + 1).collect();
+        let bytes: Vec<u8> = (0..5 * CHUNK).map(|i| (i / CHUNK) as u8 + 1).collect();
         std::fs::write(&path, &bytes).expect("write");
         rustix::fs::open(
             &path,
@@ -277,14 +279,14 @@ mod tests {
         let last = Cell::new(10u64);
         std::thread::scope(|scope| {
             let mut ahead =
-                ReadAhead::start(scope, &dfd, 0, 4 * CHUNK as u64, CHUNK, ALIGN, Vec::new());
+                ReadAhead::start(scope, &dfd, 0, 5 * CHUNK as u64, CHUNK, ALIGN, Vec::new());
             ahead.issue(|| last.get());
             // Chunk 0: nothing happened since it was read: used.
             let r = ahead.next().expect("read 0");
             assert_eq!(r.offset(), 0);
             ahead.issue(|| last.get());
             let mut data = Vec::new();
-            assert!(ahead.use_if_exact(r, last.get(), CHUNK, &mut data));
+            assert!(ahead.use_if_exact(r, last.get(), CHUNK, &mut data, |_| false));
             assert!(data.len() == CHUNK && data.iter().all(|&b| b == 1));
             last.set(11);
             ahead.recorded(11);
@@ -292,7 +294,7 @@ mod tests {
             let r = ahead.next().expect("read 1");
             ahead.issue(|| last.get());
             data.clear();
-            assert!(ahead.use_if_exact(r, last.get(), CHUNK, &mut data));
+            assert!(ahead.use_if_exact(r, last.get(), CHUNK, &mut data, |_| false));
             assert!(data.iter().all(|&b| b == 2));
             last.set(12);
             ahead.recorded(12);
@@ -302,7 +304,7 @@ mod tests {
             ahead.engine_recorded(12, 14, 2);
             let r = ahead.next().expect("read 2");
             data.clear();
-            assert!(ahead.use_if_exact(r, last.get(), CHUNK, &mut data));
+            assert!(ahead.use_if_exact(r, last.get(), CHUNK, &mut data, |_| false));
             assert!(data.iter().all(|&b| b == 3));
             last.set(15);
             ahead.recorded(15);
@@ -312,8 +314,23 @@ mod tests {
             ahead.engine_recorded(15, 17, 1);
             let r = ahead.next().expect("read 3");
             data.clear();
-            assert!(!ahead.use_if_exact(r, last.get(), CHUNK, &mut data));
+            assert!(!ahead.use_if_exact(r, last.get(), CHUNK, &mut data, |_| false));
             assert!(data.is_empty());
+            // Chunk 4 was asked for right after chunk 0 was taken, at seq 10: everything
+            // foreign since then must be checked, and the change log says none of it touched
+            // this file: used.
+            let r = ahead.next().expect("read 4");
+            let mut asked = None;
+            assert!(ahead.use_if_exact(r, last.get(), CHUNK, &mut data, |seen| {
+                asked = Some(seen);
+                true
+            }));
+            assert_eq!(
+                asked,
+                Some(10),
+                "asked about what came after the read began"
+            );
+            assert!(data.iter().all(|&b| b == 5));
             assert!(ahead.next().is_none(), "nothing more was asked");
             let spare = ahead.finish();
             assert!(!spare.is_empty(), "buffers are kept for the next range");
@@ -352,7 +369,7 @@ mod tests {
                 let r = ahead.next().expect("a read for every chunk");
                 assert_eq!(r.offset(), (k * SMALL) as u64, "chunk {k} out of order");
                 ahead.issue(|| 1);
-                assert!(ahead.use_if_exact(r, 1, SMALL, &mut copy));
+                assert!(ahead.use_if_exact(r, 1, SMALL, &mut copy, |_| false));
             }
             assert!(ahead.next().is_none());
             assert!(copy == bytes, "the chunks were not put together in order");
