@@ -633,15 +633,14 @@ impl Engine {
         Ok((first, listing))
     }
 
-    /// Whether no op recorded after `seen` touched the file open as `fd`, named `path` now
-    /// (call under the order lock): the change log's watch of the copy says so, and the file
-    /// has no other name an op could have used.
-    fn untouched_since(&self, fd: &OwnedFd, path: &[u8], seen: u64) -> bool {
-        let Some(after) = self.copy_watch else {
-            return false;
-        };
-        rfs::fstat(fd).is_ok_and(|st| st.st_nlink == 1)
-            && lock(self.io.queue.changes()).touched_after(after, path, seen) == Some(false)
+    /// Whether no op recorded after `seen` touched `path` or its ancestors, as the change
+    /// log's watch of the copy saw it (call under the order lock). For a file that had one
+    /// name at some moment after `seen` (checked by the caller), that means no op touched
+    /// the file since: a second name is made only by an op naming this one.
+    fn untouched_since(&self, path: &[u8], seen: u64) -> bool {
+        self.copy_watch.is_some_and(|after| {
+            lock(self.io.queue.changes()).touched_after(after, path, seen) == Some(false)
+        })
     }
 
     /// The file's name now (call under the order lock); `None` once it has none left.
@@ -1047,7 +1046,7 @@ impl Engine {
                 let mut read = false;
                 if let (Some((_, ahead)), Some(r)) = (&mut direct, ahead_read) {
                     invariant!(r.offset() == at, "a read ahead arrived out of order");
-                    let untouched = |seen: u64| self.untouched_since(fd, &path, seen);
+                    let untouched = |seen: u64| self.untouched_since(&path, seen);
                     read = ahead.use_if_exact(r, queue.last_seq(), want, &mut data, untouched);
                     if !read {
                         self.reads_redone += 1;
@@ -1158,6 +1157,8 @@ impl Engine {
         // touched the file (invariant 26's argument), else read again under the lock, from
         // the page cache this read filled.
         let seen_seq = queue.last_seq();
+        // After the seq, before the read (see `untouched_since`).
+        let one_name = rfs::fstat(&fd).is_ok_and(|st| st.st_nlink == 1);
         let early_size = st.st_size as usize;
         let read_started = Instant::now();
         data.reserve_exact(early_size);
@@ -1180,7 +1181,8 @@ impl Engine {
                 return Ok(Some(fd));
             }
             let size = st.st_size as usize;
-            let exact = queue.last_seq() == seen_seq || self.untouched_since(&fd, &path, seen_seq);
+            let exact =
+                queue.last_seq() == seen_seq || (one_name && self.untouched_since(&path, seen_seq));
             if !(early && size == early_size && exact) {
                 self.reads_redone += 1;
                 let read_started = Instant::now();

@@ -63,6 +63,8 @@ pub(crate) struct Read {
     base: usize,
     got: Result<usize, Errno>,
     seen_seq: u64,
+    /// The file had one name after `seen_seq` was noted and before the read began.
+    one_name: bool,
 }
 
 impl Read {
@@ -115,6 +117,8 @@ impl ReadAhead {
                 // Held only to take a request, never across a read.
                 let next = request_rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
                 let Ok(mut r) = next else { break };
+                // After the seq was noted, before the read: see `use_if_exact`.
+                let one_name = rustix::fs::fstat(dfd).is_ok_and(|st| st.st_nlink == 1);
                 let (base, got) = match aligned_part(&mut r.buf, align, r.len) {
                     Some((base, part)) => (base, crate::engine::pread_full(dfd, part, r.offset)),
                     None => (0, Err(Errno::INVAL)),
@@ -125,6 +129,7 @@ impl ReadAhead {
                     base,
                     got,
                     seen_seq: r.seen_seq,
+                    one_name,
                 };
                 if read_tx.send(read).is_err() {
                     break;
@@ -199,7 +204,9 @@ impl ReadAhead {
     /// Under the order lock, with the set's last seq `last_seq`: appends up to `want` bytes
     /// of `read` to `data` if it is exact now, and says whether it did. Gives the buffer
     /// back either way. `untouched_since(seq)` says whether no op recorded after `seq`
-    /// touched this file (asked only when other ops were recorded since the read began).
+    /// touched this file's name (asked only when other ops were recorded since the read
+    /// began, and the file had one name between `seq` and the read: then no other name was
+    /// left after the read began unless an op on this one made it).
     pub(crate) fn use_if_exact(
         &mut self,
         read: Read,
@@ -212,7 +219,10 @@ impl ReadAhead {
             self.foreign_upto = last_seq;
         }
         let used = match read.got {
-            Ok(got) if self.foreign_upto <= read.seen_seq || untouched_since(read.seen_seq) => {
+            Ok(got)
+                if self.foreign_upto <= read.seen_seq
+                    || (read.one_name && untouched_since(read.seen_seq)) =>
+            {
                 let n = got.min(want);
                 data.extend_from_slice(&read.buf[read.base..read.base + n]);
                 true
