@@ -638,7 +638,7 @@ fn write_stall_at_resync_start() {
         let v: serde_json::Value = serde_json::from_str(out.lines().last().unwrap_or(""))
             .unwrap_or_else(|e| panic!("writer output {out:?}: {e}"));
         println!(
-            "BENCH write_stall round {round}: longest write {:.1} ms (p99 {:.1} ms, {} writes) while {} entries were listed ({} ms without the order lock, {} ms under it) and {} files synced in {} ms ({} reads ahead redone under the lock), the engine holding the order lock {:.1} ms at most; the second before: longest {:.1} ms, p99 {:.1} ms",
+            "BENCH write_stall round {round}: longest write {:.1} ms (p99 {:.1} ms, {} writes) while {} entries were listed ({} ms without the order lock, {} ms under it) and {} files synced in {} ms ({} reads ahead redone under the lock), the engine holding the order lock {:.1} ms at most (in {}); the second before: longest {:.1} ms, p99 {:.1} ms",
             num(&v, "max_ms"),
             num(&v, "p99_ms"),
             num(&v, "writes"),
@@ -649,6 +649,7 @@ fn write_stall_at_resync_start() {
             s.elapsed_ms,
             s.reads_redone,
             s.longest_hold_us as f64 / 1000.0,
+            s.longest_hold_site,
             num(&v, "quiet_max_ms"),
             num(&v, "quiet_p99_ms"),
         );

@@ -142,9 +142,11 @@ pub struct SyncProgress {
     #[serde(default)]
     pub draft_ms: u64,
     /// The engine's longest hold of the order lock (applications' writes wait that long at
-    /// most because of the sync).
+    /// most because of the sync), and which of its holds that was.
     #[serde(default)]
     pub longest_hold_us: u64,
+    #[serde(default)]
+    pub longest_hold_site: String,
     /// How long the passive took to make the end durable (its final flush).
     #[serde(default)]
     pub finish_ms: u64,
@@ -202,33 +204,38 @@ pub struct EngineIo {
     /// Bytes per second the engine may send; 0: no cap.
     pub rate_max: u64,
     /// The engine's longest hold of the order lock so far, in µs (applications' writes
-    /// wait that long at most because of it).
-    pub longest_hold_us: std::sync::atomic::AtomicU64,
+    /// wait that long at most because of it), and where it was.
+    pub longest_hold: Mutex<(u64, &'static str)>,
 }
 
 /// The order lock, held by the engine; its length is noted when it is let go.
 struct Held<'a, G> {
     _guard: G,
     since: Instant,
-    longest_us: &'a std::sync::atomic::AtomicU64,
+    site: &'static str,
+    longest: &'a Mutex<(u64, &'static str)>,
 }
 
 impl<G> Drop for Held<'_, G> {
     fn drop(&mut self) {
         let us = self.since.elapsed().as_micros() as u64;
-        self.longest_us
-            .fetch_max(us, std::sync::atomic::Ordering::Relaxed);
+        let mut longest = lock(self.longest);
+        if us > longest.0 {
+            *longest = (us, self.site);
+        }
     }
 }
 
 impl EngineIo {
-    /// Takes the capture's order lock (see the module doc).
-    fn hold(&self) -> Held<'_, impl Sized + '_> {
+    /// Takes the capture's order lock (see the module doc); `site` names the hold for the
+    /// longest-hold figure.
+    fn hold(&self, site: &'static str) -> Held<'_, impl Sized + '_> {
         let guard = self.order.lock();
         Held {
             _guard: guard,
             since: Instant::now(),
-            longest_us: &self.longest_hold_us,
+            site,
+            longest: &self.longest_hold,
         }
     }
 }
@@ -481,10 +488,10 @@ impl Engine {
     fn progress(&self, f: impl FnOnce(&mut SyncProgress)) {
         let mut p = lock(&self.io.progress);
         f(&mut p);
-        p.longest_hold_us = self
-            .io
-            .longest_hold_us
-            .load(std::sync::atomic::Ordering::Relaxed);
+        (p.longest_hold_us, p.longest_hold_site) = {
+            let (us, site) = *lock(&self.io.longest_hold);
+            (us, site.to_string())
+        };
         p.tick();
     }
 
@@ -505,7 +512,7 @@ impl Engine {
         // the lock is then held for what changed during the walk, not for the tree.
         let drafting = Instant::now();
         let (seq, drafted_scope) = {
-            let _order = self.io.hold();
+            let _order = self.io.hold("draft");
             let mut log = lock(self.io.queue.changes());
             let drafted_scope = match &scope {
                 Scope::Paths(paths) => paths.clone(),
@@ -526,7 +533,7 @@ impl Engine {
         })?;
         let draft_ms = drafting.elapsed().as_millis() as u64;
         let started = Instant::now();
-        let _order = self.io.hold();
+        let _order = self.io.hold("listing");
         // The scope is read under the lock: every op captured up to this seq is in the
         // change log by now, and the queue is reset below in the same hold, so nothing
         // captured before the listing can be missing from both.
@@ -839,7 +846,7 @@ impl Engine {
         self.progress(|p| p.phase = "finishing".into());
         let finishing = Instant::now();
         let end = {
-            let _order = self.io.hold();
+            let _order = self.io.hold("finish");
             if let Some(from) = self.copy_watch.take() {
                 lock(self.io.queue.changes()).take_watch(from);
             }
@@ -868,7 +875,7 @@ impl Engine {
         if !self
             .io
             .queue
-            .wait_for_room(YIELD_BYTES, Duration::from_secs(5))
+            .wait_for_room(YIELD_BYTES, bytes, Duration::from_secs(5))
         {
             return Err(EngineError::SessionEnded);
         }
@@ -1038,7 +1045,7 @@ impl Engine {
             // The record's buffer: the one copy of the data here.
             let mut data: Vec<u8> = queue.take_buffer(want);
             let recorded = {
-                let _order = self.io.hold();
+                let _order = self.io.hold("copy_chunks");
                 let Some(path) = self.name_now(fd)? else {
                     return Ok(false);
                 };
@@ -1165,7 +1172,7 @@ impl Engine {
         let early = pread_into(&fd, &mut data, early_size, 0).is_ok() && data.len() == early_size;
         self.reading += read_started.elapsed();
         let sent = {
-            let _order = self.io.hold();
+            let _order = self.io.hold("copy_small");
             let path = match walk::whereabouts(&fd, &self.io.root_path) {
                 Whereabouts::Named(path) => path,
                 // Removed since the listing: its removal was replicated in order.
@@ -1224,7 +1231,7 @@ impl Engine {
 
     /// Records the file's exact size and metadata now.
     fn send_meta(&mut self, fd: &OwnedFd) -> Result<(), EngineError> {
-        let _order = self.io.hold();
+        let _order = self.io.hold("send_meta");
         let Some(path) = self.name_now(fd)? else {
             return Ok(());
         };
@@ -1457,7 +1464,7 @@ impl Engine {
     /// if a result will come back (0 if the file has no name any more).
     fn check_range(&mut self, fd: &OwnedFd, offset: u64, len: u64) -> Result<usize, EngineError> {
         let mut buf = vec![0u8; len as usize];
-        let _order = self.io.hold();
+        let _order = self.io.hold("check_range");
         let Some(path) = self.name_now(fd)? else {
             return Ok(0);
         };

@@ -592,7 +592,7 @@ impl ReplicaSet {
             router: router.clone(),
             progress: self.progress.clone(),
             rate_max: self.cfg.sync_rate_max,
-            longest_hold_us: Default::default(),
+            longest_hold: Default::default(),
         })
     }
 
