@@ -875,11 +875,28 @@ impl Engine {
         if !self
             .io
             .queue
-            .wait_for_room(YIELD_BYTES, bytes, Duration::from_secs(5))
+            .wait_for_room(YIELD_BYTES, 0, Duration::from_secs(5))
         {
             return Err(EngineError::SessionEnded);
         }
         self.pacer.pay(bytes);
+        self.waiting_for_peer += started.elapsed();
+        Ok(())
+    }
+
+    /// Waits until the queue's memory has room for a record of `bytes`, right before taking
+    /// the order lock to make it: recording waits for that room, and under the lock every
+    /// application write would wait with it. Called with the record's data in hand, so the
+    /// reads ahead stay busy meanwhile.
+    fn wait_memory(&mut self, bytes: u64) -> Result<(), EngineError> {
+        let started = Instant::now();
+        if !self
+            .io
+            .queue
+            .wait_for_room(u64::MAX, bytes, Duration::from_secs(5))
+        {
+            return Err(EngineError::SessionEnded);
+        }
         self.waiting_for_peer += started.elapsed();
         Ok(())
     }
@@ -1044,6 +1061,7 @@ impl Engine {
             self.reading += read_started.elapsed();
             // The record's buffer: the one copy of the data here.
             let mut data: Vec<u8> = queue.take_buffer(want);
+            self.wait_memory(want as u64)?;
             let recorded = {
                 let _order = self.io.hold("copy_chunks");
                 let Some(path) = self.name_now(fd)? else {
@@ -1171,6 +1189,7 @@ impl Engine {
         data.reserve_exact(early_size);
         let early = pread_into(&fd, &mut data, early_size, 0).is_ok() && data.len() == early_size;
         self.reading += read_started.elapsed();
+        self.wait_memory(early_size as u64)?;
         let sent = {
             let _order = self.io.hold("copy_small");
             let path = match walk::whereabouts(&fd, &self.io.root_path) {

@@ -285,7 +285,7 @@ impl SetQueue {
     }
 
     /// Waits until fewer than `bytes` wait to be taken by the sender and memory has room
-    /// for a record of `record_bytes` (as [`Journal::record`] would wait for it), or
+    /// for a record of `record_bytes` (0: not asked; as [`Journal::record`] would wait), or
     /// `timeout` passes, or the session ends: how a resync yields to live traffic (a live op
     /// queued now waits behind at most that much), and why its records, made under the
     /// capture's order lock, do not wait there for the passive. Returns false if the
@@ -297,7 +297,8 @@ impl SetQueue {
             if !inner.streaming || inner.abandon_session {
                 return false;
             }
-            let memory = inner.spill.is_some()
+            let memory = record_bytes == 0
+                || inner.spill.is_some()
                 || inner.mem.is_empty()
                 || inner.mem_bytes + record_bytes + 64 <= self.cfg.mem_max_bytes;
             if inner.unsent_bytes < bytes && memory {
