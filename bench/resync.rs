@@ -265,6 +265,13 @@ fn last_sync_id(pair: &Pair, a: usize) -> u64 {
         .unwrap_or(0)
 }
 
+/// Kills node `p` and removes its copies and their state: a new, empty passive.
+fn kill_and_wipe(pair: &mut Pair, p: usize) -> Result<()> {
+    pair.kill9(p);
+    let sets = pair.dir().join(format!("state-{}/sets", NAMES[p]));
+    std::fs::remove_dir_all(&sets).with_context(|| format!("wiping {}", sets.display()))
+}
+
 /// Kills the passive and restarts it (its copy left as it was, or wiped), timing until the
 /// active reports the resync done and the set in sync.
 fn restart_passive_and_time(
@@ -275,9 +282,7 @@ fn restart_passive_and_time(
     let p = 1 - a;
     let before = last_sync_id(pair, a);
     if wipe {
-        pair.kill9(p);
-        let sets = pair.dir().join(format!("state-{}/sets", NAMES[p]));
-        std::fs::remove_dir_all(&sets).with_context(|| format!("wiping {}", sets.display()))?;
+        kill_and_wipe(pair, p)?;
     }
     drop_all_caches()?;
     let cpu_a = common::bench::cpu_secs(pair.proc(a).pid());
@@ -611,9 +616,7 @@ fn write_stall_at_resync_start() {
     let (mut worst, mut quiet, mut held) = (vec![], vec![], vec![]);
     for round in 0..rounds() {
         let before = last_sync_id(&pair, a);
-        pair.kill9(p);
-        let sets = pair.dir().join(format!("state-{}/sets", NAMES[p]));
-        std::fs::remove_dir_all(&sets).expect("wipe the passive");
+        kill_and_wipe(&mut pair, p).expect("wipe the passive");
         drop_caches(&pair, a).expect("drop caches");
         let ready = pair.dir().join("stall-probe-ready");
         let _ = std::fs::remove_file(&ready);

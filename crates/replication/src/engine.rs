@@ -488,10 +488,12 @@ impl Engine {
     fn progress(&self, f: impl FnOnce(&mut SyncProgress)) {
         let mut p = lock(&self.io.progress);
         f(&mut p);
-        (p.longest_hold_us, p.longest_hold_site) = {
-            let (us, site) = *lock(&self.io.longest_hold);
-            (us, site.to_string())
-        };
+        let (us, site) = *lock(&self.io.longest_hold);
+        if p.longest_hold_us != us {
+            // Called once per file copied: the name is copied only when it changes.
+            p.longest_hold_us = us;
+            p.longest_hold_site = site.to_string();
+        }
         p.tick();
     }
 
@@ -875,7 +877,7 @@ impl Engine {
         if !self
             .io
             .queue
-            .wait_for_room(YIELD_BYTES, 0, Duration::from_secs(5))
+            .wait_for_room(YIELD_BYTES, Duration::from_secs(5))
         {
             return Err(EngineError::SessionEnded);
         }
@@ -890,11 +892,7 @@ impl Engine {
     /// reads ahead stay busy meanwhile.
     fn wait_memory(&mut self, bytes: u64) -> Result<(), EngineError> {
         let started = Instant::now();
-        if !self
-            .io
-            .queue
-            .wait_for_room(u64::MAX, bytes, Duration::from_secs(5))
-        {
+        if !self.io.queue.wait_for_memory(bytes, Duration::from_secs(5)) {
             return Err(EngineError::SessionEnded);
         }
         self.waiting_for_peer += started.elapsed();

@@ -284,24 +284,35 @@ impl SetQueue {
         self.lock().resyncing
     }
 
-    /// Waits until fewer than `bytes` wait to be taken by the sender and memory has room
-    /// for a record of `record_bytes` (0: not asked; as [`Journal::record`] would wait), or
-    /// `timeout` passes, or the session ends: how a resync yields to live traffic (a live op
-    /// queued now waits behind at most that much), and why its records, made under the
-    /// capture's order lock, do not wait there for the passive. Returns false if the
-    /// session ended.
-    pub fn wait_for_room(&self, bytes: u64, record_bytes: u64, timeout: Duration) -> bool {
+    /// Waits until fewer than `bytes` wait to be taken by the sender, or `timeout` passes,
+    /// or the session ends: how a resync yields to live traffic (a live op queued now waits
+    /// behind at most that much). Returns false if the session ended.
+    pub fn wait_for_room(&self, bytes: u64, timeout: Duration) -> bool {
+        self.wait_until(timeout, |inner| inner.unsent_bytes < bytes)
+    }
+
+    /// Waits until memory has room for a record of `record_bytes` as [`Journal::record`]
+    /// would wait for it, or `timeout` passes, or the session ends: so that a resync's
+    /// records, made under the capture's order lock, do not wait there for the passive.
+    /// Returns false if the session ended.
+    pub fn wait_for_memory(&self, record_bytes: u64, timeout: Duration) -> bool {
+        self.wait_until(timeout, |inner| {
+            inner.spill.is_some()
+                || inner.mem.is_empty()
+                || inner.mem_bytes + record_bytes + 64 <= self.cfg.mem_max_bytes
+        })
+    }
+
+    /// Waits until `ready` holds (true), `timeout` passes (true) or the session ends
+    /// (false), waking on every ack.
+    fn wait_until(&self, timeout: Duration, ready: impl Fn(&Inner) -> bool) -> bool {
         let deadline = Instant::now() + timeout;
         let mut inner = self.lock();
         loop {
             if !inner.streaming || inner.abandon_session {
                 return false;
             }
-            let memory = record_bytes == 0
-                || inner.spill.is_some()
-                || inner.mem.is_empty()
-                || inner.mem_bytes + record_bytes + 64 <= self.cfg.mem_max_bytes;
-            if inner.unsent_bytes < bytes && memory {
+            if ready(&inner) {
                 return true;
             }
             let now = Instant::now();
