@@ -160,6 +160,69 @@ fn no_fsync_acknowledged_record_is_lost_by_a_failover() {
     }
 }
 
+/// The channel (and with it the stream) is cut while the public network stays up: the
+/// active keeps serving, and once the passive's lease has run out it acknowledges fsyncs
+/// without it. When the active dies after that, the passive lacks those writes, so it must
+/// not take over on its own (invariant 29); the operator may force it, and then finds
+/// exactly the writes made before the lease ran out.
+#[test]
+fn a_copy_cut_off_while_the_active_served_is_not_failed_over_onto() {
+    if !require_root("a_copy_cut_off_while_the_active_served_is_not_failed_over_onto") {
+        return;
+    }
+    let (mut pair, a) = repl::start("repl_lease", "sync", 256 << 20).expect("pair");
+    let p = 1 - a;
+    let data = pair.mountpoint().join("records");
+    let acks = pair.dir().join("acks");
+    let writer = pair
+        .python_in(
+            a,
+            repl::FSYNC_APPENDER,
+            &[&data.display().to_string(), &acks.display().to_string()],
+        )
+        .expect("writer");
+    std::thread::sleep(Duration::from_millis(500));
+    pair.net.cut_all_channels(a).expect("cut the channel");
+    let at_cut = repl::last_acked(&acks);
+    // Three failover timeouts: the active serves on, the passive must not promote.
+    std::thread::sleep(Duration::from_millis(3000));
+    let acked = repl::last_acked(&acks);
+    assert!(
+        acked > at_cut + 10,
+        "the active kept acknowledging fsyncs once the lease ran out: {at_cut} -> {acked}"
+    );
+    assert_eq!(pair.role(p).as_deref(), Some("passive"));
+    pair.kill9(a);
+    let acked = repl::last_acked(&acks);
+    drop(writer);
+    // Well past failover_timeout (1 s) and the probe's: still passive, and it says why.
+    std::thread::sleep(Duration::from_millis(4000));
+    let s = pair.status(p).expect("status");
+    assert_eq!(
+        s.role, "passive",
+        "took over onto a copy that lacks acknowledged writes"
+    );
+    let waiting = s.waiting_for.unwrap_or_default();
+    assert!(waiting.contains("lease"), "status says why: {waiting}");
+    // The operator may take over anyway, knowing what is missing.
+    let out = pair.cli(p, &["failover", "--force"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    pair.wait_role(p, "active", Duration::from_secs(10))
+        .expect("the forced failover");
+    let text = pair
+        .sh_in(p, &format!("cat {}", data.display()))
+        .expect("read on the new active");
+    let present = text.lines().count() as u64;
+    assert!(
+        present >= at_cut && present < acked,
+        "the copy holds what was acknowledged with it ({at_cut}) but not what came after ({acked}): {present}"
+    );
+}
+
 /// The same with SQLite: every committed transaction survives, and the database is sound.
 #[test]
 fn no_committed_sqlite_transaction_is_lost_by_a_failover() {

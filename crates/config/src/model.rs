@@ -510,6 +510,19 @@ impl Default for HooksConfig {
     }
 }
 
+impl PairConfig {
+    /// How long an active waits, after it last heard a `sync`-mode passive renew its lease,
+    /// before it acknowledges an fsync without that passive; also how long it waits for
+    /// the passive to confirm one. The passive counts on it: a failover is safe only if
+    /// the active was seen gone before the lease ran out, which its probes show within
+    /// about four heartbeats of the last renewal, so the lease is at least six.
+    pub fn sync_lease_ms(&self) -> u64 {
+        self.failover_timeout_ms
+            .max(1000)
+            .max(6 * self.heartbeat_interval_ms + 200)
+    }
+}
+
 impl Config {
     /// Find a node by name, returning its index in [`Config::nodes`] and the
     /// node. The error lists the valid names.

@@ -48,6 +48,9 @@ pub struct CoreConfig {
     /// Automatic moves allowed within `auto_move_window_ms` (0: never move automatically).
     pub auto_move_limit: u32,
     pub auto_move_window_ms: u64,
+    /// This node keeps a copy of a `sync`-mode replicated set. It then fails over only when
+    /// its copy holds every write the active acknowledged: see `Input::DataLease`.
+    pub data_lease: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -139,6 +142,17 @@ pub enum Input {
     /// failed): such a node is not eligible, so it neither takes over automatically nor
     /// receives a switchover. A forced failover still can.
     DataUsable { usable: bool },
+    /// How far this passive's `sync`-mode copies are known to hold every write the active
+    /// acknowledged. `caught_up`: every copy applied all the active had when its current
+    /// (or last) replication session began, so it holds every write acknowledged without
+    /// it before. `until`: the active acknowledges nothing without this copy before this
+    /// time (the copy renews a lease on its stream; the time is when the oldest copy's
+    /// newest renewal the active confirmed was sent, plus the lease). `None`: no renewal
+    /// confirmed since this node started. Only read when `CoreConfig::data_lease` is on.
+    DataLease {
+        caught_up: bool,
+        until: Option<Time>,
+    },
 }
 
 /// Operator commands, from the control socket.
@@ -265,6 +279,12 @@ pub struct PairCore {
     ineligible_until: Time,
     /// This node's replicated copies may serve (see `Input::DataUsable`).
     data_usable: bool,
+    /// The latest `Input::DataLease`.
+    lease_caught_up: bool,
+    lease_until: Option<Time>,
+    /// When the first probe that failed since the peer was last heard was sent: the peer
+    /// was gone (or cut off) by then.
+    first_failed_probe_since_contact: Option<Time>,
 
     channel_last_heard: Option<Time>,
     /// The latest status heard over the channel.
@@ -331,6 +351,9 @@ impl PairCore {
             requesting_switchover_until: None,
             ineligible_until: now,
             data_usable: true,
+            lease_caught_up: false,
+            lease_until: None,
+            first_failed_probe_since_contact: None,
             channel_last_heard: None,
             peer_channel: None,
             peer_management: None,
@@ -404,6 +427,10 @@ impl PairCore {
                     self.data_usable = usable;
                     self.send_status();
                 }
+            }
+            Input::DataLease { caught_up, until } => {
+                self.lease_caught_up = caught_up;
+                self.lease_until = until;
             }
             Input::ResourceRestarted { resource, ok } => {
                 if !ok && self.phase == Phase::Active {
@@ -535,6 +562,7 @@ impl PairCore {
         self.max_seen_epoch = self.max_seen_epoch.max(status.epoch);
         self.peer_last_known = Some(status);
         self.peer_last_contact = Some(self.now);
+        self.first_failed_probe_since_contact = None;
         if status.public_ok {
             self.peer_public_bad_since = None;
         } else {
@@ -575,6 +603,13 @@ impl PairCore {
                     completed_at: self.now,
                     answered,
                 });
+                let contact = self.peer_last_contact.unwrap_or(self.started_at);
+                if !answered
+                    && sent_at >= contact
+                    && self.first_failed_probe_since_contact.is_none()
+                {
+                    self.first_failed_probe_since_contact = Some(sent_at);
+                }
                 true
             }
             _ => false,
@@ -934,7 +969,31 @@ impl PairCore {
         if !self.public_ok() || !public_held {
             return Some("waiting for proof that this node reaches the public network");
         }
-        None
+        self.data_lease_blocker()
+    }
+
+    /// With a `sync`-mode copy: does it hold every write the active acknowledged? The
+    /// active acknowledges a write without this copy only after it stopped receiving this
+    /// copy's lease renewals, and only once the lease has run out (`lease_until`); a failed
+    /// probe sent before then shows that the active was gone (or isolated, and so
+    /// demoting) before it could have. Seen alive later (any contact resets the probe),
+    /// it may have acknowledged writes this copy never received: a failover would lose
+    /// them, so only the operator may force it.
+    fn data_lease_blocker(&self) -> Option<&'static str> {
+        if !self.cfg.data_lease {
+            return None;
+        }
+        if !self.lease_caught_up {
+            return Some(
+                "this node's copy has not caught up with the active since it connected: it may lack acknowledged writes (understudy failover --force takes over anyway)",
+            );
+        }
+        match (self.first_failed_probe_since_contact, self.lease_until) {
+            (Some(gone), Some(until)) if gone < until => None,
+            _ => Some(
+                "the active may have acknowledged writes this copy lacks: it was not known to be down before its lease on this copy ran out (understudy failover --force takes over anyway)",
+            ),
+        }
     }
 
     fn waiting_for(&self) -> Option<&'static str> {

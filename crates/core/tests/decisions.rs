@@ -31,6 +31,7 @@ fn cfg(me: u8) -> CoreConfig {
         }],
         auto_move_limit: 2,
         auto_move_window_ms: 600_000,
+        data_lease: false,
     }
 }
 
@@ -939,4 +940,102 @@ fn a_fenced_node_does_not_win_back_the_role_on_stale_statuses() {
     // The peer's fresh status shows it serving.
     a.at(5100, channel(peer(1, Phase::Active, 3)));
     assert_eq!(a.core.phase(), Phase::Passive);
+}
+
+/// Node 1 passive with a sync-mode copy (its lease on, caught up, last confirmed renewal
+/// sent at `renewed`), following node 0 active, channel last heard at `t`.
+fn leased_passive(t: u64, renewed: u64) -> Node {
+    let mut b = Node::with(
+        CoreConfig {
+            data_lease: true,
+            ..cfg(1)
+        },
+        PersistedState::FRESH,
+    );
+    b.public_ok(0);
+    b.at(t, channel(peer(0, Phase::Active, 2)));
+    b.at(
+        t,
+        Input::DataLease {
+            caught_up: true,
+            until: Some(Time(renewed + FAILOVER)),
+        },
+    );
+    b
+}
+
+/// Answers the pending probe (the peer is alive and active) at every step from `from`.
+fn answer_probes_until(b: &mut Node, from: u64, until: u64) {
+    let mut t = from;
+    while t <= until {
+        b.public_ok(t);
+        if let Some(p) = b.pending_probe() {
+            b.at(
+                t,
+                Input::ProbeAnswered {
+                    probe: p,
+                    status: peer(0, Phase::Active, 2),
+                },
+            );
+        }
+        t += HB / 2;
+    }
+}
+
+#[test]
+fn sync_copy_fails_over_when_the_active_died_within_its_lease() {
+    // The active crashed right after the passive's last confirmed renewal: it was seen gone
+    // (a failed probe) before it could have acknowledged a write without this copy.
+    let mut b = leased_passive(1000, 950);
+    fail_probes_until(&mut b, 1200, 1000 + FAILOVER + 100);
+    assert_eq!(b.core.phase(), Phase::Promoting);
+}
+
+#[test]
+fn sync_copy_does_not_fail_over_after_its_lease_ran_out_with_the_active_alive() {
+    // Channel and stream cut, public network up: the active keeps serving and, once the
+    // lease has run out, acknowledges fsyncs alone. When it dies later, this copy lacks
+    // those writes, so only the operator may take over with it.
+    let mut b = leased_passive(1000, 950);
+    answer_probes_until(&mut b, 1200, 4000);
+    assert_eq!(b.core.phase(), Phase::Passive);
+    fail_probes_until(&mut b, 4050, 9000);
+    assert_eq!(b.core.phase(), Phase::Passive, "the lease ran out at 1950");
+    let waiting = b.core.status().waiting_for.unwrap_or_default();
+    assert!(waiting.contains("lease"), "{waiting}");
+    // The operator may still force it.
+    assert!(b.cmd(9000, Command::ForceFailover).is_ok());
+}
+
+#[test]
+fn sync_copy_does_not_fail_over_before_catching_up() {
+    // A copy that reconnected and is still replaying the active's queue lacks writes the
+    // active acknowledged while it was away.
+    let mut b = leased_passive(1000, 950);
+    b.at(
+        1000,
+        Input::DataLease {
+            caught_up: false,
+            until: Some(Time(950 + FAILOVER)),
+        },
+    );
+    fail_probes_until(&mut b, 1200, 6000);
+    assert_eq!(b.core.phase(), Phase::Passive);
+    let waiting = b.core.status().waiting_for.unwrap_or_default();
+    assert!(waiting.contains("caught up"), "{waiting}");
+}
+
+#[test]
+fn without_a_sync_copy_the_lease_is_not_consulted() {
+    // Async copies (or none) lose up to their lag by design: the old rule alone applies.
+    let mut b = passive_following_active(1000);
+    b.at(
+        1000,
+        Input::DataLease {
+            caught_up: false,
+            until: None,
+        },
+    );
+    fail_probes_until(&mut b, 1200, 1000 + FAILOVER + 100);
+    assert_eq!(b.core.phase(), Phase::Promoting);
 }

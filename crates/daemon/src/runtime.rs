@@ -72,6 +72,10 @@ pub enum ToCore {
 
 /// Bound on the core's inbox: senders wait (backpressure) rather than grow it.
 const INBOX_MAX: usize = 1024;
+/// Taken off a copy's lease before the core sees it: the two machines' clocks may run at
+/// slightly different rates over a lease (100 ppm is 0.3 ms over 3 s), and the active
+/// measures the lease on its own.
+const LEASE_MARGIN_MS: u64 = 20;
 /// Recent events kept for `understudy status`.
 const EVENTS_MAX: usize = 200;
 
@@ -174,6 +178,10 @@ pub fn core_config(cfg: &Config, me: usize) -> CoreConfig {
             .map(|r| r.failure_window_ms)
             .max()
             .unwrap_or(600_000),
+        data_lease: cfg
+            .replicate
+            .iter()
+            .any(|r| r.mode == understudy_config::ReplicationMode::Sync),
     }
 }
 
@@ -228,11 +236,12 @@ fn build_replicator(cfg: &Config, me: usize, tls: understudy_tls::NodeTls) -> Re
                 .clone()
                 .unwrap_or_else(|| cfg.pair.state_dir.join("sets").join(&r.name).join("data")),
             state_dir: cfg.pair.state_dir.join("sets").join(&r.name),
-            // A passive that cannot confirm within a failover timeout is treated as gone.
-            stall_timeout: Duration::from_millis(cfg.pair.failover_timeout_ms.max(1000)),
+            // A passive that cannot confirm within the lease is treated as gone.
+            stall_timeout: Duration::from_millis(cfg.pair.sync_lease_ms()),
             capture_threads: 4,
             node_index: me,
             sync_rate_max: r.sync_rate_max_bytes_per_s,
+            lease_renew_interval: Duration::from_millis(cfg.pair.heartbeat_interval_ms),
         })
         .collect();
     // A switchover waits this long for the passive to confirm the last op.
@@ -370,6 +379,8 @@ pub async fn run(cfg: Config, node_name: &str) -> Result<()> {
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut signals = 0u32;
     let mut data_usable = true;
+    let mut data_lease: (bool, Option<Time>) = (false, None);
+    let lease_ms = daemon.cfg.pair.sync_lease_ms();
     loop {
         if !carry_out(
             &mut core,
@@ -392,6 +403,23 @@ pub async fn run(cfg: Config, node_name: &str) -> Result<()> {
             }
             core.handle(daemon.now(), Input::DataUsable { usable });
             continue;
+        }
+        // How long the sync-mode copies here are sure to hold every acknowledged write.
+        if let Some((caught_up, confirmed)) = replicator.data_lease() {
+            let until = confirmed.map(|sent| {
+                let sent_ms = u64::try_from(sent.saturating_duration_since(origin).as_millis())
+                    .unwrap_or(u64::MAX);
+                Time(
+                    sent_ms
+                        .saturating_add(lease_ms)
+                        .saturating_sub(LEASE_MARGIN_MS),
+                )
+            });
+            if data_lease != (caught_up, until) {
+                data_lease = (caught_up, until);
+                core.handle(daemon.now(), Input::DataLease { caught_up, until });
+                continue;
+            }
         }
         // The lease says "this loop is alive"; it is armed while resources may run here.
         watchdog.renew(core.phase().is_running());

@@ -177,6 +177,25 @@ impl Replicator {
             .collect()
     }
 
+    /// The lease of this passive's `sync`-mode copies taken together (invariant 29): every
+    /// copy caught up, and when the oldest of their newest confirmed renewals was sent (no
+    /// time if any copy has none). `None` when no set is in `sync` mode.
+    pub fn data_lease(&self) -> Option<(bool, Option<std::time::Instant>)> {
+        let leases: Vec<_> = self.sets.iter().filter_map(|s| s.passive_lease()).collect();
+        if leases.is_empty() {
+            return None;
+        }
+        let caught_up = leases.iter().all(|(c, _)| *c);
+        let oldest = leases
+            .iter()
+            .map(|(_, at)| *at)
+            .try_fold(None, |oldest: Option<std::time::Instant>, at| {
+                at.map(|at| Some(oldest.map_or(at, |o| o.min(at))))
+            })
+            .flatten();
+        Some((caught_up, oldest))
+    }
+
     /// True if every set's copy on this (passive) node is usable for a takeover.
     pub fn copies_usable(&self) -> bool {
         self.sets.iter().all(|s| !s.copy_out_of_sync())

@@ -44,6 +44,8 @@ pub mod kind {
     pub const VERIFY_DIFFS: u8 = 10;
     pub const VERIFY_COMPARE: u8 = 11;
     pub const VERIFY_RANGE: u8 = 12;
+    /// The active confirms a lease renewal it took (a `sync`-mode set): [`super::Lease`].
+    pub const LEASE: u8 = 13;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,10 +90,32 @@ pub struct Welcome {
 /// What the active does with this passive.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Plan {
-    /// Stream ops from `common + 1` on.
-    Stream,
+    /// Stream ops from `common + 1` on. `head` is the active's last seq as the session
+    /// starts: every write it acknowledged without this passive is at or before it.
+    Stream { head: u64 },
     /// The passive's copy is resynced: the next record is `first_seq`, a `SyncBegin`.
     Resync { first_seq: u64 },
+}
+
+/// A lease renewal (`sync` mode): the passive sends renewal `id` as its keepalive; the active
+/// takes it, and from then on acknowledges no write without this passive until the lease
+/// (`PairConfig::sync_lease_ms`) has run out since, and confirms it by sending it back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub id: u64,
+}
+
+impl Lease {
+    pub fn encode(&self) -> Vec<u8> {
+        Out::default().u64(self.id).0
+    }
+
+    pub fn decode(body: &[u8]) -> Result<Self, ProtoError> {
+        let mut c = Cursor(body, "lease");
+        let lease = Lease { id: c.u64()? };
+        c.end()?;
+        Ok(lease)
+    }
 }
 
 /// The passive's progress: everything up to `applied` is in its copy, up to `durable` on
@@ -479,7 +503,7 @@ impl Welcome {
 impl Plan {
     pub fn encode(&self) -> Vec<u8> {
         match self {
-            Plan::Stream => vec![0],
+            Plan::Stream { head } => Out::default().u8(0).u64(*head).0,
             Plan::Resync { first_seq } => Out::default().u8(1).u64(*first_seq).0,
         }
     }
@@ -487,7 +511,7 @@ impl Plan {
     pub fn decode(body: &[u8]) -> Result<Self, ProtoError> {
         let mut c = Cursor(body, "plan");
         let plan = match c.u8()? {
-            0 => Plan::Stream,
+            0 => Plan::Stream { head: c.u64()? },
             1 => Plan::Resync {
                 first_seq: c.u64()?,
             },
@@ -711,9 +735,18 @@ mod tests {
             Welcome::decode(&Welcome::refused().encode()).ok(),
             Some(Welcome::refused())
         );
-        for plan in [Plan::Stream, Plan::Resync { first_seq: 9 }] {
+        for plan in [Plan::Stream { head: 7 }, Plan::Resync { first_seq: 9 }] {
             assert_eq!(Plan::decode(&plan.encode()).ok(), Some(plan));
         }
+        assert_eq!(
+            Lease::decode(&Lease { id: 3 }.encode()).ok(),
+            Some(Lease { id: 3 })
+        );
+        assert!(Lease::decode(&[1, 2, 3]).is_err());
+        assert!(
+            Plan::decode(&[0]).is_err(),
+            "a stream plan without its head"
+        );
         let ack = Ack {
             applied: 5,
             durable: 4,

@@ -105,6 +105,15 @@ struct Inner {
     peer_persisted: u64,
     /// Set by a stalled waiter: the sender must drop the session.
     abandon_session: bool,
+    /// When the passive last renewed its lease (sync mode): until `stall_timeout` after
+    /// it, the passive may count on having every write we acknowledge, so no fsync is
+    /// acknowledged without its confirmation before then (see [`SetQueue::renewed`]).
+    last_renewal: Option<Instant>,
+    /// The passive renewed its lease in the current resync session: it knows its copy is
+    /// out of sync until the resync ends.
+    resync_confirmed: bool,
+    /// The seq of the current resync's `SyncEnd`, once recorded.
+    resync_end: Option<u64>,
     bytes_sent_total: u64,
     /// Accounted bytes queued but not yet taken by the sender (what a new record waits
     /// behind before it reaches the socket).
@@ -173,6 +182,9 @@ impl SetQueue {
                 resyncing: false,
                 peer_persisted: 0,
                 abandon_session: false,
+                last_renewal: None,
+                resync_confirmed: false,
+                resync_end: None,
                 bytes_sent_total: 0,
                 unsent_bytes: 0,
             }),
@@ -266,6 +278,8 @@ impl SetQueue {
         inner.unsent_bytes = 0;
         inner.streaming = true;
         inner.resyncing = true;
+        inner.resync_confirmed = false;
+        inner.resync_end = None;
         inner.out_of_sync = false;
         inner.abandon_session = false;
         drop(inner);
@@ -335,6 +349,42 @@ impl SetQueue {
     /// True while a session streams to a passive.
     pub fn is_streaming(&self) -> bool {
         self.lock().streaming
+    }
+
+    /// The passive renewed its lease (sync mode), in the current session: returns false when
+    /// the renewal does not count (the session is not streaming, or was abandoned), and
+    /// must then not be confirmed to the passive.
+    pub fn renewed(&self) -> bool {
+        let mut inner = self.lock();
+        if !inner.streaming || inner.abandon_session || self.cfg.mode != Mode::Sync {
+            return false;
+        }
+        inner.last_renewal = Some(Instant::now());
+        if inner.resyncing {
+            inner.resync_confirmed = true;
+        }
+        drop(inner);
+        self.progress.notify_all();
+        true
+    }
+
+    fn wait_progress<'a>(
+        &'a self,
+        inner: MutexGuard<'a, Inner>,
+        timeout: Duration,
+    ) -> MutexGuard<'a, Inner> {
+        self.progress
+            .wait_timeout(inner, timeout)
+            .map(|(g, _)| g)
+            .unwrap_or_else(|p| p.into_inner().0)
+    }
+
+    /// When the passive's lease runs out, if it has not yet.
+    fn lease_end(&self, inner: &Inner) -> Option<Instant> {
+        inner
+            .last_renewal
+            .map(|at| at + self.cfg.stall_timeout)
+            .filter(|end| *end > Instant::now())
     }
 
     /// The session ended; writers stop waiting for this passive.
@@ -624,41 +674,69 @@ impl Journal for SetQueue {
     }
 
     fn must_wait(&self) -> bool {
-        // A passive being resynced cannot take over: waiting for it buys nothing.
         let inner = self.lock();
-        self.cfg.mode == Mode::Sync && inner.streaming && !inner.resyncing
+        self.cfg.mode == Mode::Sync && (inner.streaming || self.lease_end(&inner).is_some())
     }
 
+    /// Returns once the passive confirmed `seq` durable, or once it cannot count on having
+    /// it: a passive that renewed its lease may take over until the lease runs out, so a
+    /// write is acknowledged without its confirmation only after that (invariant 29).
     fn wait_durable(&self, seq: u64) {
         if self.cfg.mode == Mode::Async {
             return;
         }
         let started = Instant::now();
         let mut inner = self.lock();
-        while inner.streaming
-            && !inner.resyncing
-            && inner.durable_seq < seq
-            && !inner.abandon_session
-        {
-            let waited = started.elapsed();
-            if waited >= self.cfg.stall_timeout {
-                warn!(
-                    seq,
-                    "the passive did not confirm an fsync in {waited:?}; continuing without it"
-                );
-                inner.abandon_session = true;
+        // Fixed once this passive is given up on: renewals are no longer taken once the
+        // session is abandoned, and a later session's do not move it (that session's
+        // passive catches up on this write before it may take over).
+        let mut lease_deadline: Option<Instant> = None;
+        loop {
+            if inner.durable_seq >= seq || resync_covers(&inner, seq) {
                 break;
             }
-            inner = self
-                .progress
-                .wait_timeout(inner, self.cfg.stall_timeout - waited)
-                .map(|(g, _)| g)
-                .unwrap_or_else(|p| p.into_inner().0);
+            let now = Instant::now();
+            let deadline = match lease_deadline {
+                Some(d) => d,
+                None => {
+                    if inner.streaming && !inner.abandon_session {
+                        let waited = now - started;
+                        if waited < self.cfg.stall_timeout {
+                            inner = self.wait_progress(inner, self.cfg.stall_timeout - waited);
+                            continue;
+                        }
+                        warn!(
+                            seq,
+                            "the passive did not confirm an fsync in {waited:?}; continuing without it once its lease runs out"
+                        );
+                        inner.abandon_session = true;
+                        // The sender must end the session now, so the renewals stop.
+                        self.wake_sender.notify_one();
+                    }
+                    let d = self.lease_end(&inner).unwrap_or(now);
+                    lease_deadline = Some(d);
+                    d
+                }
+            };
+            if now >= deadline {
+                break;
+            }
+            inner = self.wait_progress(inner, deadline - now);
         }
         drop(inner);
         // An abandoned session must actually end, so the passive learns it fell behind.
         self.wake_sender.notify_one();
     }
+}
+
+/// True when a passive being resynced cannot take over without `seq`: it confirmed the
+/// resync (its copy counts as out of sync until the resync's end is durable there), and
+/// `seq` comes before that end, so waiting for its confirmation buys nothing.
+fn resync_covers(inner: &Inner, seq: u64) -> bool {
+    inner.streaming
+        && inner.resyncing
+        && inner.resync_confirmed
+        && inner.resync_end.is_none_or(|end| seq < end)
 }
 
 impl SetQueue {
@@ -713,7 +791,15 @@ impl SetQueue {
     /// Records an op of a resync or verify (the caller holds the capture's order lock). It
     /// is not a change of this copy, so the change log does not note it.
     pub fn record_sync(&self, op: Op) -> u64 {
-        self.enqueue(op, Vec::new())
+        let ends = matches!(op, Op::SyncEnd { .. });
+        let seq = self.enqueue(op, Vec::new());
+        if ends {
+            let mut inner = self.lock();
+            if inner.resyncing {
+                inner.resync_end = Some(seq);
+            }
+        }
+        seq
     }
 
     fn enqueue(&self, op: Op, mtimes: Vec<(FileRef, Timespec)>) -> u64 {
@@ -854,3 +940,6 @@ fn record_is_barrier(inner: &Inner, seq: u64) -> bool {
         .back()
         .is_some_and(|e| e.record.seq == seq && e.record.op.is_barrier())
 }
+
+#[cfg(test)]
+mod tests;

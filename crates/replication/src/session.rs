@@ -18,9 +18,9 @@ use understudy_tls::NodeTls;
 use crate::changes::Changed;
 use crate::engine::Report;
 use crate::observer::{self, PassiveObserver, PreserveRule, Quarantine};
-use crate::proto::{self, kind, Ack, Hello, Plan, ProtoError, Welcome};
+use crate::proto::{self, kind, Ack, Hello, Lease, Plan, ProtoError, Welcome};
 use crate::queue::{Next, SetQueue};
-use crate::set::{ActiveSession, PassiveSession, ReplicaSet, ResyncCtx, Role};
+use crate::set::{ActiveSession, PassiveSession, ReplicaSet, ResyncCtx, Role, RENEWALS_MAX};
 use crate::state::{common_point, holds_own_captures, standing, PassiveCopy};
 
 /// Most bytes of records put in one frame.
@@ -229,12 +229,16 @@ async fn sender_session(
         && common == welcome.common
         && queue.start_session(common);
     let plan = if streams {
+        // Read after the session started: every write acknowledged without this passive
+        // was recorded by now, and every later fsync waits for it.
+        let head = queue.last_seq();
         info!(
             set = set.name(),
             from_seq = common + 1,
+            head,
             "the passive is a prefix of this copy: streaming, no comparison"
         );
-        Plan::Stream
+        Plan::Stream { head }
     } else {
         // The passive's own changes; ours are added when the listing is made, under the
         // capture's order lock, so none captured meanwhile is missed.
@@ -279,6 +283,7 @@ async fn sender_session(
     // Acks and reports come back on the read half.
     let q = queue.clone();
     let routes = router.clone();
+    let confirm = control_tx.clone();
     let mut reader = tokio::spawn(async move {
         let mut buf = Vec::new();
         loop {
@@ -300,7 +305,20 @@ async fn sender_session(
                     }
                     Err(e) => return format!("ack: {e}"),
                 },
-                kind::KEEPALIVE => continue,
+                kind::KEEPALIVE if buf.is_empty() => continue,
+                kind::KEEPALIVE => match Lease::decode(&buf) {
+                    // Taken first, confirmed after: the passive counts its lease from
+                    // when it sent the renewal, which is before we took it.
+                    Ok(lease) => {
+                        if q.renewed() {
+                            // A full control queue skips one confirmation; the next
+                            // renewal's will do (the passive's lease is only shorter).
+                            let _ = confirm.try_send((kind::LEASE, lease.encode()));
+                        }
+                        continue;
+                    }
+                    Err(e) => return format!("lease: {e}"),
+                },
                 kind::NEED => proto::Need::decode(&buf).map(Report::Need),
                 kind::HASHES => proto::Hashes::decode(&buf).map(Report::Hashes),
                 kind::VERIFY_DIFFS => proto::VerifyDiffs::decode(&buf).map(Report::Diffs),
@@ -554,7 +572,7 @@ pub async fn serve_passive(sets: &[Arc<ReplicaSet>], stream: understudy_tls::Cha
         Err(e) => Err(e.to_string()),
     };
     let plan = match plan {
-        Ok(Plan::Stream) if !stand.exact => {
+        Ok(Plan::Stream { .. }) if !stand.exact => {
             Err("the active wants to stream to a copy that is not exact".into())
         }
         other => other,
@@ -570,8 +588,17 @@ pub async fn serve_passive(sets: &[Arc<ReplicaSet>], stream: understudy_tls::Cha
             return;
         }
     };
+    // Until this session's plan is applied, the copy may lack writes the active
+    // acknowledged without it.
+    set.passive.lease.head.store(
+        match plan {
+            Plan::Stream { head } => head,
+            Plan::Resync { first_seq } => first_seq,
+        },
+        Ordering::SeqCst,
+    );
     let resync = match plan {
-        Plan::Stream => {
+        Plan::Stream { .. } => {
             // From here on this copy follows the active's history; its own past changes are
             // all in the active's lineage.
             set.adopt_lineage(&hello.history, hello.origin_empty);
@@ -708,6 +735,16 @@ async fn passive_net<R, W>(
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let mut wr = BufWriter::new(proto::StallGuard::new(wr, IDLE_TIMEOUT));
+    let lease = set.cfg.mode == crate::queue::Mode::Sync;
+    let lease_set = set.clone();
+    crate::lock(&set.passive.lease.sent).clear();
+    let mut renew = tokio::time::interval(if lease {
+        set.cfg.lease_renew_interval
+    } else {
+        KEEPALIVE
+    });
+    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut renewal_id = 0u64;
     let writer = async move {
         loop {
             tokio::select! {
@@ -728,8 +765,22 @@ async fn passive_net<R, W>(
                         return format!("report: {e}");
                     }
                 }
-                _ = tokio::time::sleep(KEEPALIVE) => {
-                    if let Err(e) = send(&mut wr, kind::KEEPALIVE, &[]).await {
+                _ = renew.tick() => {
+                    // In sync mode each keepalive renews this copy's lease (invariant 29):
+                    // noted before it leaves, so the lease counts from no later than the
+                    // moment the active takes it.
+                    let body = if lease {
+                        renewal_id += 1;
+                        let mut sent = crate::lock(&lease_set.passive.lease.sent);
+                        if sent.len() >= RENEWALS_MAX {
+                            sent.pop_front();
+                        }
+                        sent.push_back((renewal_id, Instant::now()));
+                        Lease { id: renewal_id }.encode()
+                    } else {
+                        Vec::new()
+                    };
+                    if let Err(e) = send(&mut wr, kind::KEEPALIVE, &body).await {
                         return format!("keepalive: {e}");
                     }
                 }
@@ -761,6 +812,10 @@ async fn passive_net<R, W>(
                     Err(e) => return format!("hash request: {e}"),
                 },
                 Ok(Ok(kind::KEEPALIVE)) => {}
+                Ok(Ok(kind::LEASE)) => match Lease::decode(&buf) {
+                    Ok(confirmed) => confirm_renewal(&s, confirmed.id),
+                    Err(e) => return format!("lease: {e}"),
+                },
                 Ok(Ok(other)) => return format!("unexpected frame {other}"),
                 Ok(Err(e)) => return format!("read: {e}"),
                 Err(_) => return "the active went silent".into(),
@@ -773,6 +828,25 @@ async fn passive_net<R, W>(
     };
     set.passive.session_up.store(false, Ordering::SeqCst);
     info!(set = set.name(), reason = %why, "replication session ended");
+}
+
+/// The active took renewal `id`: the lease now counts from when it was sent. A confirmation
+/// of a renewal this session did not send (or no longer remembers) changes nothing.
+fn confirm_renewal(set: &ReplicaSet, id: u64) {
+    let sent_at = {
+        let mut sent = crate::lock(&set.passive.lease.sent);
+        let at = sent.iter().find(|(i, _)| *i == id).map(|(_, at)| *at);
+        if at.is_some() {
+            sent.retain(|(i, _)| *i > id);
+        }
+        at
+    };
+    if let Some(at) = sent_at {
+        let mut confirmed = crate::lock(&set.passive.lease.confirmed_sent_at);
+        if confirmed.is_none_or(|c| c < at) {
+            *confirmed = Some(at);
+        }
+    }
 }
 
 /// Applies received frames in order; syncs when a barrier was applied and nothing more is

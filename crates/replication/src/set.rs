@@ -39,6 +39,9 @@ pub struct SetConfig {
     pub node_index: usize,
     /// Bytes per second a resync may send; 0: no cap.
     pub sync_rate_max: u64,
+    /// How often a passive of a `sync`-mode set renews its lease (the heartbeat interval);
+    /// the lease itself lasts `stall_timeout` (invariant 29).
+    pub lease_renew_interval: Duration,
 }
 
 /// `understudy status` figures for one set.
@@ -115,8 +118,35 @@ pub(crate) struct ResyncCtx {
 }
 
 /// Progress of the passive side, shared with the apply thread and status.
+/// This passive's lease on its `sync`-mode stream (invariant 29).
+pub(crate) struct LeaseProgress {
+    /// The active's last seq when the current (or last) session began: the copy holds
+    /// every write the active acknowledged without it once it applied this. `u64::MAX`
+    /// before the first session of this process.
+    pub head: AtomicU64,
+    /// Renewals sent and not yet confirmed, oldest first (at most [`RENEWALS_MAX`]).
+    pub sent: Mutex<std::collections::VecDeque<(u64, Instant)>>,
+    /// When the newest renewal the active confirmed was sent.
+    pub confirmed_sent_at: Mutex<Option<Instant>>,
+}
+
+/// Renewals kept waiting for the active's confirmation; older ones are forgotten (a
+/// confirmation of one of those no longer moves the lease).
+pub(crate) const RENEWALS_MAX: usize = 64;
+
+impl Default for LeaseProgress {
+    fn default() -> Self {
+        LeaseProgress {
+            head: AtomicU64::new(u64::MAX),
+            sent: Mutex::new(std::collections::VecDeque::new()),
+            confirmed_sent_at: Mutex::new(None),
+        }
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct PassiveProgress {
+    pub lease: LeaseProgress,
     pub applied: AtomicU64,
     pub durable: AtomicU64,
     pub received_bytes: AtomicU64,
@@ -256,6 +286,19 @@ impl ReplicaSet {
             self.persisted().out_of_sync = true;
             self.save();
         }
+    }
+
+    /// This passive copy's lease, for a `sync`-mode set (invariant 29): whether it applied
+    /// everything the active had when its current (or last) session began, and when the
+    /// newest renewal the active confirmed was sent. `None` for an `async` set, whose
+    /// acknowledged writes may be lost by a failover anyway (up to its lag).
+    pub fn passive_lease(&self) -> Option<(bool, Option<Instant>)> {
+        if self.cfg.mode != crate::queue::Mode::Sync {
+            return None;
+        }
+        let head = self.passive.lease.head.load(Ordering::SeqCst);
+        let caught_up = head != u64::MAX && self.passive.applied.load(Ordering::SeqCst) >= head;
+        Some((caught_up, *lock(&self.passive.lease.confirmed_sent_at)))
     }
 
     pub fn copy_out_of_sync(&self) -> bool {
@@ -755,6 +798,9 @@ impl ReplicaSet {
                 a.set_last_applied(last);
                 self.passive.applied.store(last, Ordering::SeqCst);
                 self.passive.durable.store(last, Ordering::SeqCst);
+                // A lease from before this node served says nothing about the new active.
+                self.passive.lease.head.store(u64::MAX, Ordering::SeqCst);
+                *lock(&self.passive.lease.confirmed_sent_at) = None;
                 *role = Role::Passive {
                     applier: Some(a),
                     session: None,

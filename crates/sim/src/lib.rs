@@ -629,6 +629,7 @@ impl Sim {
             }],
             auto_move_limit: 2,
             auto_move_window_ms: 600_000,
+            data_lease: false,
         };
         let now = self.local_now(node);
         let persisted = self.nodes[node].persisted;
