@@ -266,7 +266,7 @@ fn a_foreign_certificate_is_refused_and_logged() {
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)
         .expect("client cert");
-    config.alpn_protocols = vec![understudy_tls::ALPN_V2.to_vec()];
+    config.alpn_protocols = vec![understudy_tls::ALPN_V3.to_vec()];
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

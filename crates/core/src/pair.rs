@@ -6,6 +6,9 @@
 //!   peer was last heard) got no answer, auto-failover is on, this node itself reaches the
 //!   public network, and it knows the peer was serving (or that it was itself the last
 //!   active and nothing newer exists).
+//! - **Data lease.** With a `sync`-mode copy, a failover also needs that copy to hold every
+//!   write the active acknowledged: caught up with the active's queue, and the active seen
+//!   gone (a failed probe) before the copy's lease on the stream ran out.
 //! - **Channel-only partition.** If the peer answers on the management address, the
 //!   channel silence alone never causes a promotion.
 //! - **Isolation.** An active that hears nothing on the channel and reaches no public

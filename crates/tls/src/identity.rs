@@ -12,16 +12,19 @@ use x509_parser::extensions::GeneralName;
 
 use crate::TlsError;
 
-/// ALPN protocol identifier for version 2 of the channel protocol: after the
+/// ALPN protocol identifier for version 3 of the channel protocol: after the
 /// handshake, one ready byte each way hands the keys from rustls to the
 /// channel's record layer (`records.rs`). Version 1 went straight to
-/// application data through rustls; the two cannot talk, so a version-1 peer
-/// is refused at the handshake with what it offered, not misread afterwards.
-pub const ALPN_V2: &[u8] = b"understudy/2";
+/// application data through rustls; version 2 had no lease on the replication
+/// stream (a passive's keepalive renews it, the active confirms it, and a
+/// streaming plan carries the active's head). None of them can talk to another,
+/// so an older peer is refused at the handshake with what it offered, not
+/// misread afterwards.
+pub const ALPN_V3: &[u8] = b"understudy/3";
 
 /// The ALPN identifiers we offer, newest first. Both the client and server
 /// configurations are built from this list.
-pub(crate) const SUPPORTED_ALPN: &[&[u8]] = &[ALPN_V2];
+pub(crate) const SUPPORTED_ALPN: &[&[u8]] = &[ALPN_V3];
 
 /// Maps the ALPN protocol negotiated on a connection to a channel protocol
 /// version.
@@ -31,7 +34,7 @@ pub(crate) const SUPPORTED_ALPN: &[&[u8]] = &[ALPN_V2];
 /// speaks is not one we can talk to.
 pub fn negotiated_version(alpn: Option<&[u8]>) -> Result<u16, TlsError> {
     match alpn {
-        Some(p) if p == ALPN_V2 => Ok(2),
+        Some(p) if p == ALPN_V3 => Ok(3),
         other => Err(TlsError::UnsupportedVersion {
             offered: describe_protocols(other.into_iter()),
         }),
@@ -132,9 +135,10 @@ mod tests {
 
     #[test]
     fn versions() {
-        assert_eq!(negotiated_version(Some(b"understudy/2")).ok(), Some(2));
-        // Version 1 (no key handover) cannot talk to us.
+        assert_eq!(negotiated_version(Some(b"understudy/3")).ok(), Some(3));
+        // Version 1 (no key handover) and 2 (no replication lease) cannot talk to us.
         assert!(negotiated_version(Some(b"understudy/1")).is_err());
+        assert!(negotiated_version(Some(b"understudy/2")).is_err());
         let e = negotiated_version(Some(b"understudy/99")).unwrap_err();
         assert_eq!(
             e.to_string(),

@@ -7,7 +7,7 @@
 //! node accepts a connection only from a certificate issued by its pair's CA
 //! *and* naming its configured peer ([`accept`]), and dials the peer expecting
 //! the peer's name whatever address it dials ([`connect`]). The channel
-//! protocol version is negotiated with ALPN ([`ALPN_V2`],
+//! protocol version is negotiated with ALPN ([`ALPN_V3`],
 //! [`negotiated_version`]).
 //!
 //! All rustls configurations use the ring crypto provider explicitly; nothing
@@ -24,7 +24,7 @@ pub mod records;
 
 pub use error::TlsError;
 pub use generate::{generate_pair, write_pair, NodeMaterial, PairMaterial};
-pub use identity::{check_peer, negotiated_version, peer_identity, ALPN_V2};
+pub use identity::{check_peer, negotiated_version, peer_identity, ALPN_V3};
 pub use load::{load_node_tls, NodeTls};
 pub use net::{accept, connect, connect_with, Channel, ChannelReader, ChannelWriter};
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use understudy_tls::{connect, negotiated_version, TlsError, ALPN_V2};
+use understudy_tls::{connect, negotiated_version, TlsError, ALPN_V3};
 
 async fn handshake(server_name: &str, client_name: &str) {
     let (tmp, _) = pair_dir("prod", &["alpha", "beta"]);
@@ -21,8 +21,8 @@ async fn handshake(server_name: &str, client_name: &str) {
     let (mut s, peer) = task.await.unwrap().unwrap();
 
     assert_eq!(peer, client_name);
-    assert_eq!(negotiated_version(c.alpn_protocol()).unwrap(), 2);
-    assert_eq!(negotiated_version(s.alpn_protocol()).unwrap(), 2);
+    assert_eq!(negotiated_version(c.alpn_protocol()).unwrap(), 3);
+    assert_eq!(negotiated_version(s.alpn_protocol()).unwrap(), 3);
     // The cheaper of TLS 1.3's AES suites, preferred by both ends.
     assert_eq!(
         (c.cipher_suite(), s.cipher_suite()),
@@ -267,7 +267,7 @@ async fn connect_reports_refused_tcp() {
 
 #[test]
 fn alpn_constant() {
-    assert_eq!(ALPN_V2, b"understudy/2");
+    assert_eq!(ALPN_V3, b"understudy/3");
 }
 
 /// The client's `connect` returns only once the server accepted its certificate: a refusal

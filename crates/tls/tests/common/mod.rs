@@ -17,7 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use understudy_tls::{
     accept, generate_pair, load_node_tls, write_pair, NodeMaterial, NodeTls, PairMaterial,
-    TlsError, ALPN_V2,
+    TlsError, ALPN_V3,
 };
 
 /// Generous enough for a loaded CI machine, short enough to fail fast.
@@ -84,7 +84,7 @@ pub fn raw_client(
 }
 
 /// The ALPN list a well-behaved client offers.
-pub const GOOD_ALPN: &[&[u8]] = &[ALPN_V2];
+pub const GOOD_ALPN: &[&[u8]] = &[ALPN_V3];
 
 /// Dials `addr` with a hand-built client, expecting the server to be
 /// `server_name`.
