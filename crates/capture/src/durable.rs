@@ -14,7 +14,8 @@ use std::thread::JoinHandle;
 use parking_lot::{Condvar, Mutex};
 use understudy_oplog::Journal;
 
-type Reply = Box<dyn FnOnce() + Send>;
+/// Called with whether the op is durable as the mode requires (false: fail the request).
+type Reply = Box<dyn FnOnce(bool) + Send>;
 
 #[derive(Default)]
 struct Queue {
@@ -45,10 +46,10 @@ impl Durability {
     }
 
     /// Runs `reply` once every op up to `seq` is durable.
-    pub(crate) fn after(&self, seq: u64, reply: impl FnOnce() + Send + 'static) {
+    pub(crate) fn after(&self, seq: u64, reply: impl FnOnce(bool) + Send + 'static) {
         // Nothing to wait for: reply here, sparing a thread hop on the fsync's latency.
         if !self.journal.must_wait() {
-            return reply();
+            return reply(true);
         }
         let mut q = self.queue.lock();
         q.pending.push((seq, Box::new(reply)));
@@ -74,9 +75,9 @@ impl Durability {
                 std::mem::take(&mut q.pending)
             };
             let max = batch.iter().map(|(seq, _)| *seq).max().unwrap_or(0);
-            journal.wait_durable(max);
+            let durable = journal.wait_durable(max);
             for (_, reply) in batch {
-                reply();
+                reply(durable);
             }
         }
     }

@@ -156,6 +156,16 @@ thread_local! {
     static READ_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
+/// An fsync's answer: EIO when durability could not be promised (this node stopped serving
+/// while it waited), which is what a disk that failed a flush would answer.
+fn reply_durable(reply: ReplyEmpty, durable: bool) {
+    if durable {
+        reply.ok()
+    } else {
+        reply.error(Errno::EIO)
+    }
+}
+
 fn errno(e: io::Error) -> Errno {
     Errno::from(e)
 }
@@ -1627,7 +1637,13 @@ impl Filesystem for CaptureFs {
             // O_SYNC includes the O_DSYNC bit: a full sync only when O_SYNC's own bits are set.
             let datasync = sync & libc::O_SYNC != libc::O_SYNC;
             match self.do_fsync(fh, datasync) {
-                Ok(seq) => self.durable.after(seq, move || reply.written(n)),
+                Ok(seq) => self.durable.after(seq, move |durable| {
+                    if durable {
+                        reply.written(n)
+                    } else {
+                        reply.error(Errno::EIO)
+                    }
+                }),
                 Err(e) => reply.error(e),
             }
             return;
@@ -1672,7 +1688,7 @@ impl Filesystem for CaptureFs {
         reply: ReplyEmpty,
     ) {
         match self.do_fsync(fh, datasync) {
-            Ok(seq) => self.durable.after(seq, move || reply.ok()),
+            Ok(seq) => self.durable.after(seq, move |durable| reply_durable(reply, durable)),
             Err(e) => reply.error(e),
         }
     }
@@ -1723,7 +1739,7 @@ impl Filesystem for CaptureFs {
         // A directory fsync is how applications make a create or rename durable (write temp,
         // rename, fsync the directory), so it is a barrier like a file fsync.
         match self.do_fsync(fh, datasync) {
-            Ok(seq) => self.durable.after(seq, move || reply.ok()),
+            Ok(seq) => self.durable.after(seq, move |durable| reply_durable(reply, durable)),
             Err(e) => reply.error(e),
         }
     }

@@ -381,7 +381,9 @@ impl Journal for ReplicaJournal {
         seq
     }
 
-    fn wait_durable(&self, _seq: u64) {}
+    fn wait_durable(&self, _seq: u64) -> bool {
+        true
+    }
 }
 
 // ---- the mount ----------------------------------------------------------------------------

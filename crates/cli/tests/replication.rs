@@ -182,6 +182,11 @@ fn a_copy_cut_off_while_the_active_served_is_not_failed_over_onto() {
         )
         .expect("writer");
     std::thread::sleep(Duration::from_millis(500));
+    let lease = pair.status(p).expect("status").data_lease;
+    assert!(
+        lease.as_ref().is_some_and(|l| l.caught_up && l.left_ms > 0),
+        "a streaming copy is caught up and leased: {lease:?}"
+    );
     pair.net.cut_all_channels(a).expect("cut the channel");
     let at_cut = repl::last_acked(&acks);
     // Three failover timeouts: the active serves on, the passive must not promote.
@@ -204,6 +209,7 @@ fn a_copy_cut_off_while_the_active_served_is_not_failed_over_onto() {
     );
     let waiting = s.waiting_for.unwrap_or_default();
     assert!(waiting.contains("lease"), "status says why: {waiting}");
+    assert_eq!(s.data_lease.map(|l| l.left_ms), Some(0), "and that the lease ran out");
     // The operator may take over anyway, knowing what is missing.
     let out = pair.cli(p, &["failover", "--force"]);
     assert!(
@@ -220,6 +226,47 @@ fn a_copy_cut_off_while_the_active_served_is_not_failed_over_onto() {
     assert!(
         present >= at_cut && present < acked,
         "the copy holds what was acknowledged with it ({at_cut}) but not what came after ({acked}): {present}"
+    );
+}
+
+/// The active's daemon freezes (SIGSTOP: a VM pause, a hang) with an fsync waiting for the
+/// passive, which takes over meanwhile. When the daemon wakes, its lease on the passive
+/// has long run out, but it must not acknowledge that fsync on its own: the new active
+/// does not have the write.
+#[test]
+fn a_frozen_active_acknowledges_nothing_its_successor_lacks() {
+    if !require_root("a_frozen_active_acknowledges_nothing_its_successor_lacks") {
+        return;
+    }
+    let (pair, a) = repl::start("repl_frozen", "sync", 256 << 20).expect("pair");
+    let p = 1 - a;
+    let data = pair.mountpoint().join("records");
+    let acks = pair.dir().join("acks");
+    let writer = pair
+        .python_in(
+            a,
+            repl::FSYNC_APPENDER,
+            &[&data.display().to_string(), &acks.display().to_string()],
+        )
+        .expect("writer");
+    std::thread::sleep(Duration::from_millis(500));
+    pair.proc(a).stop();
+    pair.wait_role(p, "active", Duration::from_secs(10))
+        .expect("the passive took over from the frozen active");
+    std::thread::sleep(Duration::from_millis(500));
+    pair.proc(a).cont();
+    pair.wait_role(a, "passive", Duration::from_secs(10))
+        .expect("the woken active demoted");
+    std::thread::sleep(Duration::from_millis(1000));
+    let acked = repl::last_acked(&acks);
+    drop(writer);
+    let text = pair
+        .sh_in(p, &format!("cat {}", data.display()))
+        .expect("read on the new active");
+    let present = text.lines().count() as u64;
+    assert!(
+        acked > 10 && present >= acked,
+        "{acked} records were fsync-acknowledged but the new active has {present}"
     );
 }
 

@@ -241,6 +241,8 @@ pub struct CoreStatus {
     pub reason: Option<Reason>,
     /// Why this passive is not taking over, when it is not; for the operator.
     pub waiting_for: Option<&'static str>,
+    /// A passive with a `sync`-mode copy: the latest `Input::DataLease` (caught up, until).
+    pub data_lease: Option<(bool, Option<Time>)>,
 }
 
 /// What to do once the resources have stopped.
@@ -511,6 +513,8 @@ impl PairCore {
             last_probe: self.last_probe,
             reason: self.reason,
             waiting_for: self.waiting_for(),
+            data_lease: (self.cfg.data_lease && self.phase == Phase::Passive)
+                .then_some((self.lease_caught_up, self.lease_until)),
         }
     }
 

@@ -23,6 +23,10 @@ pub struct StatusReport {
     /// Why a passive is not taking over, when it is not.
     pub waiting_for: Option<String>,
     pub peer: PeerReport,
+    /// A passive with a `sync`-mode copy: whether its copy is sure to hold every write the
+    /// active acknowledged, which a failover needs (invariant 29).
+    #[serde(default)]
+    pub data_lease: Option<DataLeaseReport>,
     pub last_heartbeat_ms_ago: Option<u64>,
     pub resources: Vec<ResourceReport>,
     /// One entry per replicated set.
@@ -67,6 +71,15 @@ pub struct ReplicationReport {
     /// What the operator must look at (preserved files after a split brain).
     #[serde(default)]
     pub warnings: Vec<String>,
+}
+
+/// A passive's lease on its `sync`-mode streams.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DataLeaseReport {
+    /// Every `sync` copy applied what the active had when its session began.
+    pub caught_up: bool,
+    /// How long the active acknowledges nothing without this copy; 0 once run out.
+    pub left_ms: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -211,6 +224,10 @@ pub fn build(core: &PairCore, daemon: &Daemon) -> StatusReport {
                 ms_ago: now.ms_since(p.completed_at),
             }),
         },
+        data_lease: status.data_lease.map(|(caught_up, until)| DataLeaseReport {
+            caught_up,
+            left_ms: until.map_or(0, |u| u.ms_since(now)),
+        }),
         last_heartbeat_ms_ago,
         resources: daemon
             .resources
@@ -322,6 +339,21 @@ pub fn human(r: &StatusReport) -> String {
     ));
     if let Some(w) = &r.waiting_for {
         out.push_str(&format!("not taking over because: {w}\n"));
+    }
+    if let Some(l) = &r.data_lease {
+        out.push_str(&format!(
+            "data lease: {}, {}\n",
+            if l.caught_up {
+                "caught up"
+            } else {
+                "NOT caught up"
+            },
+            if l.left_ms > 0 {
+                format!("{} ms left", l.left_ms)
+            } else {
+                "run out".to_string()
+            }
+        ));
     }
     if !r.resources.is_empty() {
         out.push_str("resources:\n");

@@ -15,6 +15,7 @@ use understudy_core::{
     Command, CoreConfig, EscalationPolicy, Event, FailureStep, Input, NodeIndex, NodeStatus,
     Output, PairCore, Phase, ProbeId, Time, Via,
 };
+use understudy_replication::serving::Serving;
 use understudy_replication::Replicator;
 use understudy_resources::ResourceSet;
 
@@ -217,7 +218,12 @@ fn failure_command(cfg: &Config, resource: usize, step: u8) -> Option<String> {
 }
 
 /// The replicated sets of this node, all starting passive.
-fn build_replicator(cfg: &Config, me: usize, tls: understudy_tls::NodeTls) -> Result<Replicator> {
+fn build_replicator(
+    cfg: &Config,
+    me: usize,
+    tls: understudy_tls::NodeTls,
+    serving: &Arc<Serving>,
+) -> Result<Replicator> {
     let peer_addr = SocketAddr::new(cfg.nodes[1 - me].channel[0].ip(), cfg.pair.replication_port);
     let sets = cfg
         .replicate
@@ -242,6 +248,7 @@ fn build_replicator(cfg: &Config, me: usize, tls: understudy_tls::NodeTls) -> Re
             node_index: me,
             sync_rate_max: r.sync_rate_max_bytes_per_s,
             lease_renew_interval: Duration::from_millis(cfg.pair.heartbeat_interval_ms),
+            serving: serving.clone(),
         })
         .collect();
     // A switchover waits this long for the passive to confirm the last op.
@@ -318,7 +325,8 @@ pub async fn run(cfg: Config, node_name: &str) -> Result<()> {
         .collect();
     let resources = Arc::new(ResourceSet::new(built.map_err(|e| anyhow::anyhow!(e))?));
     let hooks = Arc::new(Hooks::new(&cfg, me));
-    let replicator = Arc::new(build_replicator(&cfg, me, net.tls.clone())?);
+    let serving = Arc::new(Serving::default());
+    let replicator = Arc::new(build_replicator(&cfg, me, net.tls.clone(), &serving)?);
     {
         // Notices reach the event log through the core's inbox, like everything else.
         let (tx, mut rx) = mpsc::unbounded_channel::<String>();
@@ -423,6 +431,18 @@ pub async fn run(cfg: Config, node_name: &str) -> Result<()> {
         }
         // The lease says "this loop is alive"; it is armed while resources may run here.
         watchdog.renew(core.phase().is_running());
+        // An fsync may be acknowledged without the passive only while this node surely
+        // serves: active, with this loop turning. For half the isolation timeout (the loop
+        // turns at least every heartbeat, at most half of it), so that it has run out before
+        // the watchdog's lease has: a loop that wakes from a longer stall finds it run out,
+        // and demotes (the lease lapsed) before it would renew it.
+        if core.phase() == Phase::Active {
+            serving.renew(Duration::from_millis(
+                daemon.cfg.pair.isolation_timeout_ms / 2,
+            ));
+        } else {
+            serving.revoke();
+        }
         let deadline = origin + Duration::from_millis(core.next_timeout().0);
         let woke = tokio::select! {
             msg = inbox.recv() => Woke::Message(msg),

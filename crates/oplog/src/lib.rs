@@ -272,8 +272,9 @@ pub trait Journal: Send + Sync + 'static {
     /// Blocks until every op up to and including `seq` is as durable as the set's mode
     /// requires: in `sync` mode, stored durably on the passive (or the passive is known to be
     /// gone and the set marked degraded); in `async` mode, returns at once. Called without the
-    /// order lock.
-    fn wait_durable(&self, seq: u64);
+    /// order lock. False when it cannot be promised (this node stopped serving meanwhile):
+    /// the caller then fails the fsync instead of acknowledging it.
+    fn wait_durable(&self, seq: u64) -> bool;
 
     /// False when `wait_durable` would return at once (async mode, or no passive to wait
     /// for), so a caller can reply without handing the wait to another thread.

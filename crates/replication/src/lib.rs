@@ -40,6 +40,7 @@ pub mod prelist;
 pub mod proto;
 pub mod queue;
 mod readahead;
+pub mod serving;
 pub mod session;
 pub mod state;
 pub mod walk;

@@ -20,6 +20,10 @@ use understudy_oplog::{decode_record, encode_record, FileRef, Journal, Op, Recor
 
 use crate::changes::ChangeLog;
 
+/// How often an fsync that may be acknowledged only alone checks again whether this node
+/// still serves (the core loop renews that on its own schedule, without a signal).
+const SERVING_POLL: Duration = Duration::from_millis(10);
+
 /// The durability mode of a set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -57,6 +61,9 @@ pub struct QueueConfig {
     pub stall_timeout: Duration,
     /// Directory for the spill file.
     pub dir: PathBuf,
+    /// Whether this node surely still serves: an fsync is acknowledged without the passive
+    /// only while it does.
+    pub serving: Arc<crate::serving::Serving>,
 }
 
 /// A record waiting for the passive, in memory.
@@ -114,6 +121,8 @@ struct Inner {
     resync_confirmed: bool,
     /// The seq of the current resync's `SyncEnd`, once recorded.
     resync_end: Option<u64>,
+    /// This node stopped serving the set (demoted): fsyncs still waiting fail.
+    closed: bool,
     bytes_sent_total: u64,
     /// Accounted bytes queued but not yet taken by the sender (what a new record waits
     /// behind before it reaches the socket).
@@ -185,6 +194,7 @@ impl SetQueue {
                 last_renewal: None,
                 resync_confirmed: false,
                 resync_end: None,
+                closed: false,
                 bytes_sent_total: 0,
                 unsent_bytes: 0,
             }),
@@ -385,6 +395,12 @@ impl SetQueue {
             .last_renewal
             .map(|at| at + self.cfg.stall_timeout)
             .filter(|end| *end > Instant::now())
+    }
+
+    /// This node no longer serves the set: fsyncs still waiting for durability fail.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.progress.notify_all();
     }
 
     /// The session ended; writers stop waiting for this passive.
@@ -675,15 +691,16 @@ impl Journal for SetQueue {
 
     fn must_wait(&self) -> bool {
         let inner = self.lock();
-        self.cfg.mode == Mode::Sync && (inner.streaming || self.lease_end(&inner).is_some())
+        self.cfg.mode == Mode::Sync
+            && (inner.streaming || self.lease_end(&inner).is_some() || !self.cfg.serving.valid())
     }
 
     /// Returns once the passive confirmed `seq` durable, or once it cannot count on having
     /// it: a passive that renewed its lease may take over until the lease runs out, so a
     /// write is acknowledged without its confirmation only after that (invariant 29).
-    fn wait_durable(&self, seq: u64) {
+    fn wait_durable(&self, seq: u64) -> bool {
         if self.cfg.mode == Mode::Async {
-            return;
+            return true;
         }
         let started = Instant::now();
         let mut inner = self.lock();
@@ -691,9 +708,12 @@ impl Journal for SetQueue {
         // session is abandoned, and a later session's do not move it (that session's
         // passive catches up on this write before it may take over).
         let mut lease_deadline: Option<Instant> = None;
-        loop {
+        let durable = loop {
             if inner.durable_seq >= seq || resync_covers(&inner, seq) {
-                break;
+                break true;
+            }
+            if inner.closed {
+                break false;
             }
             let now = Instant::now();
             let deadline = match lease_deadline {
@@ -718,14 +738,22 @@ impl Journal for SetQueue {
                     d
                 }
             };
-            if now >= deadline {
-                break;
+            if now < deadline {
+                inner = self.wait_progress(inner, deadline - now);
+                continue;
             }
-            inner = self.wait_progress(inner, deadline - now);
-        }
+            // Alone, and only while this node surely still serves: one that was frozen
+            // may have been taken over from meanwhile. Its core loop says so on its next
+            // turn, or demotes and closes the queue.
+            if self.cfg.serving.valid() {
+                break true;
+            }
+            inner = self.wait_progress(inner, SERVING_POLL);
+        };
         drop(inner);
         // An abandoned session must actually end, so the passive learns it fell behind.
         self.wake_sender.notify_one();
+        durable
     }
 }
 

@@ -42,6 +42,9 @@ pub struct SetConfig {
     /// How often a passive of a `sync`-mode set renews its lease (the heartbeat interval);
     /// the lease itself lasts `stall_timeout` (invariant 29).
     pub lease_renew_interval: Duration,
+    /// Whether this node surely still serves, as its core loop last said (shared by every
+    /// set); no fsync is acknowledged without the passive otherwise.
+    pub serving: Arc<crate::serving::Serving>,
 }
 
 /// `understudy status` figures for one set.
@@ -545,6 +548,7 @@ impl ReplicaSet {
                     mem_max_bytes: self.cfg.mem_max_bytes.min(self.cfg.queue_max_bytes),
                     stall_timeout: self.cfg.stall_timeout,
                     dir: self.cfg.state_dir.clone(),
+                    serving: self.cfg.serving.clone(),
                 },
                 start,
                 self.changes.clone(),
@@ -784,6 +788,8 @@ impl ReplicaSet {
         let (last, drained) = tokio::task::spawn_blocking(move || q.drain(drain_timeout))
             .await
             .unwrap_or((queue.last_seq(), false));
+        // An fsync the drain did not confirm can no longer be: it fails.
+        queue.close();
         sender.abort();
         let _ = sender.await;
         queue.end_session();

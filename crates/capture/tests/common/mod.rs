@@ -82,8 +82,9 @@ impl Journal for TestJournal {
         seq
     }
 
-    fn wait_durable(&self, _seq: u64) {
+    fn wait_durable(&self, _seq: u64) -> bool {
         self.durable_waits.fetch_add(1, Ordering::SeqCst);
+        true
     }
 }
 

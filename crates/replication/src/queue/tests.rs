@@ -8,6 +8,7 @@ use understudy_oplog::{FileRef, Journal, Op};
 
 use super::{Mode, QueueConfig, SetQueue};
 use crate::changes::ChangeLog;
+use crate::serving::Serving;
 
 const LEASE: Duration = Duration::from_millis(300);
 
@@ -22,12 +23,20 @@ fn queue(dir: &std::path::Path) -> SetQueue {
             mem_max_bytes: 1 << 20,
             stall_timeout: LEASE,
             dir: dir.join("queue"),
+            serving: serving(),
         },
         1,
         changes,
         false,
     )
     .expect("queue")
+}
+
+/// A node that surely serves for the whole test.
+fn serving() -> Arc<Serving> {
+    let s = Arc::new(Serving::default());
+    s.renew(Duration::from_secs(3600));
+    s
 }
 
 fn fsync(q: &SetQueue) -> u64 {
@@ -135,4 +144,28 @@ fn a_resync_confirmed_by_the_passive_does_not_hold_fsyncs() {
     assert!(q.renewed(), "the passive renews in the resync session");
     let seq = fsync(&q);
     assert!(timed_wait(&q, seq) < Duration::from_millis(50));
+}
+
+#[test]
+fn a_node_that_may_no_longer_serve_acknowledges_nothing_alone() {
+    // A daemon frozen past its isolation timeout may have been taken over from: it waits
+    // for its core loop to say it still serves, and fails the fsync if it demotes instead.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let q = Arc::new(queue(dir.path()));
+    q.cfg.serving.revoke();
+    let seq = fsync(&q);
+    assert!(q.must_wait());
+    let waiter = {
+        let q = q.clone();
+        std::thread::spawn(move || q.wait_durable(seq))
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!waiter.is_finished(), "acknowledged alone while not serving");
+    q.close();
+    assert!(!waiter.join().expect("waiter"), "the demoted node fails the fsync");
+    // A node whose core loop says it still serves acknowledges alone at once.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let q = queue(dir.path());
+    let seq = fsync(&q);
+    assert!(q.wait_durable(seq));
 }
