@@ -1688,7 +1688,9 @@ impl Filesystem for CaptureFs {
         reply: ReplyEmpty,
     ) {
         match self.do_fsync(fh, datasync) {
-            Ok(seq) => self.durable.after(seq, move |durable| reply_durable(reply, durable)),
+            Ok(seq) => self
+                .durable
+                .after(seq, move |durable| reply_durable(reply, durable)),
             Err(e) => reply.error(e),
         }
     }
@@ -1739,7 +1741,9 @@ impl Filesystem for CaptureFs {
         // A directory fsync is how applications make a create or rename durable (write temp,
         // rename, fsync the directory), so it is a barrier like a file fsync.
         match self.do_fsync(fh, datasync) {
-            Ok(seq) => self.durable.after(seq, move |durable| reply_durable(reply, durable)),
+            Ok(seq) => self
+                .durable
+                .after(seq, move |durable| reply_durable(reply, durable)),
             Err(e) => reply.error(e),
         }
     }

@@ -209,7 +209,11 @@ fn a_copy_cut_off_while_the_active_served_is_not_failed_over_onto() {
     );
     let waiting = s.waiting_for.unwrap_or_default();
     assert!(waiting.contains("lease"), "status says why: {waiting}");
-    assert_eq!(s.data_lease.map(|l| l.left_ms), Some(0), "and that the lease ran out");
+    assert_eq!(
+        s.data_lease.map(|l| l.left_ms),
+        Some(0),
+        "and that the lease ran out"
+    );
     // The operator may take over anyway, knowing what is missing.
     let out = pair.cli(p, &["failover", "--force"]);
     assert!(

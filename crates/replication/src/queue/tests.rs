@@ -160,9 +160,15 @@ fn a_node_that_may_no_longer_serve_acknowledges_nothing_alone() {
         std::thread::spawn(move || q.wait_durable(seq))
     };
     std::thread::sleep(Duration::from_millis(100));
-    assert!(!waiter.is_finished(), "acknowledged alone while not serving");
+    assert!(
+        !waiter.is_finished(),
+        "acknowledged alone while not serving"
+    );
     q.close();
-    assert!(!waiter.join().expect("waiter"), "the demoted node fails the fsync");
+    assert!(
+        !waiter.join().expect("waiter"),
+        "the demoted node fails the fsync"
+    );
     // A node whose core loop says it still serves acknowledges alone at once.
     let dir = tempfile::tempdir().expect("tempdir");
     let q = queue(dir.path());
