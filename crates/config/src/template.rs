@@ -183,7 +183,10 @@ targets = []
 #                   nodes (required). Must not overlap another set or the
 #                   state_dir.
 # mode:             \"sync\": fsync returns once the passive stored the data
-#                   durably (no acknowledged write lost by a failover);
+#                   durably (no acknowledged write lost by a failover); if the
+#                   passive is gone, once its lease has run out (the failover
+#                   timeout, at least 1 s); a passive cut off while the active
+#                   served on does not take over on its own then;
 #                   \"async\": fsync returns once the data is durable here, the
 #                   passive trails by a bounded lag. Default \"sync\".
 # queue_max_bytes:  changes waiting for the passive (memory plus a spill file)
