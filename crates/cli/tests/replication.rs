@@ -105,15 +105,7 @@ fn no_fsync_acknowledged_record_is_lost_by_a_failover() {
         let (mut pair, a) =
             repl::start(&format!("repl_crash_{cycle}"), "sync", 256 << 20).expect("pair");
         let p = 1 - a;
-        let data = pair.mountpoint().join("records");
-        let acks = pair.dir().join("acks");
-        let writer = pair
-            .python_in(
-                a,
-                repl::FSYNC_APPENDER,
-                &[&data.display().to_string(), &acks.display().to_string()],
-            )
-            .expect("writer");
+        let (writer, data, acks) = pair.fsync_appender(a).expect("writer");
         // A different moment each cycle, after the writer got going.
         std::thread::sleep(Duration::from_millis(400 + 350 * cycle));
         pair.kill9(a);
@@ -125,17 +117,13 @@ fn no_fsync_acknowledged_record_is_lost_by_a_failover() {
             acked > 10,
             "the writer made progress before the kill: {acked}"
         );
-        let text = pair
-            .sh_in(p, &format!("cat {}", data.display()))
-            .expect("read on the new active");
-        let present = text.lines().count() as u64;
+        let present = pair
+            .appended_records(p, &data)
+            .expect("intact records on the new active");
         assert!(
             present >= acked,
             "cycle {cycle}: {acked} records were fsync-acknowledged but only {present} survived"
         );
-        for (n, line) in text.lines().enumerate() {
-            assert_eq!(line, format!("record {:08}", n + 1), "record {n} intact");
-        }
         eprintln!("cycle {cycle}: acked {acked}, present {present}");
         if cycle == 0 {
             // The old active returns after its crash: its copy may hold ops the new active
@@ -172,15 +160,7 @@ fn a_copy_cut_off_while_the_active_served_is_not_failed_over_onto() {
     }
     let (mut pair, a) = repl::start("repl_lease", "sync", 256 << 20).expect("pair");
     let p = 1 - a;
-    let data = pair.mountpoint().join("records");
-    let acks = pair.dir().join("acks");
-    let writer = pair
-        .python_in(
-            a,
-            repl::FSYNC_APPENDER,
-            &[&data.display().to_string(), &acks.display().to_string()],
-        )
-        .expect("writer");
+    let (writer, data, acks) = pair.fsync_appender(a).expect("writer");
     std::thread::sleep(Duration::from_millis(500));
     let lease = pair.status(p).expect("status").data_lease;
     assert!(
@@ -223,10 +203,9 @@ fn a_copy_cut_off_while_the_active_served_is_not_failed_over_onto() {
     );
     pair.wait_role(p, "active", Duration::from_secs(10))
         .expect("the forced failover");
-    let text = pair
-        .sh_in(p, &format!("cat {}", data.display()))
-        .expect("read on the new active");
-    let present = text.lines().count() as u64;
+    let present = pair
+        .appended_records(p, &data)
+        .expect("intact records on the new active");
     assert!(
         present >= at_cut && present < acked,
         "the copy holds what was acknowledged with it ({at_cut}) but not what came after ({acked}): {present}"
@@ -244,15 +223,7 @@ fn a_frozen_active_acknowledges_nothing_its_successor_lacks() {
     }
     let (pair, a) = repl::start("repl_frozen", "sync", 256 << 20).expect("pair");
     let p = 1 - a;
-    let data = pair.mountpoint().join("records");
-    let acks = pair.dir().join("acks");
-    let writer = pair
-        .python_in(
-            a,
-            repl::FSYNC_APPENDER,
-            &[&data.display().to_string(), &acks.display().to_string()],
-        )
-        .expect("writer");
+    let (writer, data, acks) = pair.fsync_appender(a).expect("writer");
     std::thread::sleep(Duration::from_millis(500));
     pair.proc(a).stop();
     pair.wait_role(p, "active", Duration::from_secs(10))
@@ -264,10 +235,9 @@ fn a_frozen_active_acknowledges_nothing_its_successor_lacks() {
     std::thread::sleep(Duration::from_millis(1000));
     let acked = repl::last_acked(&acks);
     drop(writer);
-    let text = pair
-        .sh_in(p, &format!("cat {}", data.display()))
-        .expect("read on the new active");
-    let present = text.lines().count() as u64;
+    let present = pair
+        .appended_records(p, &data)
+        .expect("intact records on the new active");
     assert!(
         acked > 10 && present >= acked,
         "{acked} records were fsync-acknowledged but the new active has {present}"

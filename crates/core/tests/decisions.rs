@@ -356,20 +356,7 @@ fn failover_happens_at_the_timeout_not_later() {
 fn channel_only_partition_does_not_fail_over() {
     // The active still answers on the public network: it is serving, only the channel is cut.
     let mut b = passive_following_active(0);
-    let mut t = 200;
-    while t <= 10_000 {
-        b.public_ok(t);
-        if let Some(p) = b.pending_probe() {
-            b.at(
-                t,
-                Input::ProbeAnswered {
-                    probe: p,
-                    status: peer(0, Phase::Active, 2),
-                },
-            );
-        }
-        t += HB / 2;
-    }
+    answer_probes_until(&mut b, 200, 10_000);
     assert_eq!(b.core.phase(), Phase::Passive);
 }
 

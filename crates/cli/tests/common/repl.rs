@@ -250,6 +250,33 @@ impl Pair {
     }
 }
 
+impl Pair {
+    /// Starts [`FSYNC_APPENDER`] on node `i`, writing `records` in the mount and logging
+    /// acknowledgements to `acks` in the test's directory. Returns the writer and the records
+    /// file's path (the same on every node).
+    pub fn fsync_appender(&self, i: usize) -> Result<(Background, PathBuf, PathBuf)> {
+        let data = self.mountpoint().join("records");
+        let acks = self.dir().join("acks");
+        let writer = self.python_in(
+            i,
+            FSYNC_APPENDER,
+            &[&data.display().to_string(), &acks.display().to_string()],
+        )?;
+        Ok((writer, data, acks))
+    }
+
+    /// The records the appender's file holds on node `i`, checked to be intact and in order.
+    pub fn appended_records(&self, i: usize, data: &Path) -> Result<u64> {
+        let text = self.sh_in(i, &format!("cat {}", data.display()))?;
+        for (n, line) in text.lines().enumerate() {
+            if line != format!("record {:08}", n + 1) {
+                bail!("record {n} is {line:?}");
+            }
+        }
+        Ok(text.lines().count() as u64)
+    }
+}
+
 /// Appends numbered records to a file, fsyncing each, and logs each number only after its
 /// fsync returned. Bounded in count. argv: data file, ack log.
 pub const FSYNC_APPENDER: &str = r#"
