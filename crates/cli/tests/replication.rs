@@ -212,6 +212,44 @@ fn a_copy_cut_off_while_the_active_served_is_not_failed_over_onto() {
     );
 }
 
+/// Only the stream's link is cut (heartbeats go on over the second link): the active
+/// acknowledges fsyncs alone once the lease has run out, then stops cleanly and hands
+/// over. Its drain cannot reach the passive, whose copy lacks those writes: it must not take
+/// the role on the handover (nor later, on the failover rule).
+#[test]
+fn a_handover_over_a_cut_stream_is_not_taken() {
+    if !require_root("a_handover_over_a_cut_stream_is_not_taken") {
+        return;
+    }
+    let (mut pair, a) = repl::start("repl_handover", "sync", 256 << 20).expect("pair");
+    let p = 1 - a;
+    let (writer, _data, acks) = pair.fsync_appender(a).expect("writer");
+    std::thread::sleep(Duration::from_millis(500));
+    pair.net.cut_channel(a, 0).expect("cut the stream's link");
+    let at_cut = repl::last_acked(&acks);
+    std::thread::sleep(Duration::from_millis(3000));
+    assert!(
+        repl::last_acked(&acks) > at_cut + 10,
+        "the active went on alone once the lease ran out"
+    );
+    assert!(
+        pair.status(p).expect("status").peer.connected,
+        "heartbeats still flow over the second link"
+    );
+    pair.procs[a]
+        .as_mut()
+        .expect("running")
+        .terminate(Duration::from_secs(20))
+        .expect("a clean stop within 20 s");
+    pair.procs[a] = None;
+    drop(writer);
+    std::thread::sleep(Duration::from_millis(3000));
+    let s = pair.status(p).expect("status");
+    assert_eq!(s.role, "passive", "took the role over a cut stream");
+    let waiting = s.waiting_for.unwrap_or_default();
+    assert!(waiting.contains("lease"), "status says why: {waiting}");
+}
+
 /// The active's daemon freezes (SIGSTOP: a VM pause, a hang) with an fsync waiting for the
 /// passive, which takes over meanwhile. When the daemon wakes, its lease on the passive
 /// has long run out, but it must not acknowledge that fsync on its own: the new active

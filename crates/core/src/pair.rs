@@ -8,7 +8,8 @@
 //!   active and nothing newer exists).
 //! - **Data lease.** With a `sync`-mode copy, a failover also needs that copy to hold every
 //!   write the active acknowledged: caught up with the active's queue, and the active seen
-//!   gone (a failed probe) before the copy's lease on the stream ran out.
+//!   gone (a failed probe) before the copy's lease on the stream ran out. A handover from the
+//!   active (switchover, clean stop) is taken only while that lease runs.
 //! - **Channel-only partition.** If the peer answers on the management address, the
 //!   channel silence alone never causes a promotion.
 //! - **Isolation.** An active that hears nothing on the channel and reaches no public
@@ -867,6 +868,9 @@ impl PairCore {
                 return;
             }
             if self.wins_election(&peer) {
+                if (peer.leaving || peer.yielding) && self.handover_blocker().is_some() {
+                    return;
+                }
                 let reason = if peer.leaving {
                     Reason::PeerLeft
                 } else if peer.yielding {
@@ -979,6 +983,28 @@ impl PairCore {
         self.data_lease_blocker()
     }
 
+    /// With a `sync`-mode copy, an active that hands the role over (a switchover, a clean
+    /// stop, a lost public network) has drained its queue to this copy through a live stream,
+    /// so the copy is caught up and its lease is running. If not (the stream was cut and the
+    /// active went on alone), the copy may lack writes the active acknowledged: no takeover
+    /// on the handover alone.
+    fn handover_blocker(&self) -> Option<&'static str> {
+        if !self.cfg.data_lease {
+            return None;
+        }
+        if !self.lease_caught_up {
+            return Some(
+                "the peer hands over, but this node's copy has not caught up with it: it may lack acknowledged writes (understudy failover --force takes over anyway)",
+            );
+        }
+        match self.lease_until {
+            Some(until) if self.now < until => None,
+            _ => Some(
+                "the peer hands over, but this copy's lease has run out: the peer may have acknowledged writes it lacks (understudy failover --force takes over anyway)",
+            ),
+        }
+    }
+
     /// With a `sync`-mode copy: does it hold every write the active acknowledged? The
     /// active acknowledges a write without this copy only after it stopped receiving this
     /// copy's lease renewals, and only once the lease has run out (`lease_until`); a failed
@@ -1019,6 +1045,11 @@ impl PairCore {
             }
             if !current {
                 return Some("waiting for a current status of the peer");
+            }
+            if peer.leaving || peer.yielding {
+                if let Some(why) = self.handover_blocker() {
+                    return Some(why);
+                }
             }
             return Some("the election chose the peer");
         }

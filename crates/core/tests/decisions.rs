@@ -1026,3 +1026,40 @@ fn without_a_sync_copy_the_lease_is_not_consulted() {
     fail_probes_until(&mut b, 1200, 1000 + FAILOVER + 100);
     assert_eq!(b.core.phase(), Phase::Promoting);
 }
+
+/// The status of node 0 leaving after a clean stop (it stopped its resources).
+fn leaving_peer() -> NodeStatus {
+    NodeStatus {
+        leaving: true,
+        ..peer(0, Phase::Passive, 2)
+    }
+}
+
+#[test]
+fn sync_copy_takes_a_handover_while_its_lease_runs() {
+    // A clean stop drains the queue through a live stream: the copy is caught up and
+    // its lease running, so it takes over at once, as without a lease.
+    let mut b = leased_passive(1000, 950);
+    b.public_ok(1100);
+    b.at(1100, channel(leaving_peer()));
+    assert_eq!(
+        b.reasons().last(),
+        Some(&(Phase::Promoting, Reason::PeerLeft))
+    );
+}
+
+#[test]
+fn sync_copy_refuses_a_handover_after_its_lease_ran_out() {
+    // The stream was cut while the channel stayed up: the active went on acknowledging
+    // fsyncs alone once the lease ran out, and then stopped cleanly. Its drain could not
+    // reach this copy, which lacks those writes: no takeover on the handover alone.
+    let mut b = leased_passive(1000, 950);
+    b.at(2500, channel(peer(0, Phase::Active, 2)));
+    b.public_ok(2500);
+    b.at(2600, channel(leaving_peer()));
+    b.public_ok(2700);
+    assert_eq!(b.core.phase(), Phase::Passive);
+    let waiting = b.core.status().waiting_for.unwrap_or_default();
+    assert!(waiting.contains("hands over"), "{waiting}");
+    assert!(b.cmd(2800, Command::ForceFailover).is_ok());
+}
