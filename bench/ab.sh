@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A/B comparison on a noisy machine: runs one benchmark alternately with the daemon built
-# from REV and from the working tree, PAIRS times each (old, new, old, new, ...), so both see
-# the same machine. Figures from separate runs minutes apart are not comparable here.
+# from REV and from the working tree, PAIRS times each (old, new, then new, old, ...), so both see
+# the same machine, in ABBA order. Figures from separate runs minutes apart are not comparable here.
 #
 #   sudo ./bench/ab.sh REV TARGET TEST [PAIRS]
 #   sudo ./bench/ab.sh HEAD~1 bench_replication seq_write_sync 3
@@ -28,8 +28,13 @@ bench_bin=$(cargo test --release -p understudy --test "$target" --no-run 2>&1 |
 daemon=target/release/understudy
 cp "$daemon" /tmp/understudy-ab-new
 trap 'cp /tmp/understudy-ab-new "$daemon"' EXIT
+# ABBA order (old, new, new, old, ...): the second run of a pair was measured slower with the
+# same daemon in both slots (initial sync, 2026-11-29: 2.82 s against 3.04 s on average over
+# four pairs), so a fixed order would bias every comparison against the new side.
 for i in $(seq 1 "$pairs"); do
-    for side in old new; do
+    order="old new"
+    if [ $((i % 2)) -eq 0 ]; then order="new old"; fi
+    for side in $order; do
         if [ "$side" = old ]; then cp "$old_tree/target/release/understudy" "$daemon"; else cp /tmp/understudy-ab-new "$daemon"; fi
         echo "== $side ($([ "$side" = old ] && echo "$rev" || echo "working tree")), run $i"
         BENCH_ROUNDS=${BENCH_ROUNDS:-1} "$bench_bin" --ignored --nocapture --test-threads=1 "$test" 2>&1 |
