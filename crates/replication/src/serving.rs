@@ -6,7 +6,7 @@
 //! hang) for longer may have been taken over from meanwhile; when it wakes, its queues would
 //! find the passive's lease long run out and acknowledge waiting fsyncs on their own, for
 //! writes the new active never received (seen: 7,041 records acknowledged against 1,185 on
-//! the new active, with a 1 s pause and failover). With this, they wait until the core loop
+//! the new active, with a pause of about 2 s and a failover meanwhile). With this, they wait until the core loop
 //! has run again and either renews (the node still serves) or demotes (the waits fail).
 
 use std::sync::atomic::{AtomicU64, Ordering};
