@@ -94,7 +94,15 @@ pub struct Daemon {
 
 impl Daemon {
     fn now(&self) -> Time {
-        Time(u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX))
+        self.time_at(Instant::now())
+    }
+
+    /// The core's time for an instant of this process (0 before the origin).
+    fn time_at(&self, at: Instant) -> Time {
+        Time(
+            u64::try_from(at.saturating_duration_since(self.origin).as_millis())
+                .unwrap_or(u64::MAX),
+        )
     }
 
     pub fn links(&self) -> Vec<(SocketAddr, LinkStats)> {
@@ -415,10 +423,9 @@ pub async fn run(cfg: Config, node_name: &str) -> Result<()> {
         // How long the sync-mode copies here are sure to hold every acknowledged write.
         if let Some((caught_up, confirmed)) = replicator.data_lease() {
             let until = confirmed.map(|sent| {
-                let sent_ms = u64::try_from(sent.saturating_duration_since(origin).as_millis())
-                    .unwrap_or(u64::MAX);
+                let sent = daemon.time_at(sent);
                 Time(
-                    sent_ms
+                    sent.0
                         .saturating_add(lease_ms)
                         .saturating_sub(LEASE_MARGIN_MS),
                 )

@@ -187,13 +187,12 @@ impl Replicator {
             return None;
         }
         let caught_up = leases.iter().all(|(c, _)| *c);
+        // No time if any copy has none; else the earliest.
         let oldest = leases
             .iter()
             .map(|(_, at)| *at)
-            .try_fold(None, |oldest: Option<std::time::Instant>, at| {
-                at.map(|at| Some(oldest.map_or(at, |o| o.min(at))))
-            })
-            .flatten();
+            .collect::<Option<Vec<_>>>()
+            .and_then(|times| times.into_iter().min());
         Some((caught_up, oldest))
     }
 

@@ -343,11 +343,7 @@ impl SetQueue {
             if now >= deadline {
                 return true;
             }
-            inner = self
-                .progress
-                .wait_timeout(inner, (deadline - now).min(Duration::from_millis(20)))
-                .map(|(g, _)| g)
-                .unwrap_or_else(|p| p.into_inner().0);
+            inner = self.wait_progress(inner, (deadline - now).min(Duration::from_millis(20)));
         }
     }
 
@@ -378,6 +374,7 @@ impl SetQueue {
         true
     }
 
+    /// Waits on `progress` (acks, session changes) for at most `timeout`.
     fn wait_progress<'a>(
         &'a self,
         inner: MutexGuard<'a, Inner>,
@@ -594,11 +591,7 @@ impl SetQueue {
             if now >= deadline || inner.out_of_sync || !inner.streaming {
                 return (last, false);
             }
-            inner = self
-                .progress
-                .wait_timeout(inner, (deadline - now).min(Duration::from_millis(50)))
-                .map(|(g, _)| g)
-                .unwrap_or_else(|p| p.into_inner().0);
+            inner = self.wait_progress(inner, (deadline - now).min(Duration::from_millis(50)));
         }
     }
 }
@@ -854,11 +847,7 @@ impl SetQueue {
                 inner.abandon_session = true;
                 break;
             }
-            inner = self
-                .progress
-                .wait_timeout(inner, self.cfg.stall_timeout - waited)
-                .map(|(g, _)| g)
-                .unwrap_or_else(|p| p.into_inner().0);
+            inner = self.wait_progress(inner, self.cfg.stall_timeout - waited);
         }
         let fits = inner.mem_bytes + bytes <= self.cfg.mem_max_bytes;
         // The spill must stay one contiguous run of seqs. Once the sender has passed all of

@@ -120,7 +120,6 @@ pub(crate) struct ResyncCtx {
     pub quarantine: Option<Quarantine>,
 }
 
-/// Progress of the passive side, shared with the apply thread and status.
 /// This passive's lease on its `sync`-mode stream (invariant 29).
 pub(crate) struct LeaseProgress {
     /// The active's last seq when the current (or last) session began: the copy holds
@@ -147,6 +146,7 @@ impl Default for LeaseProgress {
     }
 }
 
+/// Progress of the passive side, shared with the apply thread and status.
 #[derive(Default)]
 pub(crate) struct PassiveProgress {
     pub lease: LeaseProgress,
