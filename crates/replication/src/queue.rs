@@ -16,7 +16,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tracing::{error, warn};
-use understudy_oplog::{decode_record, encode_record, FileRef, Journal, Op, Record, Timespec};
+use understudy_oplog::{
+    decode_record, encode_record, DurableListener, FileRef, Journal, Op, Record, Timespec,
+};
 
 use crate::changes::ChangeLog;
 
@@ -143,6 +145,8 @@ pub struct SetQueue {
     /// Data buffers of [`RECYCLED_BUFFER_BYTES`] from records the passive applied, for the
     /// next large read (see [`SetQueue::take_buffer`]).
     recycled: Mutex<Vec<Vec<u8>>>,
+    /// Told of each new confirmed-durable seq (see [`Journal::on_durable`]).
+    durable_listener: Mutex<Option<DurableListener>>,
 }
 
 /// Capacity of the data buffers the queue hands back for reuse: the resync engine's record.
@@ -203,6 +207,7 @@ impl SetQueue {
             progress: Condvar::new(),
             wake_sender: Arc::new(tokio::sync::Notify::new()),
             recycled: Mutex::new(Vec::new()),
+            durable_listener: Mutex::new(None),
         })
     }
 
@@ -441,8 +446,21 @@ impl SetQueue {
             return;
         }
         self.trim(&mut inner, applied_seq);
+        let grew = durable_seq > inner.durable_seq;
         inner.durable_seq = inner.durable_seq.max(durable_seq);
         drop(inner);
+        // The listener first: it answers the waiting fsyncs on this thread, before waking
+        // anyone blocked in `wait_durable`.
+        if grew {
+            let listener = self
+                .durable_listener
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            if let Some(listener) = listener {
+                listener(durable_seq);
+            }
+        }
         self.progress.notify_all();
     }
 
@@ -686,6 +704,18 @@ impl Journal for SetQueue {
         let inner = self.lock();
         self.cfg.mode == Mode::Sync
             && (inner.streaming || self.lease_end(&inner).is_some() || !self.cfg.serving.valid())
+    }
+
+    fn is_durable(&self, seq: u64) -> bool {
+        self.cfg.mode == Mode::Async || self.lock().durable_seq >= seq
+    }
+
+    fn on_durable(&self, listener: DurableListener) -> bool {
+        *self
+            .durable_listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(listener);
+        true
     }
 
     /// Returns once the passive confirmed `seq` durable, or once it cannot count on having

@@ -27,6 +27,8 @@ use crate::state::{common_point, holds_own_captures, standing, PassiveCopy};
 const BATCH_MAX_BYTES: u64 = 4 << 20;
 /// Frames of records received but not yet applied, per set (each at most ~4 MiB).
 const APPLY_QUEUE_FRAMES: usize = 8;
+/// At most this many progress acks in a row are held back for a commit that comes next.
+const ACKS_HELD_MAX: u32 = 4;
 /// A session that hears nothing for this long is dead (keepalives flow every second).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 const KEEPALIVE: Duration = Duration::from_secs(1);
@@ -871,6 +873,8 @@ fn apply_loop(
     let mut resync_end: Option<u64> = None;
     let mut persist_due = false;
     let mut last_persist = Instant::now();
+    // Progress acks held back in a row because a commit came next.
+    let mut acks_held = 0u32;
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
@@ -916,6 +920,7 @@ fn apply_loop(
                     );
                     break;
                 }
+                acks_held = 0;
                 acks.send_replace(ack(&applier, durable));
                 // After the ack, never before it (an fsync on the active waits for the ack),
                 // and at most every PERSIST_INTERVAL: a small file write and rename.
@@ -1032,8 +1037,18 @@ fn apply_loop(
         // Back to the reader for the next frame; if the reader is gone, it is just freed.
         let _ = pool.send(frame);
         // Tell the active how far we got even while frames keep coming: its queue trims
-        // (and a resync paces itself) on these acks.
-        acks.send_replace(ack(&applier, durable));
+        // (and a resync paces itself) on these acks. Except when a barrier waits and nothing
+        // more does: the commit comes next and its ack says all of this too, while this one
+        // would wake both daemons' network tasks (and the active's fsync waiter, for
+        // nothing) during the flush an fsync is waiting for. At most a few in a row, so a
+        // stream that keeps the queue just short of empty still gets its acks.
+        let commit_next = barrier && !broken && rx.is_empty();
+        if commit_next && acks_held < ACKS_HELD_MAX {
+            acks_held += 1;
+        } else {
+            acks_held = 0;
+            acks.send_replace(ack(&applier, durable));
+        }
         if broken {
             // End the session: the active dials again, and the new session resyncs this
             // copy (from the change log) instead of streaming into a copy that missed ops.
