@@ -814,51 +814,63 @@ impl CaptureFs {
             return Ok(self.stat_target(&target)?);
         }
         let before = self.stat_target(&target)?;
-        if owner {
-            let (u, g) = (uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX));
-            match &target {
-                Target::Path(p) => self.root.chown(p, u, g)?,
-                Target::Fd(h) => sys::fchown(h.fd(), u, g)?,
+        // Each change is made in turn; should a later one fail, the earlier ones happened
+        // all the same, and are recorded before the error goes back: the passive must see
+        // every change the backing directory saw.
+        let (mut owner_done, mut times_done) = (false, false);
+        let result = (|| -> Result<(), Errno> {
+            if owner {
+                let (u, g) = (uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX));
+                match &target {
+                    Target::Path(p) => self.root.chown(p, u, g)?,
+                    Target::Fd(h) => sys::fchown(h.fd(), u, g)?,
+                }
+                owner_done = true;
             }
-        }
-        if let Some(m) = mode {
-            if before.st_mode & libc::S_IFMT == libc::S_IFLNK {
-                return Err(Errno::EOPNOTSUPP);
+            if let Some(m) = mode {
+                if before.st_mode & libc::S_IFMT == libc::S_IFLNK {
+                    return Err(Errno::EOPNOTSUPP);
+                }
+                match &target {
+                    Target::Path(p) => self.root.chmod(p, m & 0o7777)?,
+                    Target::Fd(h) => sys::fchmod(h.fd(), m & 0o7777)?,
+                }
             }
-            match &target {
-                Target::Path(p) => self.root.chmod(p, m & 0o7777)?,
-                Target::Fd(h) => sys::fchmod(h.fd(), m & 0o7777)?,
+            if atime_arg.is_some() || mtime_arg.is_some() {
+                let omit = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: libc::UTIME_OMIT,
+                };
+                let times = [
+                    atime_arg.map_or(omit, timespec_of),
+                    mtime_arg.map_or(omit, timespec_of),
+                ];
+                match &target {
+                    Target::Path(p) => self.root.utimens(p, &times)?,
+                    Target::Fd(h) => sys::futimens(h.fd(), &times)?,
+                }
+                times_done = true;
             }
-        }
-        if atime_arg.is_some() || mtime_arg.is_some() {
-            let omit = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: libc::UTIME_OMIT,
-            };
-            let times = [
-                atime_arg.map_or(omit, timespec_of),
-                mtime_arg.map_or(omit, timespec_of),
-            ];
-            match &target {
-                Target::Path(p) => self.root.utimens(p, &times)?,
-                Target::Fd(h) => sys::futimens(h.fd(), &times)?,
-            }
-        }
+            Ok(())
+        })();
         let after = self.stat_target(&target)?;
         // Record what actually happened: "now" becomes the time the kernel stamped, and a
         // chown that cleared set-ID bits shows up as a mode change.
-        let mode_changed = mode.is_some() || (after.st_mode != before.st_mode);
-        self.record(
-            Op::SetAttr {
-                file: file.clone(),
-                mode: mode_changed.then_some(after.st_mode & 0o7777),
-                uid: uid.map(|_| after.st_uid),
-                gid: gid.map(|_| after.st_gid),
-                atime: atime_arg.map(|_| atime(&after)),
-                mtime: mtime_arg.map(|_| mtime(&after)),
-            },
-            vec![(file, mtime(&after))],
-        );
+        let mode_changed = after.st_mode != before.st_mode || (mode.is_some() && result.is_ok());
+        if owner_done || times_done || mode_changed {
+            self.record(
+                Op::SetAttr {
+                    file: file.clone(),
+                    mode: mode_changed.then_some(after.st_mode & 0o7777),
+                    uid: uid.filter(|_| owner_done).map(|_| after.st_uid),
+                    gid: gid.filter(|_| owner_done).map(|_| after.st_gid),
+                    atime: atime_arg.filter(|_| times_done).map(|_| atime(&after)),
+                    mtime: mtime_arg.filter(|_| times_done).map(|_| mtime(&after)),
+                },
+                vec![(file, mtime(&after))],
+            );
+        }
+        result?;
         Ok(after)
     }
 

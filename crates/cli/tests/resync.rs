@@ -315,6 +315,13 @@ fn a_split_brain_ends_with_one_active_and_the_others_changes_preserved() {
     let loser = 1 - winner;
     pair.wait_repl(winner, "in_sync", Duration::from_secs(60))
         .expect("resynced");
+    // On stepping down, the loser knew its copy differed from the winner's (its writes were
+    // never confirmed), so it was not eligible to take over before the resync.
+    assert!(
+        pair.log(loser)
+            .contains("it stopped serving with ops the peer never confirmed"),
+        "the loser's copy was not marked out of sync when it stepped down"
+    );
     let q = quarantined(&pair, loser);
     let mine = if loser == a { "by-a" } else { "by-b" };
     assert!(

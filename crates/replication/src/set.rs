@@ -479,7 +479,9 @@ impl ReplicaSet {
         self.passive.session_up.store(false, Ordering::SeqCst);
         let mut a = applier.take()?;
         if let Err(e) = a.sync() {
+            // What reached the disk is unknown: the position below is not a promise.
             error!(set = %self.cfg.name, error = %e, "syncing the copy failed");
+            self.mark_copy_out_of_sync("syncing the copy failed");
         }
         let last = a.last_applied();
         self.passive.applied.store(last, Ordering::SeqCst);
@@ -788,6 +790,10 @@ impl ReplicaSet {
         let (last, drained) = tokio::task::spawn_blocking(move || q.drain(drain_timeout))
             .await
             .unwrap_or((queue.last_seq(), false));
+        // Ops the peer never confirmed make this copy differ from the one that serves next
+        // (a split brain's loser, a switchover whose drain failed): it must not take over
+        // with them before a resync compares the two, which keeps them (quarantine).
+        let unconfirmed = !drained && queue.durable_seq() < last;
         // An fsync the drain did not confirm can no longer be: it fails.
         queue.close();
         sender.abort();
@@ -798,6 +804,11 @@ impl ReplicaSet {
         self.end_active_session();
         self.persisted().last_seq = last;
         self.save();
+        if unconfirmed {
+            self.mark_copy_out_of_sync(
+                "it stopped serving with ops the peer never confirmed; a resync compares the copies",
+            );
+        }
         let applier = Applier::open(&self.cfg.data_dir, &self.cfg.state_dir.join("orphans"));
         match applier {
             Ok(mut a) => {
