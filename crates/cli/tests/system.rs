@@ -344,3 +344,53 @@ fn clean_shutdown_of_the_active_hands_over_at_once() {
     .expect("state file");
     assert!(state.contains("\"clean_shutdown\": true"), "{state}");
 }
+
+/// A switchover whose resource stop fails leaves the node active ("something may still
+/// run"), and so its data must stay mounted and captured: a write made there afterwards
+/// still reaches the passive's copy. (Demoted anyway, the mount point was a bare directory
+/// that whatever still ran wrote into, unreplicated and later hidden by the next mount.)
+#[test]
+fn a_switchover_whose_stop_fails_keeps_the_data_captured() {
+    if !require_root("a_switchover_whose_stop_fails_keeps_the_data_captured") {
+        return;
+    }
+    let resources = format!(
+        "{}\n[[resource]]\nname = \"stubborn\"\nkind = \"exec\"\nstart = \"true\"\nstop = \"false\"\n",
+        common::repl::resources("sync", 64 << 20)
+    );
+    let pair = Pair::start_with("stop_fails", Timing::default(), Some(&resources)).expect("pair");
+    let a = pair.wait_settled(Duration::from_secs(20)).expect("settled");
+    let p = 1 - a;
+    pair.wait_repl(a, "in_sync", Duration::from_secs(20))
+        .expect("in sync");
+    let m = pair.mountpoint().display().to_string();
+    let _ = pair.cli(a, &["switchover"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let failed = pair.status(a).is_ok_and(|s| {
+            s.events.iter().any(|e| {
+                e.text
+                    .as_deref()
+                    .is_some_and(|t| t.contains("stopping resources failed"))
+            })
+        });
+        if failed {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the stop never failed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(pair.role(a).as_deref(), Some("active"), "stays active");
+    assert_eq!(
+        pair.role(p).as_deref(),
+        Some("passive"),
+        "the peer did not take over"
+    );
+    pair.sh_in(a, &format!("echo after > {m}/after-failed-stop"))
+        .expect("write on the active");
+    pair.wait_drained(a, Duration::from_secs(20))
+        .expect("still replicating");
+    let copy = std::fs::read_to_string(pair.data_dir(p).join("after-failed-stop"))
+        .expect("the write reached the passive's copy");
+    assert_eq!(copy, "after\n");
+}

@@ -198,7 +198,10 @@ targets = []
 #                   (64 MiB), at most queue_max_bytes.
 # data_dir:         this node's copy. Default <state_dir>/sets/<name>/data.
 # sync_rate_max_bytes_per_s: cap on what a resync of the passive sends per
-#                   second; live changes always go first. Default 0 (no cap).
+#                   second. Default 0 (no cap). Live changes wait behind at most
+#                   about 20 MiB of resync data: a resync record (4 MiB at most)
+#                   is added only once less than 16 MiB waits to be sent (or
+#                   after 5 s of waiting for that).
 #
 # [[replicate]]
 # name = \"data\"

@@ -610,9 +610,16 @@ fn carry_out(
                         }
                     } else {
                         // Applications stop first; then the queue drains to the peer, so a
-                        // switchover loses nothing.
+                        // switchover loses nothing. A failed stop keeps this node active
+                        // (something may still run), and so its data stays mounted and
+                        // captured: demoted, the mount point would be a bare directory that
+                        // anything still running writes into, unreplicated and then hidden.
                         let stopped = resources.stop_all().await;
-                        let drained = replicator.demote().await;
+                        let drained = if stopped.is_ok() {
+                            replicator.demote().await
+                        } else {
+                            Vec::new()
+                        };
                         if !drained.is_empty() {
                             note = Some(
                                 drained
