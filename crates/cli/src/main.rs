@@ -73,7 +73,8 @@ enum Cmd {
     Switchover,
     /// Compare the passive's copy of the replicated sets with the active's, online, by
     /// block hashes, while applications run (on the active node). Exits 0 when they are
-    /// identical, 3 when they differ.
+    /// identical, 3 when they differ; with --repair, 0 once the repair is done and 4 if it
+    /// failed.
     Verify {
         /// One set (default: every set).
         set: Option<String>,
@@ -364,7 +365,8 @@ fn command(path: &Path, socket: Option<PathBuf>, request: Request, done: &str) -
     }
 }
 
-/// Starts the verifies, then follows them in the status until each has a result.
+/// Starts the verifies, then follows them in the status until each has a result (with
+/// `repair`, until the repair the result names is done or failed).
 fn verify(
     path: &Path,
     socket: Option<PathBuf>,
@@ -379,6 +381,7 @@ fn verify(
         return Ok(ExitCode::from(2));
     }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout_s);
+    // Per set: its outcome, and the repair's record once it ended (done or failed).
     let mut results = Vec::new();
     let mut last_line = String::new();
     for (name, id) in &reply.started {
@@ -392,25 +395,22 @@ fn verify(
                 .find(|r| &r.name == name)
                 .with_context(|| format!("set {name} vanished from the status"))?;
             if let Some(v) = r.last_verify.as_ref().filter(|v| v.id == *id) {
-                // With --repair, wait for the repair (a later sync) to end too.
-                let repairing = repair
-                    && !v.differences.is_empty()
-                    && r.sync
-                        .as_ref()
-                        .is_some_and(|s| s.id > *id && s.phase != "done" && s.phase != "failed");
-                if !repairing {
-                    results.push((name.clone(), v.clone(), r.sync.clone()));
+                if !repair || v.differences.is_empty() {
+                    results.push((name.clone(), v.clone(), None));
                     break;
                 }
-            }
-            if let Some(p) = r
+                if let Some(ended) = repair_ended(name, *id, v.repair_id, r.sync.as_ref())? {
+                    results.push((name.clone(), v.clone(), Some(ended)));
+                    break;
+                }
+            } else if let Some(p) = r
                 .sync
                 .as_ref()
                 .filter(|p| p.id == *id && p.phase == "failed")
             {
                 bail!(
-                    "verify of {name} failed ({}); see the daemon's log",
-                    p.phase
+                    "verify of {name} failed: {}; see the daemon's log",
+                    p.error.as_deref().unwrap_or("no reason given")
                 );
             }
             if !json {
@@ -431,20 +431,31 @@ fn verify(
                 }
             }
             if std::time::Instant::now() > deadline {
+                if repair {
+                    bail!("verify and repair of {name} did not finish within {timeout_s} s");
+                }
                 bail!("verify of {name} did not finish within {timeout_s} s");
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
     }
     let differences: usize = results.iter().map(|(_, v, _)| v.differences.len()).sum();
+    let failed_repairs: Vec<(&String, &report::SyncProgress)> = results
+        .iter()
+        .filter_map(|(name, _, ended)| ended.as_ref().map(|p| (name, p)))
+        .filter(|(_, p)| p.phase == "failed")
+        .collect();
     if json {
         let out: Vec<_> = results
             .iter()
-            .map(|(name, v, _)| serde_json::json!({"set": name, "verify": v}))
+            .map(|(name, v, ended)| match ended {
+                Some(p) => serde_json::json!({"set": name, "verify": v, "repair": p}),
+                None => serde_json::json!({"set": name, "verify": v}),
+            })
             .collect();
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
-        for (name, v, _) in &results {
+        for (name, v, ended) in &results {
             println!(
                 "{name}: {} differences ({} files, {} MiB compared in {:.1} s)",
                 v.differences.len(),
@@ -455,14 +466,49 @@ fn verify(
             for (p, what) in &v.differences {
                 println!("  {what}: {p}");
             }
-            if repair && !v.differences.is_empty() {
+            if ended.as_ref().is_some_and(|p| p.phase == "done") {
                 println!("  repaired: the differing paths were resynced from this node");
             }
         }
     }
-    Ok(if differences == 0 || repair {
+    for (name, p) in &failed_repairs {
+        eprintln!(
+            "understudy: the repair of {name} failed: {}; the differences remain (see the daemon's log)",
+            p.error.as_deref().unwrap_or("no reason given")
+        );
+    }
+    Ok(if !failed_repairs.is_empty() {
+        ExitCode::from(4)
+    } else if differences == 0 || repair {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(3)
     })
+}
+
+/// Whether the repair a verify's outcome names has ended: its record when done or failed,
+/// `None` while it runs. `repair_id` is `None` when the repair could not start, and the
+/// verify's own record (`verify_id`) then says failed.
+fn repair_ended(
+    name: &str,
+    verify_id: u64,
+    repair_id: Option<u64>,
+    sync: Option<&report::SyncProgress>,
+) -> Result<Option<report::SyncProgress>> {
+    let Some(p) = sync else {
+        return Ok(None);
+    };
+    let ended = p.phase == "done" || p.phase == "failed";
+    match repair_id {
+        Some(rid) if p.id == rid => Ok(ended.then(|| p.clone())),
+        // The status may pair the new outcome with the verify's record, read a moment
+        // before the repair's replaced it: the next one shows the repair's.
+        Some(rid) if p.id < rid => Ok(None),
+        Some(rid) => bail!(
+            "the repair of {name} (sync {rid}) was followed by sync {} before its end was seen; see the daemon's log",
+            p.id
+        ),
+        None if p.id == verify_id && p.phase == "failed" => Ok(Some(p.clone())),
+        None => Ok(None),
+    }
 }

@@ -6,6 +6,8 @@ use serde::{Deserialize, Serialize};
 use understudy_core::{Event, PairCore, Time};
 
 use crate::runtime::Daemon;
+/// The sync progress and verify result types of [`ReplicationReport`], for its readers.
+pub use understudy_replication::{SyncProgress, VerifyOutcome};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StatusReport {
@@ -392,6 +394,9 @@ pub fn human(r: &StatusReport) -> String {
                     p.bytes_sent >> 20,
                     p.bytes_per_s >> 20
                 ));
+                if let Some(e) = &p.error {
+                    out.push_str(&format!("    {} failed: {e}\n", p.kind));
+                }
             }
             if let Some(v) = &s.last_verify {
                 out.push_str(&format!(

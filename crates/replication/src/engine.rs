@@ -122,7 +122,8 @@ pub struct SyncProgress {
     pub id: u64,
     /// resync, verify or repair.
     pub kind: String,
-    /// listing, comparing, copying, finishing, done or failed.
+    /// starting (a repair's record before its listing), listing, comparing, copying,
+    /// finishing, done or failed.
     pub phase: String,
     /// "whole tree" or the number of changed paths compared.
     pub scope: String,
@@ -161,12 +162,17 @@ pub struct SyncProgress {
     /// (each read again under the lock).
     #[serde(default)]
     pub reads_redone: u64,
+    /// Why it failed (phase "failed"), when the engine said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     #[serde(skip)]
     pub started: Option<Instant>,
 }
 
 impl SyncProgress {
-    fn tick(&mut self) {
+    /// Recomputes the elapsed time, rate and ETA from the counts: on every update, and when
+    /// the status is read (a copy that records nothing for a while shows its rate falling).
+    pub(crate) fn tick(&mut self) {
         let Some(started) = self.started else { return };
         let secs = started.elapsed().as_secs_f64().max(0.001);
         self.elapsed_ms = (secs * 1000.0) as u64;
@@ -184,6 +190,12 @@ pub struct VerifyOutcome {
     pub files_compared: u64,
     pub bytes_compared: u64,
     pub elapsed_ms: u64,
+    /// With `--repair` and differences: the id of the repair's sync, whose progress record
+    /// exists by the time this outcome is shown (`understudy verify` waits for that id to
+    /// be done or failed). `None` when no repair was asked for, none was needed, or it could
+    /// not start (the verify's own record then says failed, and why).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repair_id: Option<u64>,
 }
 
 /// What the engine needs.
@@ -302,6 +314,9 @@ pub struct Engine {
     reading: Duration,
     waiting_for_peer: Duration,
     reads_redone: u64,
+    /// The part of the listed size of the file being copied not yet counted in
+    /// `bytes_done` (see [`Engine::copy_one`]).
+    file_left: u64,
 }
 
 impl Drop for Engine {
@@ -482,6 +497,7 @@ impl Engine {
             reading: Duration::ZERO,
             waiting_for_peer: Duration::ZERO,
             reads_redone: 0,
+            file_left: 0,
         }
     }
 
@@ -803,11 +819,7 @@ impl Engine {
             let fd = prefetch.take(&self.io.root, i, |k| large.get(k).map(|(f, _, _)| f));
             let (file, has_data, hint) = &large[i];
             let listed_path = listing.path_of(file.index);
-            match hint {
-                Some(runs) => self.copy_blocks(file, listed_path, runs, fd)?,
-                None => self.copy_file(file, listed_path, *has_data, fd)?,
-            }
-            self.progress(|p| p.files_done += 1);
+            self.copy_one(file, listed_path, *has_data, hint.as_deref(), fd)?;
         }
         // What is left of the small files (all of them when there were no large ones).
         self.small_turn(usize::MAX)?;
@@ -834,13 +846,40 @@ impl Engine {
                     .prefetch
                     .take(&self.io.root, i, |k| files.get(k).map(|(f, _)| f));
                 let (file, path) = &files[i];
-                self.copy_file(file, path, false, fd)?;
-                self.progress(|p| p.files_done += 1);
+                self.copy_one(file, path, false, None, fd)?;
             }
             Ok(())
         })();
         self.small = Some(lane);
         result
+    }
+
+    /// Copies one file of a resync (its written blocks with `runs`) and counts it done.
+    /// Its bytes count in `bytes_done` as its records are made, so the copy of a large file
+    /// shows a rate and an ETA rather than a standstill until its end; what of its listed
+    /// size they did not cover (unchanged blocks, holes, a file gone or shortened since the
+    /// listing) counts when it is done.
+    fn copy_one(
+        &mut self,
+        file: &ListedFile,
+        listed_path: &[u8],
+        has_data: bool,
+        runs: Option<&[(u64, u64)]>,
+        fd: Option<OwnedFd>,
+    ) -> Result<(), EngineError> {
+        // Small files are copied between a large file's records: its count is put back after.
+        let outer = std::mem::replace(&mut self.file_left, file.size);
+        let copied = match runs {
+            Some(runs) => self.copy_blocks(file, listed_path, runs, fd),
+            None => self.copy_file(file, listed_path, has_data, fd),
+        };
+        let rest = std::mem::replace(&mut self.file_left, outer);
+        copied?;
+        self.progress(|p| {
+            p.files_done += 1;
+            p.bytes_done += rest;
+        });
+        Ok(())
     }
 
     /// Records `SyncEnd` and waits until the passive holds it durably. Returns its seq.
@@ -920,7 +959,7 @@ impl Engine {
                 .take()
                 .or_else(|| walk::open_handle(&self.io.root, handle).ok());
             if let Some(fd) = fd {
-                match self.copy_small(fd, file)? {
+                match self.copy_small(fd)? {
                     None => return Ok(()),
                     Some(fd) => opened = Some(fd),
                 }
@@ -935,13 +974,14 @@ impl Engine {
             opened,
         )?
         else {
-            self.progress(|p| p.bytes_done += file.size);
             return Ok(());
         };
         if has_data {
-            let theirs = self.hashes_of(file.index)?;
+            // Ours first: the passive was asked for its hashes ahead of time and computes
+            // them meanwhile, so the two sides hash this file at the same time.
             let (_, mine) = hashing::hash_blocks(&fd, BLOCK_SIZE)
                 .map_err(|e| EngineError::Other(format!("hashing: {e}")))?;
+            let theirs = self.hashes_of(file.index)?;
             let block = u64::from(BLOCK_SIZE);
             for (start, end) in hashing::differing_blocks(&mine, &theirs.hashes) {
                 let (from, to) = (start as u64 * block, end as u64 * block);
@@ -952,7 +992,6 @@ impl Engine {
         } else if !self.copy_data(&fd, file.size)? {
             return Ok(());
         }
-        self.progress(|p| p.bytes_done += file.size);
         self.send_meta(&fd)
     }
 
@@ -970,7 +1009,6 @@ impl Engine {
             None => None,
         };
         let Some(fd) = fd else {
-            self.progress(|p| p.bytes_done += file.size);
             return Ok(());
         };
         let block = u64::from(BLOCK_SIZE);
@@ -979,7 +1017,6 @@ impl Engine {
                 return Ok(());
             }
         }
-        self.progress(|p| p.bytes_done += file.size);
         self.send_meta(&fd)
     }
 
@@ -1127,9 +1164,13 @@ impl Engine {
             };
             let (reading, waiting, redone) =
                 (self.reading, self.waiting_for_peer, self.reads_redone);
+            // Counted as it is recorded, up to the file's listed size (it may have grown).
+            let counted = (recorded as u64).min(self.file_left);
+            self.file_left -= counted;
             self.progress(|p| {
                 p.reads_redone = redone;
                 p.bytes_sent += recorded as u64;
+                p.bytes_done += counted;
                 p.reading_ms = reading.as_millis() as u64;
                 p.waiting_for_peer_ms = waiting.as_millis() as u64;
             });
@@ -1159,11 +1200,7 @@ impl Engine {
     /// sides. Gives the descriptor back, having recorded nothing, for a file this does not
     /// fit: sparse (its holes must stay holes), grown past one record, or opened by handle
     /// such that its descriptor cannot tell its name.
-    fn copy_small(
-        &mut self,
-        fd: OwnedFd,
-        file: &ListedFile,
-    ) -> Result<Option<OwnedFd>, EngineError> {
+    fn copy_small(&mut self, fd: OwnedFd) -> Result<Option<OwnedFd>, EngineError> {
         let fits = |st: &rfs::Stat| {
             let size = st.st_size.max(0) as u64;
             size <= CHUNK_BYTES as u64 && (st.st_blocks.max(0) as u64) * 512 >= size
@@ -1193,10 +1230,7 @@ impl Engine {
             let path = match walk::whereabouts(&fd, &self.io.root_path) {
                 Whereabouts::Named(path) => path,
                 // Removed since the listing: its removal was replicated in order.
-                Whereabouts::Deleted => {
-                    self.progress(|p| p.bytes_done += file.size);
-                    return Ok(None);
-                }
+                Whereabouts::Deleted => return Ok(None),
                 Whereabouts::Unknown => return Ok(Some(fd)),
             };
             // Again under the lock: what is recorded must be the file at this seq.
@@ -1238,7 +1272,6 @@ impl Engine {
         let (reading, waiting, redone) = (self.reading, self.waiting_for_peer, self.reads_redone);
         self.progress(|p| {
             p.bytes_sent += sent;
-            p.bytes_done += file.size;
             p.reading_ms = reading.as_millis() as u64;
             p.waiting_for_peer_ms = waiting.as_millis() as u64;
             p.reads_redone = redone;
@@ -1474,6 +1507,7 @@ impl Engine {
             files_compared: files.len() as u64,
             bytes_compared: total,
             elapsed_ms: started.elapsed().as_millis() as u64,
+            repair_id: None,
         })
     }
 

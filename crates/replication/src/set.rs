@@ -191,6 +191,8 @@ impl ReplicaSet {
         std::fs::create_dir_all(&cfg.path)?;
         // A capture mount left by a daemon that died: detach it so the path is usable.
         detach_stale_mount(&cfg.path);
+        // Every node starts passive: `path` shows this copy, read-only.
+        mount_read_only_view(&cfg.data_dir, &cfg.path);
         let mut persisted = SetState::load(&cfg.state_dir)?;
         // After a crash the copy may hold applied-but-unsynced ops the state file does not
         // count (or captures, if this node was active): its exact end is unknown, so it
@@ -574,7 +576,8 @@ impl ReplicaSet {
             self.cfg.name.clone(),
         );
         let mount = tokio::task::spawn_blocking(move || {
-            detach_stale_mount(&path);
+            // The passive's read-only view of the copy (and anything else left there).
+            detach_mounts(&path);
             understudy_capture::mount(
                 &data,
                 &path,
@@ -754,7 +757,8 @@ impl ReplicaSet {
             .spawn(move || {
                 let outcome = run_verify(&me, io, id, repair, &session);
                 if let Err(e) = outcome {
-                    lock(&me.progress).phase = "failed".into();
+                    // The record in progress: the verify's, or the repair's once it started.
+                    mark_failed(&me.progress, &e);
                     me.notice(format!("verify {id} stopped: {e}"));
                 }
                 busy.store(false, Ordering::SeqCst);
@@ -786,6 +790,9 @@ impl ReplicaSet {
                 Err(e) => warn!(error = %e, "unmount task failed"),
             }
         }
+        // From now on applications here cannot write to `path` (root included): it shows the
+        // copy the new active will stream into, read-only.
+        mount_read_only_view(&self.cfg.data_dir, &self.cfg.path);
         let q = queue.clone();
         let (last, drained) = tokio::task::spawn_blocking(move || q.drain(drain_timeout))
             .await
@@ -850,6 +857,8 @@ impl ReplicaSet {
             }
             Role::Idle => None,
         };
+        // The passive's read-only view goes with the daemon.
+        detach_mounts(&self.cfg.path);
         lock(&self.changes).seal();
         {
             let mut p = self.persisted();
@@ -869,10 +878,10 @@ impl ReplicaSet {
         let progress = lock(&self.progress).clone();
         let sync = (progress.id != 0).then(|| {
             let mut p = progress;
+            // The engine updates the figures as it records; between its updates (a slow
+            // read, a wait for the passive) the rate and ETA are as of now.
             if p.phase != "done" && p.phase != "failed" {
-                if let Some(s) = p.started {
-                    p.elapsed_ms = s.elapsed().as_millis() as u64;
-                }
+                p.tick();
             }
             p
         });
@@ -1000,14 +1009,14 @@ fn run_verify(
     let (_, listing) = engine
         .begin(true, crate::engine::Scope::Paths(None), false)
         .map_err(|e| e.to_string())?;
-    let outcome = engine.verify(&listing).map_err(|e| e.to_string())?;
+    let mut outcome = engine.verify(&listing).map_err(|e| e.to_string())?;
     let n = outcome.differences.len();
-    *lock(&set.last_verify) = Some(outcome.clone());
     set.notice(format!(
         "verify {id}: {n} differences ({} files, {} bytes compared in {} ms)",
         outcome.files_compared, outcome.bytes_compared, outcome.elapsed_ms
     ));
     if !repair || n == 0 {
+        *lock(&set.last_verify) = Some(outcome);
         return Ok(());
     }
     let paths: Vec<Vec<u8>> = outcome
@@ -1015,16 +1024,30 @@ fn run_verify(
         .iter()
         .map(|(p, _)| unescape_ascii(p))
         .collect();
-    let io = set.engine_io(session.control.clone(), &session.router)?;
+    // The outcome is shown only once the repair's record exists, naming it: `understudy
+    // verify --repair` follows that id to its end (shown earlier, the verify's own "done"
+    // passed for the repair's, and a failed repair for a finished one).
+    let io = match set.engine_io(session.control.clone(), &session.router) {
+        Ok(io) => io,
+        Err(e) => {
+            let e = format!("the repair could not start: {e}");
+            mark_failed(&set.progress, &e);
+            *lock(&set.last_verify) = Some(outcome);
+            return Err(e);
+        }
+    };
     let repair_id = io.queue.last_seq() + 1;
     {
         let mut p = lock(&set.progress);
         *p = SyncProgress {
             id: repair_id,
             kind: "repair".into(),
+            phase: "starting".into(),
             ..SyncProgress::default()
         };
     }
+    outcome.repair_id = Some(repair_id);
+    *lock(&set.last_verify) = Some(outcome);
     let mut engine = Engine::new(io, repair_id);
     let scope = if paths.iter().any(|p| p.is_empty()) {
         None
@@ -1039,6 +1062,13 @@ fn run_verify(
         "repair after verify {id}: {n} differing paths resynced (done at seq {end})"
     ));
     Ok(())
+}
+
+/// Marks the sync record in progress failed, with why.
+fn mark_failed(progress: &Mutex<SyncProgress>, why: &str) {
+    let mut p = lock(progress);
+    p.phase = "failed".into();
+    p.error = Some(why.to_string());
 }
 
 /// Reverses `escape_ascii` (how paths are shown) for the paths a verify reported.
@@ -1094,18 +1124,87 @@ fn utc_stamp(t: SystemTime) -> String {
     )
 }
 
-/// Lazily detaches whatever is mounted at `path` (a capture mount left by a dead daemon
-/// answers "transport endpoint is not connected"). Not an error if nothing is mounted.
+/// Lazily detaches whatever a dead daemon left mounted at `path` (a capture mount answers
+/// "transport endpoint is not connected"; a passive's read-only view may lie under it).
+/// Not an error if nothing is mounted.
 pub fn detach_stale_mount(path: &std::path::Path) {
+    let detached = detach_mounts(path);
+    if detached > 0 {
+        info!(path = %path.display(), mounts = detached, "detached stale mounts");
+    }
+}
+
+/// At most this many mounts stacked at a set's path are detached: a capture mount and a
+/// read-only view, each left by a daemon that died, with room to spare.
+const STACKED_MOUNTS_MAX: usize = 4;
+
+/// Lazily detaches the mounts at `path`, topmost first; returns how many.
+fn detach_mounts(path: &std::path::Path) -> usize {
     use std::os::unix::ffi::OsStrExt;
     let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
-        return;
+        return 0;
     };
-    // SAFETY: a valid NUL-terminated path; umount2 only reads it.
-    let rc = unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-    if rc == 0 {
-        info!(path = %path.display(), "detached a stale mount");
+    let mut detached = 0;
+    while detached < STACKED_MOUNTS_MAX {
+        // SAFETY: a valid NUL-terminated path; umount2 only reads it.
+        if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+            break;
+        }
+        detached += 1;
     }
+    detached
+}
+
+/// On the passive, `path` shows the copy read-only: a bind mount of the data dir, remounted
+/// read-only, so nothing there (root included) writes where the active's data will be
+/// mounted (such writes would be unreplicated, then hidden by the capture mount), and an
+/// operator can look at the copy. Failing to set it up is logged, not fatal: the copy is
+/// unaffected either way.
+fn mount_read_only_view(data_dir: &std::path::Path, path: &std::path::Path) {
+    if let Err(e) = bind_read_only(data_dir, path) {
+        warn!(path = %path.display(), error = %e, "cannot show the copy read-only at the set's path");
+    }
+}
+
+fn bind_read_only(source: &std::path::Path, target: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let cstr = |p: &std::path::Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
+    };
+    let (src, dst) = (cstr(source)?, cstr(target)?);
+    // SAFETY: valid NUL-terminated paths; a bind mount reads no fstype or data.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            dst.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // A bind mount takes its flags from the remount that follows it, not from the first call.
+    // SAFETY: as above; the source is ignored by a remount.
+    let rc = unsafe {
+        libc::mount(
+            std::ptr::null(),
+            dst.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        // A writable view would be worse than none.
+        // SAFETY: as above.
+        unsafe { libc::umount2(dst.as_ptr(), libc::MNT_DETACH) };
+        return Err(e);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

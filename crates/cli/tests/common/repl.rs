@@ -41,6 +41,26 @@ pub fn start(test: &str, mode: &str, queue_max_bytes: u64) -> Result<(Pair, usiz
     Ok((pair, active))
 }
 
+/// [`start`] with the set's resyncs capped at `rate` bytes per second
+/// (`sync_rate_max_bytes_per_s`): a sync of a known size then lasts a known time.
+pub fn start_rate_capped(
+    test: &str,
+    mode: &str,
+    queue_max_bytes: u64,
+    rate: u64,
+) -> Result<(Pair, usize)> {
+    let table = format!("mode = \"{mode}\"\n");
+    let resources = resources(mode, queue_max_bytes).replacen(
+        &table,
+        &format!("{table}sync_rate_max_bytes_per_s = {rate}\n"),
+        1,
+    );
+    let pair = Pair::start_with(test, Timing::default(), Some(&resources))?;
+    let active = pair.wait_settled(Duration::from_secs(20))?;
+    pair.wait_repl(active, "in_sync", Duration::from_secs(20))?;
+    Ok((pair, active))
+}
+
 impl Pair {
     pub fn mountpoint(&self) -> PathBuf {
         self.dir.join("mnt")
