@@ -504,3 +504,51 @@ fn a_restart_after_a_clean_stop_compares_nothing() {
     );
     assert_same_tree(&pair.data_dir(a2), &pair.data_dir(1 - a2)).expect("identical copies");
 }
+
+/// A short outage is caught up from the active's queue: the channel is cut long enough for
+/// the session to end (the passive hears nothing for 5 s), the active keeps writing, and
+/// after the heal a new session streams what was queued. Nothing is compared: no resync
+/// runs, and the log says the new session streamed.
+#[test]
+fn a_short_outage_is_caught_up_from_the_queue_without_a_comparison() {
+    if !require_root("a_short_outage_is_caught_up_from_the_queue_without_a_comparison") {
+        return;
+    }
+    let (pair, a) = repl::start("resync_short_outage", "sync", 256 << 20).expect("pair");
+    let p = 1 - a;
+    let m = pair.mountpoint().display().to_string();
+    populate(&pair, a, &m);
+    pair.wait_drained(a, Duration::from_secs(60))
+        .expect("drained");
+    let logged_before = pair.log(a).len();
+    pair.net.cut_all_channels(a).expect("cut the channel");
+    // Plain writes (no fsync) while the passive is away: they wait in the queue.
+    pair.sh_in(
+        a,
+        &format!("set -e; mkdir -p {m}/outage; for i in $(seq 1 50); do echo during$i > {m}/outage/f$i; done"),
+    )
+    .expect("writes during the outage");
+    std::thread::sleep(Duration::from_secs(7));
+    pair.sh_in(a, &format!("echo last > {m}/outage/last"))
+        .expect("a write late in the outage");
+    pair.net.heal_all_channels(a).expect("heal the channel");
+    assert_eq!(pair.role(a).as_deref(), Some("active"), "no failover");
+    pair.wait_drained(a, Duration::from_secs(30))
+        .expect("caught up");
+    let log = pair.log(a);
+    let since_cut = log.get(logged_before..).unwrap_or_default();
+    assert!(
+        since_cut.contains("replication session ended"),
+        "the outage did not end the session, so it tested nothing:\n{since_cut}"
+    );
+    assert!(
+        since_cut.contains("streaming, no comparison"),
+        "the new session did not stream from the queue:\n{since_cut}"
+    );
+    for i in [a, p] {
+        let r = pair.repl(i).expect("status");
+        assert_eq!(r.resyncs, 0, "node {i} resynced: {r:?}");
+        assert!(r.sync.is_none(), "node {i} ran a sync: {:?}", r.sync);
+    }
+    assert_same_tree(&pair.data_dir(a), &pair.data_dir(p)).expect("identical copies");
+}
