@@ -217,6 +217,13 @@ fn the_status_shows_an_initial_syncs_progress_while_it_runs() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(done.bytes_done, done.bytes_total, "{done:?}");
+    // The configured cap held: 192 MiB at 64 MiB/s cannot take less than 3 s (some slack
+    // for the first second's burst).
+    assert!(
+        done.elapsed_ms >= 2_500,
+        "the sync took {} ms: faster than sync_rate_max_bytes_per_s allows: {done:?}",
+        done.elapsed_ms
+    );
     assert!(
         copying.len() >= 10,
         "the copy was seen running only {} times: {copying:#?}",
