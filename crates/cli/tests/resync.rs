@@ -374,6 +374,33 @@ fn failback_preserves_the_old_actives_unreplicated_writes() {
         .collect();
     assert!(paths.contains(&"only-on-a".to_string()), "{q:#?}");
     assert!(paths.contains(&"d/7".to_string()), "{q:#?}");
+    // The manifest describes each preserved file: size, mtime, content hash, generation.
+    let lost = q
+        .iter()
+        .find(|e| e["path"] == "only-on-a")
+        .expect("in the manifest");
+    assert_eq!(lost["kind"], "file", "{lost}");
+    assert_eq!(lost["size"], 5, "{lost}");
+    assert_eq!(
+        lost["blake3"].as_str(),
+        Some(blake3::hash(b"lost\n").to_hex().as_str()),
+        "{lost}"
+    );
+    assert!(
+        lost["mtime"].as_str().is_some_and(|t| t.contains('.')),
+        "{lost}"
+    );
+    assert!(lost["generation"].as_u64().is_some_and(|g| g > 0), "{lost}");
+    let kept = std::fs::read_dir(
+        pair.dir()
+            .join(format!("state-{}/sets/data/quarantine", NAMES[a])),
+    )
+    .expect("quarantine")
+    .flatten()
+    .map(|e| e.path().join("files/only-on-a"))
+    .find(|p| p.exists())
+    .expect("the preserved file");
+    assert_eq!(std::fs::read(kept).expect("read"), b"lost\n");
     let status = pair.status(a).expect("status");
     let warnings = &status.replication[0].warnings;
     assert!(
