@@ -158,6 +158,52 @@ while time.time() < end:
         .expect("drained");
     let diffs = verify(&pair, a, false);
     assert!(diffs.is_empty(), "verify found differences: {diffs:?}");
+    // Online: a verify while the application writes (appends, rewrites of the large file,
+    // renames) finds no difference either: what it compares is taken at one point of the
+    // stream on both sides.
+    let writer = pair
+        .python_in(
+            a,
+            r#"
+import os, sys, time, random
+root = sys.argv[1]
+random.seed(11)
+end = time.time() + 4
+i = 0
+while time.time() < end:
+    i += 1
+    k = random.randrange(3)
+    if k == 0:
+        with open(os.path.join(root, "small/1/%d" % random.randrange(1, 251)), "a") as f:
+            f.write("during verify %d\n" % i)
+    elif k == 1:
+        with open(os.path.join(root, "big1"), "r+b") as f:
+            f.seek(random.randrange(0, 24 << 20))
+            f.write(os.urandom(4096))
+    else:
+        p = os.path.join(root, "v%d" % i)
+        with open(p, "w") as f:
+            f.write("y" * i)
+        os.rename(p, os.path.join(root, "small/2/verified%d" % i))
+    time.sleep(0.002)
+"#,
+            &[&m],
+        )
+        .expect("writer during verify");
+    let diffs = verify(&pair, a, false);
+    let mut writer = writer;
+    let still_writing = writer.0.try_wait().ok().flatten().is_none();
+    let _ = writer.0.wait();
+    assert!(
+        diffs.is_empty(),
+        "verify under writes found differences: {diffs:?}"
+    );
+    assert!(
+        still_writing,
+        "the writer had ended before the verify did: nothing was tested"
+    );
+    pair.wait_drained(a, Duration::from_secs(60))
+        .expect("drained");
     assert_same_tree(&pair.data_dir(a), &pair.data_dir(p)).expect("identical copies");
 }
 
