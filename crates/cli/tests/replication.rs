@@ -42,11 +42,21 @@ fn changes_on_the_active_reach_the_passive_copy_exactly() {
         active, passive,
         "the passive copy differs from the active's"
     );
-    // The path is not mounted on the passive.
+    // On the passive the path shows the copy, and nothing, root included, writes there.
     let on_passive = pair
-        .sh_in(p, &format!("ls -A {m} | wc -l"))
-        .expect("ls on passive");
-    assert_eq!(on_passive.trim(), "0", "the passive shows no data at path");
+        .sh_in(p, &format!("cat {m}/d/e/f; ls -A {m} | wc -l"))
+        .expect("read on passive");
+    let entries = pair
+        .sh_in(a, &format!("ls -A {m} | wc -l"))
+        .expect("ls on active");
+    assert_eq!(
+        on_passive.split_whitespace().collect::<Vec<_>>(),
+        ["hello", entries.trim()],
+        "the passive shows its copy at path"
+    );
+    let write = pair.sh_in(p, &format!("echo x > {m}/written-on-the-passive"));
+    assert!(write.is_err(), "a write at the passive's path succeeded");
+    assert!(!pair.data_dir(p).join("written-on-the-passive").exists());
 }
 
 #[test]
@@ -81,6 +91,12 @@ fn a_switchover_drains_and_the_new_active_serves_the_same_data() {
             .as_deref()
             .is_some_and(|t| t.contains("confirmed by the peer"))),
         "the switchover reports its drain: {events:#?}"
+    );
+    // The old active now shows its copy read-only at the path.
+    assert!(
+        pair.sh_in(a, &format!("echo x > {m}/on-the-old-active"))
+            .is_err(),
+        "the demoted node's path is writable"
     );
     // And back: the old active now receives the new active's changes.
     pair.sh_in(p, &format!("echo back > {m}/from-new"))
@@ -361,7 +377,25 @@ fn a_long_disconnection_overflows_then_resyncs_from_the_change_log() {
     .expect("files before the outage");
     pair.wait_drained(a, Duration::from_secs(20))
         .expect("drained");
-    pair.kill9(p);
+    // The change log notes paths in segments of at least 2 s, and closes one only once the
+    // passive has persisted past its start: two more writes, each drained, the first after
+    // 2 s and the second after the passive's persist interval, put the old files in a
+    // closed segment the passive holds, which the resync below then need not list.
+    for (pause, marker) in [(2_200, "marker1"), (700, "marker2")] {
+        std::thread::sleep(Duration::from_millis(pause));
+        pair.sh_in(a, &format!("echo x > {m}/{marker}"))
+            .expect("marker");
+        pair.wait_drained(a, Duration::from_secs(20))
+            .expect("drained");
+    }
+    // A clean stop: the passive records where it is, so the overflow below is the only
+    // reason its return needs a resync (killed, its unknown end would need one anyway).
+    pair.procs[p]
+        .as_mut()
+        .expect("running")
+        .terminate(Duration::from_secs(30))
+        .expect("a clean stop of the passive");
+    pair.procs[p] = None;
     pair.sh_in(
         a,
         &format!(
@@ -404,10 +438,176 @@ fn a_long_disconnection_overflows_then_resyncs_from_the_change_log() {
         sync.files_total <= 45,
         "only the changed files were compared, not the 240: {sync:?}"
     );
+    // And only their names were listed: the 200 old files were not even walked (the quick
+    // check above would pass a whole-tree listing too).
+    assert_ne!(sync.scope, "whole tree", "{sync:?}");
+    assert!(
+        sync.entries <= 50,
+        "the listing walked more than the changed paths: {sync:?}"
+    );
     pair.sh_in(a, &format!("echo still > {m}/after"))
         .expect("still serving");
     pair.wait_drained(a, Duration::from_secs(20))
         .expect("drained");
+    repl::assert_same_tree(&pair.data_dir(a), &pair.data_dir(p)).expect("identical copies");
+}
+
+/// Writes `count` files of 64 KiB under argv[1], fsyncing each, and prints how long each
+/// fsync took, in milliseconds. argv: directory, count.
+const FSYNC_TIMER: &str = r#"
+import os, sys, time
+os.makedirs(sys.argv[1], exist_ok=True)
+for i in range(int(sys.argv[2])):
+    fd = os.open("%s/f%d" % (sys.argv[1], i), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.write(fd, os.urandom(65536))
+    started = time.monotonic()
+    os.fsync(fd)
+    print((time.monotonic() - started) * 1000.0)
+    os.close(fd)
+"#;
+
+/// Writes and fsyncs `count` files under `dir` on node `i`, the whole run bounded by a
+/// `timeout`; returns each fsync's duration.
+fn timed_fsyncs(pair: &common::Pair, i: usize, dir: &str, count: u32) -> Vec<Duration> {
+    let script = pair.dir().join("fsync_timer.py");
+    std::fs::write(&script, FSYNC_TIMER).expect("write the script");
+    let out = pair
+        .sh_in(
+            i,
+            &format!("timeout 30 python3 {} {dir} {count}", script.display()),
+        )
+        .expect("the writer ran to its end within 30 s");
+    let durations: Vec<Duration> = out
+        .lines()
+        .filter_map(|l| l.trim().parse::<f64>().ok())
+        .map(|ms| Duration::from_secs_f64(ms / 1000.0))
+        .collect();
+    assert_eq!(durations.len(), count as usize, "{out}");
+    durations
+}
+
+/// The active's replication entry as `understudy status --json` shows it.
+fn repl_status(pair: &common::Pair, i: usize) -> understudy_daemon::report::ReplicationReport {
+    pair.status(i)
+        .expect("status --json")
+        .replication
+        .into_iter()
+        .next()
+        .expect("a replicated set")
+}
+
+/// Async mode: an fsync returns once the data is durable locally, whatever the passive
+/// does. With the passive's daemon frozen (SIGSTOP), fsyncs on the active stay prompt while
+/// the status shows ops waiting and a lag that grows; the active gives the silent session up
+/// (`disconnected`) and keeps serving. Once the passive wakes, it is streamed to from the
+/// queue and its copy equals the active's.
+#[test]
+fn async_fsyncs_do_not_wait_for_a_frozen_passive_which_catches_up_after() {
+    if !require_root("async_fsyncs_do_not_wait_for_a_frozen_passive_which_catches_up_after") {
+        return;
+    }
+    let (pair, a) = repl::start("repl_async", "async", 256 << 20).expect("pair");
+    let p = 1 - a;
+    let m = pair.mountpoint();
+    let m = m.display();
+    pair.sh_in(
+        a,
+        &format!("set -e; mkdir {m}/before; echo one > {m}/before/f"),
+    )
+    .expect("writes before the freeze");
+    let before = pair
+        .wait_drained(a, Duration::from_secs(20))
+        .expect("drained before the freeze");
+    // Local fsyncs of 64 KiB take milliseconds; waiting for the passive would take at least
+    // the stall timeout (1 s here), as a sync-mode set's first fsync does.
+    let fsync_bound = Duration::from_millis(500);
+
+    pair.proc(p).stop();
+    let frozen_at = std::time::Instant::now();
+    let fsyncs = timed_fsyncs(&pair, a, &format!("{m}/while-frozen"), 20);
+    // The ops the frozen passive has missed so far were all captured before this moment.
+    let first_batch_done = std::time::Instant::now();
+    assert!(
+        fsyncs.iter().all(|d| *d < fsync_bound),
+        "an fsync waited for the frozen passive: {fsyncs:?}"
+    );
+    let first = repl_status(&pair, a);
+    assert!(first.queue_ops > 0, "ops wait for the passive: {first:?}");
+    assert!(first.queue_bytes > 0, "{first:?}");
+    assert_eq!(
+        first.applied_seq, before.applied_seq,
+        "a frozen passive applies nothing"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let later = repl_status(&pair, a);
+    assert!(
+        later.lag_ms >= first.lag_ms + 400,
+        "the lag grows while the passive is away: {} ms, then {} ms 500 ms later",
+        first.lag_ms,
+        later.lag_ms
+    );
+    assert!(
+        later.queue_ops >= first.queue_ops,
+        "{first:?} then {later:?}"
+    );
+    // Still connected, but trailing by a second: shown catching up, not in sync.
+    let trailing = pair
+        .wait_repl(a, "catching_up", Duration::from_secs(4))
+        .expect("a passive trailing by a second shows catching up");
+    assert!(trailing.lag_ms >= 1000, "{trailing:?}");
+    // The passive says nothing for the session's idle timeout (5 s): the active gives the
+    // session up, and the set shows it.
+    let gone = pair
+        .wait_repl(a, "disconnected", Duration::from_secs(15))
+        .expect("the active gives the silent session up");
+    let frozen_for = frozen_at.elapsed();
+    assert!(gone.queue_ops >= later.queue_ops, "{gone:?}");
+    // The oldest op waiting was captured after the freeze and before the first batch
+    // ended; the status was taken at most a poll (50 ms) before it was seen.
+    let waited_at_least = first_batch_done
+        .elapsed()
+        .saturating_sub(Duration::from_millis(200));
+    assert!(
+        gone.lag_ms >= waited_at_least.as_millis() as u64
+            && gone.lag_ms <= frozen_for.as_millis() as u64,
+        "the lag runs from the first op the passive missed: {} ms, frozen {frozen_for:?}, \
+         first batch done {:?} ago",
+        gone.lag_ms,
+        first_batch_done.elapsed()
+    );
+    // Disconnected, the active still serves, fsyncs included.
+    let fsyncs = timed_fsyncs(&pair, a, &format!("{m}/while-disconnected"), 10);
+    assert!(
+        fsyncs.iter().all(|d| *d < fsync_bound),
+        "an fsync waited with no passive: {fsyncs:?}"
+    );
+    let alone = repl_status(&pair, a);
+    assert!(alone.queue_ops > gone.queue_ops, "{gone:?} then {alone:?}");
+    assert_eq!(alone.state, "disconnected", "{alone:?}");
+
+    pair.proc(p).cont();
+    let woken_at = std::time::Instant::now();
+    let r = pair
+        .wait_drained(a, Duration::from_secs(30))
+        .expect("the woken passive catches up");
+    eprintln!(
+        "frozen: {} ops waiting, lag {} ms then {} ms; disconnected after {frozen_for:?} \
+         with lag {} ms; alone: {} ops; caught up {:?} after waking",
+        first.queue_ops,
+        first.lag_ms,
+        later.lag_ms,
+        gone.lag_ms,
+        alone.queue_ops,
+        woken_at.elapsed()
+    );
+    assert_eq!((r.queue_ops, r.queue_bytes, r.lag_ms), (0, 0, 0), "{r:?}");
+    assert_eq!(
+        r.sync.as_ref().map(|s| s.id),
+        before.sync.as_ref().map(|s| s.id),
+        "streamed to from the queue, not resynced: {r:?}"
+    );
+    assert_eq!(pair.role(a).as_deref(), Some("active"));
+    assert_eq!(pair.role(p).as_deref(), Some("passive"));
     repl::assert_same_tree(&pair.data_dir(a), &pair.data_dir(p)).expect("identical copies");
 }
 

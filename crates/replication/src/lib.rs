@@ -80,6 +80,10 @@ impl Replicator {
             .into_iter()
             .map(|cfg| ReplicaSet::open(cfg).map(Arc::new))
             .collect::<std::io::Result<Vec<_>>>()?;
+        // Every node starts passive: each set's path shows its copy, read-only.
+        for set in &sets {
+            set.show_read_only_view();
+        }
         Ok(Self {
             sets,
             tls,

@@ -75,14 +75,25 @@ struct Entry {
     at: Instant,
 }
 
-/// Records beyond memory, appended to a file while the passive is away or slow.
+/// Records beyond memory, appended to a file while the passive is away or slow. They are
+/// one contiguous run of seqs, `first_seq..=last_seq`.
 struct Spill {
     file: File,
     len: u64,
-    ops: u64,
     first_seq: u64,
     last_seq: u64,
+    /// When `first_seq` was spilled: the age of the oldest spilled op still waiting, or an
+    /// overestimate of it once the passive applied part of the spill (the file keeps no
+    /// times, and status errs on the side of a larger lag).
     first_at: Instant,
+    /// Bytes at the file's start whose records the passive has applied: they stay in the
+    /// file (it is only ever removed whole) but no longer wait for the passive.
+    applied_len: u64,
+    /// Batches sent from the file in this session and not yet wholly applied, oldest
+    /// first: (their last seq, the offset after them). How `applied_len` follows the acks,
+    /// a batch at a time: one entry per batch in flight, and one per run of sent records
+    /// moved from memory to the spill.
+    sent_batches: VecDeque<(u64, u64)>,
 }
 
 /// Where the sender resumes in the spill file: byte offset and the next seq there.
@@ -259,6 +270,10 @@ impl SetQueue {
         inner.durable_seq = inner.durable_seq.max(applied_seq);
         inner.sent_seq = applied_seq;
         inner.spill_cursor = SpillCursor::default();
+        // The sender reads the spill again from its start, batch by batch.
+        if let Some(spill) = inner.spill.as_mut() {
+            spill.sent_batches.clear();
+        }
         inner.unsent_bytes = inner
             .mem
             .iter()
@@ -475,6 +490,16 @@ impl SetQueue {
                 self.recycle(entry.record);
             }
         }
+        let applied_seq = inner.applied_seq;
+        if let Some(spill) = inner.spill.as_mut() {
+            while let Some(&(last, end)) = spill.sent_batches.front() {
+                if last > applied_seq {
+                    break;
+                }
+                spill.applied_len = spill.applied_len.max(end);
+                spill.sent_batches.pop_front();
+            }
+        }
         let spill_done = inner
             .spill
             .as_ref()
@@ -512,24 +537,24 @@ impl SetQueue {
             return Ok(Next::Records(out));
         }
         // Memory is exhausted; continue in the spill file, if it has more.
-        let Some(spill) = inner.spill.as_ref() else {
+        let cursor = inner.spill_cursor.offset;
+        let Some(spill) = inner.spill.as_mut() else {
             return Ok(Next::Idle);
         };
         if spill.last_seq <= after {
             return Ok(Next::Idle);
         }
-        let (encoded, last, offset) = read_spill(
-            &spill.file,
-            inner.spill_cursor.offset,
-            spill.len,
-            after,
-            max_bytes,
-        )?;
+        let (encoded, last, offset) = read_spill(&spill.file, cursor, spill.len, after, max_bytes)?;
+        if last > after {
+            spill.sent_batches.push_back((last, offset));
+        }
         inner.spill_cursor.offset = offset;
+        // Every byte the cursor passed is sent now, or belongs to a record the passive had
+        // applied before this session (`start_session` counted the whole spill as unsent).
+        inner.unsent_bytes = inner.unsent_bytes.saturating_sub(offset - cursor);
         if last > after {
             inner.sent_seq = last;
             inner.bytes_sent_total += encoded.len() as u64;
-            inner.unsent_bytes = inner.unsent_bytes.saturating_sub(encoded.len() as u64);
             Ok(Next::Encoded(encoded, last))
         } else {
             Ok(Next::Idle)
@@ -558,13 +583,25 @@ impl SetQueue {
     /// Status figures.
     pub fn snapshot(&self) -> QueueSnapshot {
         let inner = self.lock();
-        let spill_ops = inner.spill.as_ref().map_or(0, |s| s.ops);
-        let spill_bytes = inner.spill.as_ref().map_or(0, |s| s.len);
-        let oldest = inner
-            .mem
-            .front()
-            .map(|e| e.at)
-            .or(inner.spill.as_ref().map(|s| s.first_at));
+        // What still waits for the passive: the spill's applied part stays in the file
+        // until all of it is applied, but no longer counts (its seqs are contiguous).
+        let spill_ops = inner.spill.as_ref().map_or(0, |s| {
+            s.last_seq
+                .saturating_sub(inner.applied_seq.max(s.first_seq - 1))
+        });
+        let spill_bytes = inner
+            .spill
+            .as_ref()
+            .map_or(0, |s| s.len.saturating_sub(s.applied_len));
+        // Memory may hold only ops newer than the spill's (the sender had passed it): the
+        // oldest op waiting is then a spilled one.
+        let oldest = match (
+            inner.mem.front().map(|e| e.at),
+            inner.spill.as_ref().map(|s| s.first_at),
+        ) {
+            (Some(mem), Some(spill)) => Some(mem.min(spill)),
+            (mem, spill) => mem.or(spill),
+        };
         QueueSnapshot {
             queue_ops: inner.mem.len() as u64 + spill_ops,
             queue_bytes: inner.mem_bytes + spill_bytes,
@@ -881,11 +918,12 @@ impl SetQueue {
         }
         let fits = inner.mem_bytes + bytes <= self.cfg.mem_max_bytes;
         // The spill must stay one contiguous run of seqs. Once the sender has passed all of
-        // it, new records go to memory again; and once any newer record is in memory, every
-        // later one must follow it there (bounded by queue_max_bytes above).
+        // it, new records go to memory again, while they fit; one that does not goes to the
+        // spill after the newer records memory holds, which move there first
+        // (`spill_newer_from_memory`).
         let to_memory = match (&inner.spill, inner.mem.back()) {
             (None, _) => fits || inner.mem.is_empty(),
-            (Some(s), Some(back)) if back.record.seq > s.last_seq => true,
+            (Some(s), Some(back)) if back.record.seq > s.last_seq => fits,
             (Some(s), _) => inner.streaming && inner.sent_seq >= s.last_seq && fits,
         };
         let queued = inner.mem_bytes + inner.spill.as_ref().map_or(0, |s| s.len);
@@ -893,18 +931,27 @@ impl SetQueue {
             self.overflow(&mut inner, "queue_max_bytes reached");
             return seq;
         }
-        inner.unsent_bytes += bytes;
         if to_memory {
+            inner.unsent_bytes += bytes;
             inner.mem_bytes += bytes;
             inner.mem.push_back(Entry {
                 record: Arc::new(record),
                 bytes,
                 at: Instant::now(),
             });
-        } else if let Err(e) = self.spill(&mut inner, &record) {
-            error!(error = %e, "spilling failed");
-            self.overflow(&mut inner, "spill failed");
-            return seq;
+        } else {
+            let spilled = self
+                .spill_newer_from_memory(&mut inner)
+                .and_then(|()| self.spill(&mut inner, &record));
+            match spilled {
+                // A spilled record waits as its framed bytes, which the sender subtracts.
+                Ok(framed_bytes) => inner.unsent_bytes += framed_bytes,
+                Err(e) => {
+                    error!(error = %e, "spilling failed");
+                    self.overflow(&mut inner, "spill failed");
+                    return seq;
+                }
+            }
         }
         // Wake the sender only if it may be idle: if records before this one are still
         // unsent, it has a wake-up pending already (or is about to take them all).
@@ -916,7 +963,55 @@ impl SetQueue {
         seq
     }
 
-    fn spill(&self, inner: &mut Inner, record: &Record) -> std::io::Result<()> {
+    /// Memory holds records newer than the spill's (the sender had passed the spill) and
+    /// the next record does not fit: they move to the spill's end, in order, so that memory
+    /// keeps within its bound (invariant 18) and the spill stays one contiguous run.
+    fn spill_newer_from_memory(&self, inner: &mut Inner) -> std::io::Result<()> {
+        let Some(spill_last) = inner.spill.as_ref().map(|s| s.last_seq) else {
+            return Ok(());
+        };
+        let newer = inner
+            .mem
+            .iter()
+            .rev()
+            .take_while(|e| e.record.seq > spill_last)
+            .count();
+        let first_moved = inner.mem.len() - newer;
+        let moved: Vec<Entry> = inner.mem.drain(first_moved..).collect();
+        // The sent ones come first (lower seqs): one entry in `sent_batches` covers them all.
+        let mut sent_run_end: Option<(u64, u64)> = None;
+        for entry in moved {
+            inner.mem_bytes -= entry.bytes;
+            let sent = entry.record.seq <= inner.sent_seq;
+            if sent {
+                // The sender took it after reading the whole spill.
+                let spill_len = inner.spill.as_ref().map_or(0, |s| s.len);
+                invariant!(
+                    inner.spill_cursor.offset == spill_len,
+                    "seq {} was sent from memory before the spill was read",
+                    entry.record.seq
+                );
+            }
+            let framed_bytes = self.spill(inner, &entry.record)?;
+            if sent {
+                // The sender's place in the spill moves past it, and the passive's ack of
+                // it counts against the spill as a batch sent from it would.
+                let spill_len = inner.spill.as_ref().map_or(0, |s| s.len);
+                sent_run_end = Some((entry.record.seq, spill_len));
+                inner.spill_cursor.offset = spill_len;
+            } else {
+                // It still waits to be sent, now as its framed bytes in the spill.
+                inner.unsent_bytes = inner.unsent_bytes.saturating_sub(entry.bytes) + framed_bytes;
+            }
+        }
+        if let (Some(run_end), Some(spill)) = (sent_run_end, inner.spill.as_mut()) {
+            spill.sent_batches.push_back(run_end);
+        }
+        Ok(())
+    }
+
+    /// Appends `record` to the spill (created if need be); returns its framed bytes.
+    fn spill(&self, inner: &mut Inner, record: &Record) -> std::io::Result<u64> {
         let mut buf = Vec::with_capacity(record.op.data_len() + 128);
         frame_record(record, &mut buf);
         if inner.spill.is_none() {
@@ -929,22 +1024,24 @@ impl SetQueue {
             inner.spill = Some(Spill {
                 file,
                 len: 0,
-                ops: 0,
                 first_seq: record.seq,
-                last_seq: record.seq,
+                last_seq: record.seq - 1,
                 first_at: Instant::now(),
+                applied_len: 0,
+                sent_batches: VecDeque::new(),
             });
         }
         let spill = inner.spill.as_mut().expect("created above");
+        invariant!(
+            record.seq == spill.last_seq + 1,
+            "the spill's seqs must be contiguous: {} after {}",
+            record.seq,
+            spill.last_seq
+        );
         spill.file.write_all_at(&buf, spill.len)?;
         spill.len += buf.len() as u64;
-        spill.ops += 1;
         spill.last_seq = record.seq;
-        invariant!(
-            spill.first_seq <= spill.last_seq,
-            "spill seqs run backwards"
-        );
-        Ok(())
+        Ok(buf.len() as u64)
     }
 }
 

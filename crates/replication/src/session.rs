@@ -1070,11 +1070,20 @@ fn apply_loop(
     applier
 }
 
+#[cfg(test)]
+thread_local! {
+    /// The durable seq of every commit made on this thread: how the tests count group
+    /// commits (each apply loop runs on a thread of its own).
+    static COMMITS: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 fn commit(set: &ReplicaSet, applier: &mut Applier, durable: &mut u64, broken: &mut bool) {
     match applier.sync() {
         Ok(()) => {
             *durable = applier.last_applied();
             set.passive.durable.store(*durable, Ordering::Relaxed);
+            #[cfg(test)]
+            COMMITS.with(|c| c.borrow_mut().push(*durable));
         }
         Err(e) => {
             error!(set = set.name(), error = %e, "syncing the copy failed");
@@ -1108,6 +1117,159 @@ fn wait_frame(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use understudy_oplog::{NodeKind, Record};
+
+    use crate::queue::frame_record;
+
+    /// A passive `sync`-mode set in `dir`, and an applier for its copy.
+    fn passive_set(dir: &std::path::Path) -> (Arc<ReplicaSet>, Applier) {
+        let cfg = crate::SetConfig {
+            name: "data".into(),
+            path: dir.join("mnt"),
+            mode: crate::queue::Mode::Sync,
+            queue_max_bytes: 1 << 20,
+            mem_max_bytes: 1 << 20,
+            data_dir: dir.join("data"),
+            state_dir: dir.join("state"),
+            stall_timeout: Duration::from_secs(1),
+            capture_threads: 1,
+            node_index: 1,
+            sync_rate_max: 0,
+            lease_renew_interval: Duration::from_millis(100),
+            serving: Arc::default(),
+        };
+        let set = Arc::new(ReplicaSet::open(cfg).expect("set"));
+        let applier =
+            Applier::open(&dir.join("data"), &dir.join("state/orphans")).expect("applier");
+        (set, applier)
+    }
+
+    /// Records 1..: the file `f` made, then `barriers` times a write to it and its fsync.
+    fn writes_each_fsynced(barriers: u64) -> Vec<Record> {
+        let mut records = vec![Record {
+            seq: 1,
+            op: Op::Mknod {
+                path: b"f".to_vec(),
+                kind: NodeKind::Regular,
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+                rdev: 0,
+            },
+            mtimes: Vec::new(),
+        }];
+        for n in 0..barriers {
+            let seq = records.len() as u64 + 1;
+            records.push(Record {
+                seq,
+                op: Op::Write {
+                    file: FileRef::Path(b"f".to_vec()),
+                    offset: n * 4096,
+                    data: vec![n as u8; 4096],
+                },
+                mtimes: Vec::new(),
+            });
+            records.push(Record {
+                seq: seq + 1,
+                op: Op::Fsync {
+                    file: FileRef::Path(b"f".to_vec()),
+                    datasync: true,
+                },
+                mtimes: Vec::new(),
+            });
+        }
+        records
+    }
+
+    fn frame(records: &[Record]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for r in records {
+            frame_record(r, &mut out);
+        }
+        out
+    }
+
+    /// Runs the real apply loop on `frames`, all waiting before it starts (as when they
+    /// arrive together), until the passive acknowledges `last_seq` durable. Returns how long
+    /// that took and the durable seq of every commit, the one at the session's end included.
+    fn apply_together(frames: Vec<Vec<u8>>, last_seq: u64) -> (Duration, Vec<u64>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (set, applier) = passive_set(dir.path());
+        let (tx, rx) = mpsc::channel::<Vec<u8>>(APPLY_QUEUE_FRAMES);
+        for f in frames {
+            tx.try_send(f).expect("room for every frame");
+        }
+        let (ack_tx, ack_rx) = watch::channel(Ack {
+            applied: 0,
+            durable: 0,
+            persisted: 0,
+        });
+        let (pool_tx, _pool_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        let (report_tx, _report_rx) = mpsc::unbounded_channel();
+        let obs = PassiveObserver::new(report_tx, dir.path().join("data"), Default::default());
+        let started = Instant::now();
+        let apply = std::thread::spawn(move || {
+            apply_loop(set, applier, rx, ack_tx, pool_tx, obs, None);
+            COMMITS.with(|c| c.take())
+        });
+        let deadline = started + Duration::from_secs(10);
+        let acked_in = loop {
+            let ack = *ack_rx.borrow();
+            assert!(ack.applied <= last_seq, "{ack:?}");
+            if ack.durable == last_seq {
+                break started.elapsed();
+            }
+            assert!(
+                Instant::now() < deadline && !apply.is_finished(),
+                "never acknowledged {last_seq} durable: {ack:?}"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        // The session ends: the loop commits once more and stops.
+        drop(tx);
+        let commits = apply.join().expect("the apply thread");
+        (acked_in, commits)
+    }
+
+    #[test]
+    fn barriers_arriving_in_one_frame_share_one_sync() {
+        let barriers = 8;
+        let records = writes_each_fsynced(barriers);
+        let last_seq = records.len() as u64;
+        let (acked_in, commits) = apply_together(vec![frame(&records)], last_seq);
+        // Prompt: the barriers' commit, not the idle one after SYNC_INTERVAL.
+        assert!(
+            acked_in < SYNC_INTERVAL / 2,
+            "acknowledged after {acked_in:?}"
+        );
+        assert_eq!(
+            commits,
+            [last_seq, last_seq],
+            "{barriers} fsyncs in one frame: one commit covering all of them (then the \
+             session's last)"
+        );
+    }
+
+    #[test]
+    fn barriers_in_frames_waiting_together_share_one_sync() {
+        let barriers = APPLY_QUEUE_FRAMES as u64 - 1;
+        let records = writes_each_fsynced(barriers);
+        let last_seq = records.len() as u64;
+        // The file's creation, then one write and its fsync per frame.
+        let mut frames = vec![frame(&records[..1])];
+        frames.extend(records[1..].chunks(2).map(frame));
+        let (acked_in, commits) = apply_together(frames, last_seq);
+        assert!(
+            acked_in < SYNC_INTERVAL / 2,
+            "acknowledged after {acked_in:?}"
+        );
+        assert_eq!(
+            commits,
+            [last_seq, last_seq],
+            "{barriers} fsyncs in frames that waited together: one commit (then the \
+             session's last)"
+        );
+    }
 
     #[test]
     fn failed_sessions_back_off_up_to_the_cap() {

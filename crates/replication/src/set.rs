@@ -180,6 +180,10 @@ pub struct ReplicaSet {
     rate: Mutex<(Instant, u64, u64)>,
 }
 
+/// A passive whose oldest unapplied op is this old is shown catching up, not in sync: it
+/// trails visibly (stalled, or slower than the writes), though still connected.
+const CATCHING_UP_LAG: Duration = Duration::from_secs(1);
+
 fn is_dir_empty(path: &Path) -> bool {
     std::fs::read_dir(path).map_or(true, |mut d| d.next().is_none())
 }
@@ -191,8 +195,6 @@ impl ReplicaSet {
         std::fs::create_dir_all(&cfg.path)?;
         // A capture mount left by a daemon that died: detach it so the path is usable.
         detach_stale_mount(&cfg.path);
-        // Every node starts passive: `path` shows this copy, read-only.
-        mount_read_only_view(&cfg.data_dir, &cfg.path);
         let mut persisted = SetState::load(&cfg.state_dir)?;
         // After a crash the copy may hold applied-but-unsynced ops the state file does not
         // count (or captures, if this node was active): its exact end is unknown, so it
@@ -285,6 +287,12 @@ impl ReplicaSet {
     }
 
     /// Marks this node's copy (as a passive) out of sync, persistently.
+    /// Shows this copy read-only at the set's path, as a passive does (see
+    /// [`mount_read_only_view`]): the daemon's sets start passive.
+    pub(crate) fn show_read_only_view(&self) {
+        mount_read_only_view(&self.cfg.data_dir, &self.cfg.path);
+    }
+
     pub(crate) fn mark_copy_out_of_sync(&self, why: &str) {
         if !self.passive.out_of_sync.swap(true, Ordering::SeqCst) {
             warn!(set = %self.cfg.name, reason = why, "this copy is out of sync until resynced");
@@ -904,6 +912,8 @@ impl ReplicaSet {
             } else if s.resyncing
                 || s.queue_bytes > s.mem_bytes
                 || s.last_seq - s.applied_seq > 100_000
+                || s.oldest_unacked
+                    .is_some_and(|t| t.elapsed() >= CATCHING_UP_LAG)
             {
                 ReplState::CatchingUp
             } else {

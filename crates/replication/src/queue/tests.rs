@@ -175,3 +175,365 @@ fn a_node_that_may_no_longer_serve_acknowledges_nothing_alone() {
     let seq = fsync(&q);
     assert!(q.wait_durable(seq));
 }
+
+// ---- the spill: memory smaller than the queue ------------------------------------------
+
+/// Data bytes of the writes the spill tests record.
+const WRITE_DATA_BYTES: usize = 1000;
+/// What the queue accounts for one such write (payload plus the per-record overhead).
+const WRITE_ACCOUNTED_BYTES: u64 = WRITE_DATA_BYTES as u64 + 64;
+
+/// An async-mode queue (no fsync waits) whose memory holds `mem_max_bytes`, the rest of
+/// its 1 MiB spilling to disk.
+fn spilling_queue(dir: &std::path::Path, mem_max_bytes: u64) -> SetQueue {
+    let changes = Arc::new(Mutex::new(
+        ChangeLog::open(&dir.join("changes")).expect("change log"),
+    ));
+    SetQueue::new(
+        QueueConfig {
+            mode: Mode::Async,
+            queue_max_bytes: 1 << 20,
+            mem_max_bytes,
+            stall_timeout: LEASE,
+            dir: dir.join("queue"),
+            serving: serving(),
+        },
+        1,
+        changes,
+        false,
+    )
+    .expect("queue")
+}
+
+/// Records a write of `units` × [`WRITE_ACCOUNTED_BYTES`] (as the queue accounts it) whose
+/// data is the seq it gets, repeated, so a record read back can be checked against its seq.
+fn record_write(q: &SetQueue, units: u64) -> u64 {
+    let seq = q.last_seq() + 1;
+    let data_bytes = (units * WRITE_ACCOUNTED_BYTES - 64) as usize;
+    let data: Vec<u8> = seq
+        .to_le_bytes()
+        .iter()
+        .copied()
+        .cycle()
+        .take(data_bytes)
+        .collect();
+    let got = q.record(
+        Op::Write {
+            file: FileRef::Path(b"f".to_vec()),
+            offset: 0,
+            data,
+        },
+        Vec::new(),
+    );
+    assert_eq!(got, seq, "seqs are handed out in order");
+    got
+}
+
+/// Where a batch came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    Memory,
+    Spill,
+}
+
+/// The next batch's seqs and where it came from (`None`: nothing to send), each record's
+/// data checked to be its own.
+fn take_batch(q: &SetQueue, max_bytes: u64) -> Option<(Source, Vec<u64>)> {
+    fn check(record: &understudy_oplog::Record) -> u64 {
+        if let Op::Write { data, .. } = &record.op {
+            let expected: Vec<u8> = record
+                .seq
+                .to_le_bytes()
+                .iter()
+                .copied()
+                .cycle()
+                .take(data.len())
+                .collect();
+            assert!(
+                *data == expected,
+                "seq {} carries another op's data",
+                record.seq
+            );
+        }
+        record.seq
+    }
+    match q.next_batch(max_bytes).expect("next batch") {
+        super::Next::Records(records) => {
+            Some((Source::Memory, records.iter().map(|r| check(r)).collect()))
+        }
+        super::Next::Encoded(bytes, last) => {
+            let seqs: Vec<u64> = super::iter_encoded(&bytes).map(|r| check(&r)).collect();
+            assert_eq!(seqs.last(), Some(&last), "the batch's last seq is its own");
+            Some((Source::Spill, seqs))
+        }
+        super::Next::Idle => None,
+    }
+}
+
+fn spill_file_exists(dir: &std::path::Path) -> bool {
+    super::spill_path(&dir.join("queue")).exists()
+}
+
+/// (seqs in memory, first and last seq in the spill)
+fn layout(q: &SetQueue) -> (Vec<u64>, Option<(u64, u64)>) {
+    let inner = q.lock();
+    (
+        inner.mem.iter().map(|e| e.record.seq).collect(),
+        inner.spill.as_ref().map(|s| (s.first_seq, s.last_seq)),
+    )
+}
+
+#[test]
+fn spilled_ops_reach_the_sender_in_order_while_more_arrive() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mem_max_bytes = 4 * WRITE_ACCOUNTED_BYTES;
+    let q = spilling_queue(dir.path(), mem_max_bytes);
+    // No passive: memory fills, then the rest spills without anyone waiting.
+    for _ in 0..10 {
+        record_write(&q, 1);
+    }
+    assert_eq!(layout(&q), (vec![1, 2, 3, 4], Some((5, 10))));
+    assert!(spill_file_exists(dir.path()));
+    let s = q.snapshot();
+    assert_eq!((s.queue_ops, s.mem_bytes), (10, mem_max_bytes));
+    assert!(
+        s.queue_bytes > s.mem_bytes + 6 * WRITE_DATA_BYTES as u64,
+        "{s:?}"
+    );
+
+    assert!(q.start_session(0));
+    let mut taken: Vec<u64> = Vec::new();
+    let mut sources: Vec<Source> = Vec::new();
+    let mut arrivals_left = 12;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the queue never drained: {taken:?}"
+        );
+        let batch = take_batch(&q, 2 * WRITE_ACCOUNTED_BYTES);
+        // Ops keep arriving while the sender drains: first into the spill (the sender has
+        // not passed it yet), then into memory behind it.
+        if arrivals_left > 0 {
+            arrivals_left -= 1;
+            record_write(&q, 1);
+        }
+        let Some((source, seqs)) = batch else {
+            if arrivals_left == 0 {
+                break;
+            }
+            continue;
+        };
+        assert_eq!(
+            seqs.first(),
+            Some(&(taken.last().copied().unwrap_or(0) + 1)),
+            "a batch starts right after the last one: {taken:?} then {seqs:?} ({source:?})"
+        );
+        assert!(
+            seqs.windows(2).all(|w| w[1] == w[0] + 1),
+            "a batch is contiguous: {seqs:?}"
+        );
+        taken.extend(&seqs);
+        if sources.last() != Some(&source) {
+            sources.push(source);
+        }
+        // The passive applied all but the newest op sent: both parts of the queue trim
+        // while they still hold ops.
+        let applied = taken.last().copied().unwrap_or(1) - 1;
+        q.ack(applied, applied, 0);
+        let s = q.snapshot();
+        assert_eq!(
+            s.queue_ops,
+            s.last_seq - s.applied_seq,
+            "queue_ops counts the ops the passive has not applied: {s:?} {:?}",
+            layout(&q)
+        );
+        assert!(s.mem_bytes <= mem_max_bytes, "memory stays bounded: {s:?}");
+    }
+    let last = q.last_seq();
+    assert_eq!(last, 22);
+    assert_eq!(
+        taken,
+        (1..=last).collect::<Vec<_>>(),
+        "every op once, in order"
+    );
+    assert_eq!(
+        sources,
+        [Source::Memory, Source::Spill, Source::Memory],
+        "memory before the spill, the spill, then memory after it"
+    );
+    q.ack(last, last, 0);
+    let s = q.snapshot();
+    assert_eq!(
+        (s.queue_ops, s.queue_bytes, s.mem_bytes),
+        (0, 0, 0),
+        "{s:?}"
+    );
+    assert!(s.oldest_unacked.is_none());
+    assert!(
+        !spill_file_exists(dir.path()),
+        "an applied spill's file goes"
+    );
+    assert_eq!(q.lock().unsent_bytes, 0, "nothing is left unsent");
+}
+
+#[test]
+fn a_new_session_resends_memory_spill_and_memory_in_seq_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mem_max_bytes = 4 * WRITE_ACCOUNTED_BYTES;
+    let q = spilling_queue(dir.path(), mem_max_bytes);
+    record_write(&q, 1);
+    record_write(&q, 1);
+    // Too big for what memory has left: it spills, and so does what follows it.
+    record_write(&q, 3);
+    record_write(&q, 1);
+    assert_eq!(layout(&q), (vec![1, 2], Some((3, 4))));
+    assert!(q.start_session(0));
+    assert_eq!(take_batch(&q, 1 << 20), Some((Source::Memory, vec![1, 2])));
+    assert_eq!(take_batch(&q, 1 << 20), Some((Source::Spill, vec![3, 4])));
+    // The sender has passed the spill: new ops go to memory again, behind it.
+    record_write(&q, 1);
+    record_write(&q, 1);
+    assert_eq!(layout(&q), (vec![1, 2, 5, 6], Some((3, 4))));
+    // The passive went away before applying anything; the next session starts over, and
+    // must not skip the spill between the two runs in memory.
+    q.end_session();
+    assert!(q.start_session(0));
+    assert_eq!(take_batch(&q, 1 << 20), Some((Source::Memory, vec![1, 2])));
+    assert_eq!(take_batch(&q, 1 << 20), Some((Source::Spill, vec![3, 4])));
+    assert_eq!(take_batch(&q, 1 << 20), Some((Source::Memory, vec![5, 6])));
+    assert_eq!(take_batch(&q, 1 << 20), None);
+    // The passive goes away again, for longer: memory must stay within its bound although
+    // newer ops than the spill's are in it (invariant 18).
+    q.end_session();
+    for _ in 0..4 {
+        record_write(&q, 1);
+    }
+    let s = q.snapshot();
+    assert!(
+        s.mem_bytes <= mem_max_bytes,
+        "memory holds {} bytes, more than its {mem_max_bytes}: {:?}",
+        s.mem_bytes,
+        layout(&q)
+    );
+    assert_eq!(s.queue_ops, 10);
+    // And everything still comes out in order, once.
+    assert!(q.start_session(0));
+    let mut taken = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Some((_, seqs)) = take_batch(&q, 1 << 20) {
+        assert!(
+            Instant::now() < deadline,
+            "the queue never drained: {taken:?}"
+        );
+        taken.extend(seqs);
+    }
+    assert_eq!(taken, (1..=10).collect::<Vec<_>>());
+    q.ack(10, 10, 0);
+    let s = q.snapshot();
+    assert_eq!((s.queue_ops, s.queue_bytes), (0, 0), "{s:?}");
+    assert!(!spill_file_exists(dir.path()));
+    assert_eq!(q.lock().unsent_bytes, 0, "nothing is left unsent");
+}
+
+#[test]
+fn status_counts_the_spill_from_its_oldest_unapplied_op() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let q = spilling_queue(dir.path(), 2 * WRITE_ACCOUNTED_BYTES);
+    for _ in 0..4 {
+        record_write(&q, 1);
+    }
+    assert_eq!(layout(&q), (vec![1, 2], Some((3, 4))));
+    let spilled_at = Instant::now();
+    assert!(q.start_session(0));
+    assert_eq!(take_batch(&q, 1 << 20), Some((Source::Memory, vec![1, 2])));
+    q.ack(2, 2, 0);
+    // One record per batch from the spill, so the passive can apply one of them.
+    let framed_bytes = |q: &SetQueue| match q.next_batch(1).expect("next batch") {
+        super::Next::Encoded(bytes, _) => bytes.len() as u64,
+        _ => panic!("expected a record from the spill"),
+    };
+    let _third_bytes = framed_bytes(&q);
+    let fourth_bytes = framed_bytes(&q);
+    std::thread::sleep(Duration::from_millis(100));
+    // The sender passed the spill: this one waits in memory, newer than the spilled ones.
+    record_write(&q, 1);
+    assert_eq!(layout(&q), (vec![5], Some((3, 4))));
+    let s = q.snapshot();
+    let oldest = s.oldest_unacked.expect("ops wait");
+    assert!(
+        oldest <= spilled_at,
+        "the lag runs from the oldest op waiting (spilled, seq 3), not from memory's front \
+         (seq 5): {:?}",
+        oldest.elapsed()
+    );
+    assert_eq!(s.queue_ops, 3);
+    // The passive applies seq 3: the spill is half drained.
+    q.ack(3, 3, 0);
+    let s = q.snapshot();
+    assert_eq!(s.queue_ops, 2, "seqs 4 and 5 wait: {s:?}");
+    assert_eq!(
+        s.queue_bytes,
+        WRITE_ACCOUNTED_BYTES + fourth_bytes,
+        "seq 5 in memory and seq 4 in the spill wait: {s:?}"
+    );
+    assert_eq!(take_batch(&q, 1 << 20), Some((Source::Memory, vec![5])));
+    q.ack(5, 5, 0);
+    let s = q.snapshot();
+    assert_eq!((s.queue_ops, s.queue_bytes), (0, 0), "{s:?}");
+    assert!(s.oldest_unacked.is_none());
+    assert!(!spill_file_exists(dir.path()));
+}
+
+#[test]
+fn ops_newer_than_the_spill_move_to_it_when_memory_is_full() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mem_max_bytes = 2 * WRITE_ACCOUNTED_BYTES;
+    let q = spilling_queue(dir.path(), mem_max_bytes);
+    for _ in 0..3 {
+        record_write(&q, 1);
+    }
+    assert!(q.start_session(0));
+    assert_eq!(take_batch(&q, 1 << 20), Some((Source::Memory, vec![1, 2])));
+    assert_eq!(take_batch(&q, 1 << 20), Some((Source::Spill, vec![3])));
+    q.ack(2, 2, 0);
+    // The sender passed the spill and memory has room: 4 and 5 wait there; 4 is sent.
+    record_write(&q, 1);
+    record_write(&q, 1);
+    assert_eq!(layout(&q), (vec![4, 5], Some((3, 3))));
+    assert_eq!(take_batch(&q, 1), Some((Source::Memory, vec![4])));
+    // The passive is slow and memory is full: 4 (sent) and 5 (not yet) move to the spill
+    // ahead of 6, and the sender carries on after 4.
+    record_write(&q, 1);
+    assert_eq!(layout(&q), (vec![], Some((3, 6))));
+    assert_eq!(take_batch(&q, 1), Some((Source::Spill, vec![5])));
+    // The passive applied up to 4 and the session broke; the next one resumes after it.
+    q.ack(4, 4, 0);
+    let s = q.snapshot();
+    assert_eq!(s.queue_ops, 2, "{s:?}");
+    // Every record here frames to the same length: half the spill (5 and 6) still waits.
+    let spill_bytes = q.lock().spill.as_ref().map_or(0, |s| s.len);
+    assert_eq!(s.queue_bytes * 2, spill_bytes, "{s:?}");
+    q.end_session();
+    assert!(q.start_session(4));
+    let mut rest = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Some((source, seqs)) = take_batch(&q, 1 << 20) {
+        assert!(
+            Instant::now() < deadline,
+            "the queue never drained: {rest:?}"
+        );
+        assert_eq!(source, Source::Spill);
+        rest.extend(seqs);
+    }
+    assert_eq!(rest, [5, 6]);
+    assert_eq!(q.lock().unsent_bytes, 0, "the resent spill is all sent");
+    q.ack(6, 6, 0);
+    let s = q.snapshot();
+    assert_eq!(
+        (s.queue_ops, s.queue_bytes, s.mem_bytes),
+        (0, 0, 0),
+        "{s:?}"
+    );
+    assert!(!spill_file_exists(dir.path()));
+}
