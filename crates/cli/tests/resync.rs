@@ -63,6 +63,38 @@ fn verify(pair: &Pair, i: usize, repair: bool) -> Vec<(String, String)> {
         .collect()
 }
 
+/// An application at work on the tree `populate` makes, for a while: appends to small
+/// files, 4 KiB rewrites of the large file, new files renamed into place and (with
+/// "with-deletes") unlinks. argv: root, seed, seconds, "with-deletes" or "no-deletes".
+const WRITER: &str = r#"
+import os, sys, time, random
+root, seed, secs, deletes = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4] == "with-deletes"
+random.seed(seed)
+end = time.time() + secs
+i = 0
+while time.time() < end:
+    i += 1
+    k = random.randrange(4 if deletes else 3)
+    if k == 0:
+        with open(os.path.join(root, "small/1/%d" % random.randrange(1, 251)), "a") as f:
+            f.write("more %d\n" % i)
+    elif k == 1:
+        with open(os.path.join(root, "big1"), "r+b") as f:
+            f.seek(random.randrange(0, 24 << 20))
+            f.write(os.urandom(4096))
+    elif k == 2:
+        p = os.path.join(root, "new%d" % i)
+        with open(p, "w") as f:
+            f.write("x" * i)
+        os.rename(p, os.path.join(root, "small/2/renamed%d" % i))
+    else:
+        try:
+            os.unlink(os.path.join(root, "small/3/%d" % random.randrange(1, 251)))
+        except FileNotFoundError:
+            pass
+    time.sleep(0.002)
+"#;
+
 /// A varied tree: many small files, big files, a sparse file, hard links, symlinks, xattrs,
 /// a fifo, odd modes and times.
 fn populate(pair: &Pair, i: usize, root: &str) {
@@ -104,38 +136,7 @@ fn an_empty_passive_is_synced_while_a_writer_works() {
     std::fs::remove_dir_all(state.join("sets")).expect("wipe the passive's copy");
     // A writer changes files (small, big, renames, deletes) during the sync.
     let writer = pair
-        .python_in(
-            a,
-            r#"
-import os, sys, time, random
-root = sys.argv[1]
-random.seed(7)
-end = time.time() + 8
-i = 0
-while time.time() < end:
-    i += 1
-    k = random.randrange(4)
-    if k == 0:
-        with open(os.path.join(root, "small/1/%d" % random.randrange(1, 251)), "a") as f:
-            f.write("more %d\n" % i)
-    elif k == 1:
-        with open(os.path.join(root, "big1"), "r+b") as f:
-            f.seek(random.randrange(0, 24 << 20))
-            f.write(os.urandom(4096))
-    elif k == 2:
-        p = os.path.join(root, "new%d" % i)
-        with open(p, "w") as f:
-            f.write("x" * i)
-        os.rename(p, os.path.join(root, "small/2/renamed%d" % i))
-    else:
-        try:
-            os.unlink(os.path.join(root, "small/3/%d" % random.randrange(1, 251)))
-        except FileNotFoundError:
-            pass
-    time.sleep(0.002)
-"#,
-            &[&m],
-        )
+        .python_in(a, WRITER, &[&m, "7", "8", "with-deletes"])
         .expect("writer");
     pair.start_node(p).expect("start the new passive");
     let r = pair
@@ -162,33 +163,7 @@ while time.time() < end:
     // renames) finds no difference either: what it compares is taken at one point of the
     // stream on both sides.
     let writer = pair
-        .python_in(
-            a,
-            r#"
-import os, sys, time, random
-root = sys.argv[1]
-random.seed(11)
-end = time.time() + 4
-i = 0
-while time.time() < end:
-    i += 1
-    k = random.randrange(3)
-    if k == 0:
-        with open(os.path.join(root, "small/1/%d" % random.randrange(1, 251)), "a") as f:
-            f.write("during verify %d\n" % i)
-    elif k == 1:
-        with open(os.path.join(root, "big1"), "r+b") as f:
-            f.seek(random.randrange(0, 24 << 20))
-            f.write(os.urandom(4096))
-    else:
-        p = os.path.join(root, "v%d" % i)
-        with open(p, "w") as f:
-            f.write("y" * i)
-        os.rename(p, os.path.join(root, "small/2/verified%d" % i))
-    time.sleep(0.002)
-"#,
-            &[&m],
-        )
+        .python_in(a, WRITER, &[&m, "11", "4", "no-deletes"])
         .expect("writer during verify");
     let diffs = verify(&pair, a, false);
     let mut writer = writer;

@@ -1231,13 +1231,11 @@ mod tests {
         (acked_in, commits)
     }
 
-    #[test]
-    fn barriers_arriving_in_one_frame_share_one_sync() {
-        let barriers = 8;
-        let records = writes_each_fsynced(barriers);
-        let last_seq = records.len() as u64;
-        let (acked_in, commits) = apply_together(vec![frame(&records)], last_seq);
-        // Prompt: the barriers' commit, not the idle one after SYNC_INTERVAL.
+    /// Applies `frames` (holding `barriers` fsyncs, `last_seq` the last record) as they wait
+    /// together, and checks they were acknowledged promptly (the barriers' commit, not the
+    /// idle one after SYNC_INTERVAL) by one commit covering them all.
+    fn assert_one_prompt_commit(frames: Vec<Vec<u8>>, last_seq: u64, barriers: u64) {
+        let (acked_in, commits) = apply_together(frames, last_seq);
         assert!(
             acked_in < SYNC_INTERVAL / 2,
             "acknowledged after {acked_in:?}"
@@ -1245,9 +1243,17 @@ mod tests {
         assert_eq!(
             commits,
             [last_seq, last_seq],
-            "{barriers} fsyncs in one frame: one commit covering all of them (then the \
+            "{barriers} fsyncs waiting together: one commit covering all of them (then the \
              session's last)"
         );
+    }
+
+    #[test]
+    fn barriers_arriving_in_one_frame_share_one_sync() {
+        let barriers = 8;
+        let records = writes_each_fsynced(barriers);
+        let last_seq = records.len() as u64;
+        assert_one_prompt_commit(vec![frame(&records)], last_seq, barriers);
     }
 
     #[test]
@@ -1258,17 +1264,7 @@ mod tests {
         // The file's creation, then one write and its fsync per frame.
         let mut frames = vec![frame(&records[..1])];
         frames.extend(records[1..].chunks(2).map(frame));
-        let (acked_in, commits) = apply_together(frames, last_seq);
-        assert!(
-            acked_in < SYNC_INTERVAL / 2,
-            "acknowledged after {acked_in:?}"
-        );
-        assert_eq!(
-            commits,
-            [last_seq, last_seq],
-            "{barriers} fsyncs in frames that waited together: one commit (then the \
-             session's last)"
-        );
+        assert_one_prompt_commit(frames, last_seq, barriers);
     }
 
     #[test]

@@ -13,14 +13,19 @@ use crate::serving::Serving;
 const LEASE: Duration = Duration::from_millis(300);
 
 fn queue(dir: &std::path::Path) -> SetQueue {
+    queue_with(dir, Mode::Sync, 1 << 20)
+}
+
+/// A queue of 1 MiB in `mode`, `mem_max_bytes` of it in memory.
+fn queue_with(dir: &std::path::Path, mode: Mode, mem_max_bytes: u64) -> SetQueue {
     let changes = Arc::new(Mutex::new(
         ChangeLog::open(&dir.join("changes")).expect("change log"),
     ));
     SetQueue::new(
         QueueConfig {
-            mode: Mode::Sync,
+            mode,
             queue_max_bytes: 1 << 20,
-            mem_max_bytes: 1 << 20,
+            mem_max_bytes,
             stall_timeout: LEASE,
             dir: dir.join("queue"),
             serving: serving(),
@@ -186,23 +191,7 @@ const WRITE_ACCOUNTED_BYTES: u64 = WRITE_DATA_BYTES as u64 + 64;
 /// An async-mode queue (no fsync waits) whose memory holds `mem_max_bytes`, the rest of
 /// its 1 MiB spilling to disk.
 fn spilling_queue(dir: &std::path::Path, mem_max_bytes: u64) -> SetQueue {
-    let changes = Arc::new(Mutex::new(
-        ChangeLog::open(&dir.join("changes")).expect("change log"),
-    ));
-    SetQueue::new(
-        QueueConfig {
-            mode: Mode::Async,
-            queue_max_bytes: 1 << 20,
-            mem_max_bytes,
-            stall_timeout: LEASE,
-            dir: dir.join("queue"),
-            serving: serving(),
-        },
-        1,
-        changes,
-        false,
-    )
-    .expect("queue")
+    queue_with(dir, Mode::Async, mem_max_bytes)
 }
 
 /// Records a write of `units` × [`WRITE_ACCOUNTED_BYTES`] (as the queue accounts it) whose
