@@ -269,8 +269,11 @@ impl SetQueue {
         self.trim(&mut inner, applied_seq);
         inner.durable_seq = inner.durable_seq.max(applied_seq);
         inner.sent_seq = applied_seq;
-        inner.spill_cursor = SpillCursor::default();
-        // The sender reads the spill again from its start, batch by batch.
+        // The sender reads the spill again, batch by batch, from the end of the part the
+        // passive is known to have applied (a record boundary): reading that part again
+        // would only skip it, record by record, under the queue's lock.
+        let resume_at = inner.spill.as_ref().map_or(0, |s| s.applied_len);
+        inner.spill_cursor = SpillCursor { offset: resume_at };
         if let Some(spill) = inner.spill.as_mut() {
             spill.sent_batches.clear();
         }
@@ -280,7 +283,7 @@ impl SetQueue {
             .filter(|e| e.record.seq > applied_seq)
             .map(|e| e.bytes)
             .sum::<u64>()
-            + inner.spill.as_ref().map_or(0, |s| s.len);
+            + inner.spill.as_ref().map_or(0, |s| s.len - s.applied_len);
         inner.streaming = true;
         inner.resyncing = false;
         inner.abandon_session = false;

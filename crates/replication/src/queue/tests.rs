@@ -526,3 +526,49 @@ fn ops_newer_than_the_spill_move_to_it_when_memory_is_full() {
     );
     assert!(!spill_file_exists(dir.path()));
 }
+
+/// A new session resumes in the spill after the part the passive is known to have
+/// applied, without reading it again: that part is overwritten with garbage here, which a
+/// read of it would choke on.
+#[test]
+fn a_new_session_resumes_after_the_spills_applied_part() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let q = spilling_queue(dir.path(), WRITE_ACCOUNTED_BYTES);
+    for _ in 0..6 {
+        record_write(&q, 1);
+    }
+    assert!(q.start_session(0));
+    // Memory holds op 1; 2..=6 are in the spill. Two spill batches of two ops each.
+    assert_eq!(take_batch(&q, 1), Some((Source::Memory, vec![1])));
+    let first = take_batch(&q, 1).expect("a spill batch");
+    let second = take_batch(&q, 1).expect("another spill batch");
+    assert_eq!((first.0, second.0), (Source::Spill, Source::Spill));
+    let applied = *first.1.last().expect("ops");
+    q.ack(applied, applied, 0);
+    let applied_len = q
+        .lock()
+        .spill
+        .as_ref()
+        .map(|s| s.applied_len)
+        .expect("a spill");
+    assert!(applied_len > 0, "the first batch counts as applied");
+    // The session breaks before the second batch is acknowledged.
+    q.end_session();
+    let spill = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.path().join("queue/spill.log"))
+        .expect("the spill file");
+    spill
+        .write_all_at(&vec![0xff; applied_len as usize], 0)
+        .expect("overwrite the applied part");
+    assert!(q.start_session(applied));
+    let mut taken = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Some((_, seqs)) = take_batch(&q, 1 << 20) {
+        assert!(Instant::now() < deadline, "never drained: {taken:?}");
+        taken.extend(seqs);
+    }
+    assert_eq!(taken, ((applied + 1)..=6).collect::<Vec<_>>());
+    assert_eq!(q.lock().unsent_bytes, 0, "nothing is left unsent");
+}
