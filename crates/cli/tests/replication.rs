@@ -646,3 +646,67 @@ fn tree_digest_sees_xattr_values() {
     let _ = std::fs::remove_dir_all(&dir);
     assert_ne!(one, two, "a changed xattr value must change the digest");
 }
+
+/// Times one 4 KiB write to argv[1] opened with the flags named in argv[2] ("plain",
+/// "dsync-direct": write-only with O_DSYNC, which capture serves with direct I/O, or
+/// "dsync-cached": read-write with O_DSYNC, through the page cache): prints seconds.
+const TIMED_WRITE: &str = r#"
+import os, sys, time
+flags = {"plain": os.O_WRONLY, "dsync-direct": os.O_WRONLY | os.O_DSYNC,
+         "dsync-cached": os.O_RDWR | os.O_DSYNC}[sys.argv[2]]
+fd = os.open(sys.argv[1], flags | os.O_CREAT, 0o644)
+started = time.monotonic()
+os.write(fd, b"x" * 4096)
+print(time.monotonic() - started)
+os.close(fd)
+"#;
+
+fn timed_write(pair: &common::Pair, i: usize, path: &str, how: &str) -> Duration {
+    let script = pair.dir().join("timed_write.py");
+    std::fs::write(&script, TIMED_WRITE).expect("write the script");
+    let out = pair
+        .sh_in(
+            i,
+            &format!("timeout 30 python3 {} {path} {how}", script.display()),
+        )
+        .expect("the write ended within 30 s");
+    Duration::from_secs_f64(out.trim().parse().expect("seconds"))
+}
+
+/// In sync mode an O_DSYNC write returns only once the passive holds it: with the passive
+/// frozen it waits (until the active gives the passive up, after the stall timeout), while
+/// a plain write does not; both kinds of O_DSYNC open (direct I/O and cached) do.
+#[test]
+fn an_o_dsync_write_waits_for_the_passive_in_sync_mode() {
+    if !require_root("an_o_dsync_write_waits_for_the_passive_in_sync_mode") {
+        return;
+    }
+    let (pair, a) = repl::start("repl_dsync", "sync", 64 << 20).expect("pair");
+    let p = 1 - a;
+    let m = pair.mountpoint().display().to_string();
+    for how in ["dsync-direct", "dsync-cached"] {
+        let path = format!("{m}/{how}");
+        let live = timed_write(&pair, a, &path, how);
+        assert!(
+            live < Duration::from_millis(300),
+            "{how} with the passive streaming took {live:?}"
+        );
+        pair.proc(p).stop();
+        let plain = timed_write(&pair, a, &format!("{m}/plain-{how}"), "plain");
+        let frozen = timed_write(&pair, a, &path, how);
+        pair.proc(p).cont();
+        assert!(
+            plain < Duration::from_millis(300),
+            "a plain write waited for the frozen passive: {plain:?}"
+        );
+        assert!(
+            frozen >= Duration::from_millis(500),
+            "{how} returned after {frozen:?} with the passive frozen: it did not wait for it"
+        );
+        // The passive is streamed to again before the next kind is tried.
+        pair.wait_repl(a, "in_sync", Duration::from_secs(30))
+            .expect("in sync again");
+        pair.wait_drained(a, Duration::from_secs(30))
+            .expect("drained");
+    }
+}
