@@ -431,6 +431,22 @@ fn a_passive_whose_data_is_out_of_sync_does_not_take_over() {
 }
 
 #[test]
+fn an_out_of_sync_copy_takes_over_only_when_forced() {
+    // A split brain's loser, or a copy mid-resync, with the active gone: not automatically,
+    // but the operator may still choose it (the only copy left is better than none).
+    let mut b = passive_following_active(0);
+    b.at(50, Input::DataUsable { usable: false });
+    fail_probes_until(&mut b, 200, 5000);
+    assert_eq!(b.core.phase(), Phase::Passive, "no automatic takeover");
+    assert_eq!(b.cmd(5001, Command::ForceFailover), Ok(()));
+    assert_eq!(b.core.phase(), Phase::Promoting);
+    assert_eq!(
+        b.reasons().last(),
+        Some(&(Phase::Promoting, Reason::Forced))
+    );
+}
+
+#[test]
 fn no_failover_when_auto_failover_is_off() {
     // The operator chose manual failover.
     let mut c = cfg(1);
