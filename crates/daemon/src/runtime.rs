@@ -13,7 +13,7 @@ use tracing::{error, info, warn};
 use understudy_config::{Config, FailureAction};
 use understudy_core::{
     Command, CoreConfig, EscalationPolicy, Event, FailureStep, Input, NodeIndex, NodeStatus,
-    Output, PairCore, Phase, ProbeId, Time, Via,
+    Output, PairCore, Phase, ProbeId, Reason, Time, Via,
 };
 use understudy_replication::serving::Serving;
 use understudy_replication::Replicator;
@@ -580,6 +580,14 @@ fn carry_out(
                 let hooks = daemon.hooks.clone();
                 let replicator = daemon.replicator.clone();
                 let generation = core.epoch().0;
+                // A planned move of the role (an operator's switchover, or one a failing
+                // resource asked for) must lose nothing; a shutdown or a step-down after a
+                // split brain lets go of the data whatever the peer confirmed.
+                let planned_move = !start
+                    && matches!(
+                        core.status().reason,
+                        Some(Reason::Switchover | Reason::ResourceFailed)
+                    );
                 tokio::spawn(async move {
                     let (before, after) = if start {
                         (HookPoint::PreStart, HookPoint::PostStart)
@@ -614,7 +622,44 @@ fn carry_out(
                         // (something may still run), and so its data stays mounted and
                         // captured: demoted, the mount point would be a bare directory that
                         // anything still running writes into, unreplicated and then hidden.
-                        let stopped = resources.stop_all().await;
+                        let mut stopped = resources.stop_all().await;
+                        // Before the data is let go: a planned move goes ahead only once the
+                        // peer confirmed every op. If it cannot (the stream is cut, the peer
+                        // stalls), the move is called off: the applications start again here
+                        // and this node stays active, rather than hand the role to a copy
+                        // that lacks the last writes.
+                        let unconfirmed: Vec<(String, u64, bool)> =
+                            if stopped.is_ok() && planned_move {
+                                replicator
+                                    .confirm_drained()
+                                    .await
+                                    .into_iter()
+                                    .filter(|(_, _, confirmed)| !confirmed)
+                                    .collect()
+                            } else {
+                                Vec::new()
+                            };
+                        if !unconfirmed.is_empty() {
+                            let sets = unconfirmed
+                                .iter()
+                                .map(|(name, last, _)| format!("set {name} up to seq {last}"))
+                                .collect::<Vec<_>>()
+                                .join(", ");
+                            let restarted = resources.start_all().await;
+                            note = Some(format!(
+                                "switchover called off: the peer did not confirm {sets}; {}",
+                                match &restarted {
+                                    Ok(()) => "the applications run here again".to_string(),
+                                    Err(e) =>
+                                        format!("starting the applications again failed: {e}"),
+                                }
+                            ));
+                            stopped = Err(understudy_resources::ResourceError::other(
+                                "replication",
+                                understudy_resources::Action::Stop,
+                                "the peer did not confirm the data; the switchover was called off",
+                            ));
+                        }
                         let drained = if stopped.is_ok() {
                             replicator.demote().await
                         } else {

@@ -151,6 +151,18 @@ impl Replicator {
         out
     }
 
+    /// Before a planned move of the role lets go of the data: waits until the passive has
+    /// confirmed every op of every set, capture still mounted (see
+    /// `ReplicaSet::confirm_drained`). Returns, per set, the last seq and whether it was.
+    pub async fn confirm_drained(&self) -> Vec<(String, u64, bool)> {
+        let mut out = Vec::new();
+        for set in &self.sets {
+            let (last, confirmed) = set.clone().confirm_drained(self.drain_timeout).await;
+            out.push((set.name().to_string(), last, confirmed));
+        }
+        out
+    }
+
     /// Sends operator notices (resyncs, quarantines, verify results) to `tx`.
     pub fn set_notices(&self, tx: tokio::sync::mpsc::UnboundedSender<String>) {
         for set in &self.sets {

@@ -625,9 +625,16 @@ impl SetQueue {
     /// Used by a switchover, after the applications stopped. Returns the last seq and whether
     /// it was reached.
     pub fn drain(&self, timeout: Duration) -> (u64, bool) {
-        // The passive flushes only for barriers: end with one on the root, so everything
-        // before it is durable there when the drain returns. Capture is unmounted by now, so
-        // nothing else records and the order lock is not needed.
+        // Capture is unmounted by now, so nothing else records and the order lock is not
+        // needed for the barrier.
+        self.record_drain_barrier();
+        self.wait_drained(timeout)
+    }
+
+    /// The passive flushes only for barriers: a drain ends with one on the root, so that
+    /// everything before it is durable there once it is confirmed. Called with the capture's
+    /// order lock held, or with capture unmounted. Nothing without a passive.
+    pub fn record_drain_barrier(&self) {
         if self.is_streaming() {
             self.record(
                 Op::Fsync {
@@ -637,6 +644,11 @@ impl SetQueue {
                 Vec::new(),
             );
         }
+    }
+
+    /// Waits until the passive has applied and made durable every op captured so far, or
+    /// `timeout` passes, or there is no passive. Returns the last seq and whether it was.
+    pub fn wait_drained(&self, timeout: Duration) -> (u64, bool) {
         let deadline = Instant::now() + timeout;
         let mut inner = self.lock();
         loop {

@@ -778,6 +778,27 @@ impl ReplicaSet {
         Ok(id)
     }
 
+    /// With capture still mounted: waits until the passive has confirmed every op recorded
+    /// so far (a barrier on the root first, so it flushes them), at most `timeout`. A
+    /// planned move of the role asks this before the data is let go, so that it can still
+    /// be called off (the applications start again here) instead of losing what the peer
+    /// lacks. Returns the last seq and whether it was confirmed; not active: nothing to
+    /// confirm.
+    pub(crate) async fn confirm_drained(self: Arc<Self>, timeout: Duration) -> (u64, bool) {
+        let Some(copy) = lock(&self.active_copy).clone() else {
+            return (self.persisted().last_seq, true);
+        };
+        tokio::task::spawn_blocking(move || {
+            {
+                let _order = copy.order.lock();
+                copy.queue.record_drain_barrier();
+            }
+            copy.queue.wait_drained(timeout)
+        })
+        .await
+        .unwrap_or((0, false))
+    }
+
     pub(crate) async fn demote(self: Arc<Self>, drain_timeout: Duration) -> (u64, bool) {
         let mut role = self.role.lock().await;
         let Role::Active {
