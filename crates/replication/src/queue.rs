@@ -94,6 +94,41 @@ struct Spill {
     /// a batch at a time: one entry per batch in flight, and one per run of sent records
     /// moved from memory to the spill.
     sent_batches: VecDeque<(u64, u64)>,
+    /// Bytes at the file's start whose disk space was given back (a hole punched): the
+    /// applied part, rounded down to whole pages. Offsets stay as they are.
+    released_len: u64,
+    /// Punching the hole failed (a filesystem without them): not tried again.
+    release_failed: bool,
+}
+
+/// The applied part of the spill is given back to the disk in steps of at least this much.
+const SPILL_RELEASE_STEP_BYTES: u64 = 8 << 20;
+
+impl Spill {
+    /// Gives the disk space of the applied part back (a hole punched in the file; sizes and
+    /// offsets stay): a passive that stays behind but keeps up would otherwise see the
+    /// file grow with everything it applied, until the queue overflowed although little
+    /// waited. Best effort: a filesystem without holes keeps the bytes.
+    fn release_applied(&mut self) {
+        let upto = self.applied_len & !4095;
+        if self.release_failed || upto < self.released_len + SPILL_RELEASE_STEP_BYTES {
+            return;
+        }
+        let punched = rustix::fs::fallocate(
+            &self.file,
+            rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+            self.released_len,
+            upto - self.released_len,
+        );
+        match punched {
+            Ok(()) => self.released_len = upto,
+            Err(e) => {
+                // Once: the filesystem will not do it any better next time.
+                warn!(error = %e, "cannot give back the spill's applied part; it keeps its disk space until the spill is done");
+                self.release_failed = true;
+            }
+        }
+    }
 }
 
 /// Where the sender resumes in the spill file: byte offset and the next seq there.
@@ -502,6 +537,7 @@ impl SetQueue {
                 spill.applied_len = spill.applied_len.max(end);
                 spill.sent_batches.pop_front();
             }
+            spill.release_applied();
         }
         let spill_done = inner
             .spill
@@ -941,7 +977,9 @@ impl SetQueue {
             (Some(s), Some(back)) if back.record.seq > s.last_seq => fits,
             (Some(s), _) => inner.streaming && inner.sent_seq >= s.last_seq && fits,
         };
-        let queued = inner.mem_bytes + inner.spill.as_ref().map_or(0, |s| s.len);
+        // The spill's applied part no longer waits, and its disk space is given back
+        // (`trim`): only what the passive still lacks counts against the bound.
+        let queued = inner.mem_bytes + inner.spill.as_ref().map_or(0, |s| s.len - s.applied_len);
         if queued + bytes > self.cfg.queue_max_bytes {
             self.overflow(&mut inner, "queue_max_bytes reached");
             return seq;
@@ -1044,6 +1082,8 @@ impl SetQueue {
                 first_at: Instant::now(),
                 applied_len: 0,
                 sent_batches: VecDeque::new(),
+                released_len: 0,
+                release_failed: false,
             });
         }
         let spill = inner.spill.as_mut().expect("created above");

@@ -572,3 +572,69 @@ fn a_new_session_resumes_after_the_spills_applied_part() {
     assert_eq!(taken, ((applied + 1)..=6).collect::<Vec<_>>());
     assert_eq!(q.lock().unsent_bytes, 0, "nothing is left unsent");
 }
+
+/// A passive that keeps up but stays a little behind, with a spill started: the spill file
+/// takes every new record while it is not wholly applied, so it grows with everything that
+/// passes through. Only what still waits counts against `queue_max_bytes` (a steady stream
+/// of 106 MiB through a 16 MiB queue does not overflow it), and the applied part's disk
+/// space is given back as it goes.
+#[test]
+fn a_passive_that_keeps_up_from_behind_does_not_overflow_the_spill() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let changes = Arc::new(Mutex::new(
+        ChangeLog::open(&dir.path().join("changes")).expect("change log"),
+    ));
+    let q = SetQueue::new(
+        QueueConfig {
+            mode: Mode::Async,
+            queue_max_bytes: 16 << 20,
+            mem_max_bytes: 64 * WRITE_ACCOUNTED_BYTES,
+            stall_timeout: LEASE,
+            dir: dir.path().join("queue"),
+            serving: serving(),
+        },
+        1,
+        changes,
+        false,
+    )
+    .expect("queue");
+    // Away at first: memory fills and the rest spills.
+    for _ in 0..20 {
+        record_write(&q, 256);
+    }
+    assert!(q.start_session(0));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut previous_last = 0;
+    for _ in 0..200 {
+        record_write(&q, 256);
+        record_write(&q, 256);
+        let mut last = previous_last;
+        while let Some((_, seqs)) = take_batch(&q, 1 << 20) {
+            assert!(Instant::now() < deadline, "never drained");
+            last = seqs.last().copied().unwrap_or(last);
+        }
+        // The passive applies up to what it was sent one round before: always behind.
+        q.ack(previous_last, previous_last, 0);
+        previous_last = last;
+        assert!(
+            !q.is_out_of_sync(),
+            "the queue overflowed: {:?}",
+            q.snapshot()
+        );
+    }
+    let spill = std::fs::metadata(dir.path().join("queue/spill.log")).expect("a spill");
+    assert!(
+        spill.len() > 64 << 20,
+        "the spill took the stream (the case this tests): {} bytes",
+        spill.len()
+    );
+    assert!(
+        spill.blocks() * 512 < 16 << 20,
+        "the applied part's disk space was given back: {} of {} bytes allocated",
+        spill.blocks() * 512,
+        spill.len()
+    );
+    q.ack(previous_last, previous_last, 0);
+    assert_eq!(q.snapshot().queue_ops, 0);
+}
