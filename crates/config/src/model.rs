@@ -83,6 +83,10 @@ pub mod defaults {
     pub const AUTO_MOVE_LIMIT: u32 = 2;
     /// Largest accepted `pair.auto_move_limit`.
     pub const AUTO_MOVE_LIMIT_MAX: u32 = 100;
+    /// Default `pair.drain_timeout_ms`: 30 s.
+    pub const DRAIN_TIMEOUT_MS: u64 = 30_000;
+    /// Shortest accepted `pair.drain_timeout_ms`.
+    pub const DRAIN_TIMEOUT_MS_MIN: u64 = 1_000;
     /// Default `resource.failure_window_ms`: 10 minutes.
     pub const FAILURE_WINDOW_MS: u64 = 600_000;
     /// Largest number of `resource.on_failure` entries.
@@ -196,6 +200,11 @@ pub struct PairConfig {
     /// range 0..=100. It does not limit failover on a dead peer
     /// ([`auto_failover`](Self::auto_failover)).
     pub auto_move_limit: u32,
+    /// `drain_timeout_ms`: how long a node leaving the active role waits for the peer to
+    /// confirm every replicated op. A switchover not confirmed in that time is called off
+    /// (the applications start again where they were); a shutdown goes ahead. Default
+    /// 30000, at least 1000.
+    pub drain_timeout_ms: u64,
 }
 
 impl PairConfig {

@@ -101,6 +101,13 @@ name = ",
 # to 100.
 # auto_move_limit = 2
 
+# How long a node leaving the active role waits for the peer to confirm every
+# replicated change. A switchover not confirmed in that time is called off:
+# the applications start again where they ran. A shutdown goes ahead (what the
+# peer lacks is kept in quarantine when the copies meet again). Raise it for a
+# slow link with a large async backlog. Default 30000; at least 1000.
+# drain_timeout_ms = 30000
+
 # Exactly two [[node]] entries, one per machine.
 #
 # name:       the node's name (required), same rules as the pair name, and

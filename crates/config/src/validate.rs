@@ -56,6 +56,7 @@ const PAIR_KEYS: &[&str] = &[
     "management_port",
     "replication_port",
     "auto_move_limit",
+    "drain_timeout_ms",
 ];
 const NODE_KEYS: &[&str] = &["name", "channel", "management"];
 const PUBLIC_CHECK_KEYS: &[&str] = &["targets", "interval_ms", "timeout_ms"];
@@ -246,6 +247,12 @@ fn read_pair(root: &Tbl<'_>) -> Result<PairConfig> {
         defaults::AUTO_MOVE_LIMIT_MAX,
         defaults::AUTO_MOVE_LIMIT,
     )?;
+    let drain_timeout = t.ms(
+        "drain_timeout_ms",
+        defaults::DRAIN_TIMEOUT_MS_MIN,
+        defaults::DURATION_MS_MAX,
+        defaults::DRAIN_TIMEOUT_MS,
+    )?;
 
     Ok(PairConfig {
         name: name.value,
@@ -261,6 +268,7 @@ fn read_pair(root: &Tbl<'_>) -> Result<PairConfig> {
         management_port,
         replication_port,
         auto_move_limit,
+        drain_timeout_ms: drain_timeout.value,
     })
 }
 

@@ -312,6 +312,22 @@ fn auto_move_limit_default_and_range() {
     }
 }
 
+// --- pair.drain_timeout_ms --------------------------------------------------
+
+#[test]
+fn drain_timeout_default_and_range() {
+    assert_eq!(ok(BASE).pair.drain_timeout_ms, 30_000);
+    assert_eq!(
+        ok(&config("drain_timeout_ms = 120000\n", ""))
+            .pair
+            .drain_timeout_ms,
+        120_000
+    );
+    let text = config("drain_timeout_ms = 500\n", "");
+    let e = refused(&text, "pair.drain_timeout_ms", "drain_timeout_ms", "1000");
+    assert_eq!(e.line(), Some(3));
+}
+
 #[test]
 fn auto_move_limit_zero_with_a_switchover_escalation_is_warned_about() {
     let base_warnings = ok(&config("", RESOURCE)).warnings().len();

@@ -260,7 +260,7 @@ fn build_replicator(
         })
         .collect();
     // A switchover waits this long for the passive to confirm the last op.
-    let drain_timeout = Duration::from_secs(30);
+    let drain_timeout = Duration::from_millis(cfg.pair.drain_timeout_ms);
     Replicator::new(sets, tls, peer_addr, drain_timeout).context("opening the replicated sets")
 }
 
