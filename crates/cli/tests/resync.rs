@@ -607,3 +607,53 @@ fn a_short_outage_is_caught_up_from_the_queue_without_a_comparison() {
     }
     assert_same_tree(&pair.data_dir(a), &pair.data_dir(p)).expect("identical copies");
 }
+
+/// The only node left (its peer dead) writes, is shut down cleanly (a reboot for
+/// maintenance) and started again alone. Its copy is the newest there is, although the peer
+/// never confirmed its last writes: it must not count as out of sync (which would bar it
+/// from the role), and the operator's `failover --force` (a lone node does not promote
+/// itself) brings it back with its data.
+#[test]
+fn a_lone_node_restarted_after_a_clean_stop_keeps_an_eligible_copy() {
+    if !require_root("a_lone_node_restarted_after_a_clean_stop_keeps_an_eligible_copy") {
+        return;
+    }
+    let (mut pair, a) = repl::start("resync_lone_restart", "async", 256 << 20).expect("pair");
+    let p = 1 - a;
+    let m = pair.mountpoint().display().to_string();
+    pair.kill9(p);
+    pair.sh_in(a, &format!("echo alone > {m}/written-alone"))
+        .expect("a write the peer never gets");
+    pair.procs[a]
+        .as_mut()
+        .expect("running")
+        .terminate(Duration::from_secs(30))
+        .expect("a clean stop within 30 s");
+    pair.procs[a] = None;
+    pair.start_node(a).expect("start again, alone");
+    let r = pair
+        .wait_repl(a, "disconnected", Duration::from_secs(20))
+        .expect("a passive copy with no peer");
+    assert_ne!(r.state, "out_of_sync", "{r:?}");
+    let s = pair.status(a).expect("status");
+    assert!(
+        !s.waiting_for
+            .as_deref()
+            .unwrap_or_default()
+            .contains("out of sync"),
+        "{:?}",
+        s.waiting_for
+    );
+    let out = pair.cli(a, &["failover", "--force"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    pair.wait_role(a, "active", Duration::from_secs(30))
+        .expect("serves again");
+    let back = pair
+        .sh_in(a, &format!("cat {m}/written-alone"))
+        .expect("read");
+    assert_eq!(back, "alone\n");
+}

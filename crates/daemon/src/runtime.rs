@@ -583,11 +583,21 @@ fn carry_out(
                 // A planned move of the role (an operator's switchover, or one a failing
                 // resource asked for) must lose nothing; a shutdown or a step-down after a
                 // split brain lets go of the data whatever the peer confirmed.
-                let planned_move = !start
-                    && matches!(
-                        core.status().reason,
-                        Some(Reason::Switchover | Reason::ResourceFailed)
-                    );
+                let reason = core.status().reason;
+                let planned_move =
+                    !start && matches!(reason, Some(Reason::Switchover | Reason::ResourceFailed));
+                // The peer serves, or is about to: a copy that steps down with ops it never
+                // confirmed is then out of sync until resynced (see Replicator::demote).
+                let peer_takes_over = matches!(
+                    reason,
+                    Some(
+                        Reason::Switchover
+                            | Reason::ResourceFailed
+                            | Reason::PeerActiveHigherEpoch
+                            | Reason::PublicNetworkLost
+                            | Reason::Fenced
+                    )
+                );
                 tokio::spawn(async move {
                     let (before, after) = if start {
                         (HookPoint::PreStart, HookPoint::PostStart)
@@ -606,7 +616,7 @@ fn carry_out(
                                     // The core goes back to passive: so must the data, or
                                     // this node keeps capturing (and dialling the peer as
                                     // if it were active) while the peer serves.
-                                    replicator.demote().await;
+                                    replicator.demote(false).await;
                                 }
                                 started
                             }
@@ -661,7 +671,7 @@ fn carry_out(
                             ));
                         }
                         let drained = if stopped.is_ok() {
-                            replicator.demote().await
+                            replicator.demote(peer_takes_over).await
                         } else {
                             Vec::new()
                         };

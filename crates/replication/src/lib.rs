@@ -136,10 +136,19 @@ impl Replicator {
     /// This node stops being active (the applications are already stopped): unmount, drain
     /// the queue to the passive, and become a receiver. Returns, per set, the last seq and
     /// whether the passive confirmed all of it.
-    pub async fn demote(&self) -> Vec<(String, u64, bool)> {
+    ///
+    /// `peer_takes_over`: the peer serves, or is about to (a split brain's loser, a fenced
+    /// or cut-off node, a handover). A copy that then holds ops the peer never confirmed
+    /// differs from the one that serves, and is marked out of sync until a resync (which
+    /// keeps those ops in quarantine). Not so for a shutdown or a failed start: there the
+    /// copy may well be the newest there is, and must stay eligible.
+    pub async fn demote(&self, peer_takes_over: bool) -> Vec<(String, u64, bool)> {
         let mut out = Vec::new();
         for set in &self.sets {
-            let (last, drained) = set.clone().demote(self.drain_timeout).await;
+            let (last, drained) = set
+                .clone()
+                .demote(self.drain_timeout, peer_takes_over)
+                .await;
             info!(
                 set = set.name(),
                 last_seq = last,

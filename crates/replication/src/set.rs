@@ -799,7 +799,11 @@ impl ReplicaSet {
         .unwrap_or((0, false))
     }
 
-    pub(crate) async fn demote(self: Arc<Self>, drain_timeout: Duration) -> (u64, bool) {
+    pub(crate) async fn demote(
+        self: Arc<Self>,
+        drain_timeout: Duration,
+        peer_takes_over: bool,
+    ) -> (u64, bool) {
         let mut role = self.role.lock().await;
         let Role::Active {
             queue,
@@ -827,9 +831,11 @@ impl ReplicaSet {
             .await
             .unwrap_or((queue.last_seq(), false));
         // Ops the peer never confirmed make this copy differ from the one that serves next
-        // (a split brain's loser, a switchover whose drain failed): it must not take over
-        // with them before a resync compares the two, which keeps them (quarantine).
-        let unconfirmed = !drained && queue.durable_seq() < last;
+        // (a split brain's loser, a handover whose last drain failed): it must not take
+        // over with them before a resync compares the two, which keeps them (quarantine).
+        // After a shutdown or a failed start this copy may be the newest there is (the peer
+        // long gone): it stays eligible, and the histories sort it out when they meet.
+        let unconfirmed = peer_takes_over && !drained && queue.durable_seq() < last;
         // An fsync the drain did not confirm can no longer be: it fails.
         queue.close();
         sender.abort();
