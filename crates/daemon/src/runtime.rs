@@ -588,16 +588,15 @@ fn carry_out(
                     !start && matches!(reason, Some(Reason::Switchover | Reason::ResourceFailed));
                 // The peer serves, or is about to: a copy that steps down with ops it never
                 // confirmed is then out of sync until resynced (see Replicator::demote).
-                let peer_takes_over = matches!(
-                    reason,
-                    Some(
-                        Reason::Switchover
-                            | Reason::ResourceFailed
-                            | Reason::PeerActiveHigherEpoch
-                            | Reason::PublicNetworkLost
-                            | Reason::Fenced
-                    )
-                );
+                let peer_takes_over = planned_move
+                    || matches!(
+                        reason,
+                        Some(
+                            Reason::PeerActiveHigherEpoch
+                                | Reason::PublicNetworkLost
+                                | Reason::Fenced
+                        )
+                    );
                 tokio::spawn(async move {
                     let (before, after) = if start {
                         (HookPoint::PreStart, HookPoint::PostStart)

@@ -276,16 +276,11 @@ pub trait Journal: Send + Sync + 'static {
     /// the caller then fails the fsync instead of acknowledging it.
     fn wait_durable(&self, seq: u64) -> bool;
 
-    /// False when `wait_durable` would return at once (async mode, or no passive to wait
-    /// for), so a caller can reply without handing the wait to another thread.
-    fn must_wait(&self) -> bool {
+    /// False when `wait_durable(seq)` would return true at once (async mode, no passive to
+    /// wait for, or `seq` already confirmed), so a caller can reply without handing the wait
+    /// to another thread.
+    fn must_wait(&self, _seq: u64) -> bool {
         true
-    }
-
-    /// True when every op up to and including `seq` is already as durable as the mode
-    /// requires, so a caller can reply at once. False when unknown.
-    fn is_durable(&self, _seq: u64) -> bool {
-        false
     }
 
     /// Registers `listener`, replacing any earlier one: called with the highest seq the

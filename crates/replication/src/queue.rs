@@ -105,6 +105,12 @@ struct Spill {
 const SPILL_RELEASE_STEP_BYTES: u64 = 8 << 20;
 
 impl Spill {
+    /// Bytes of records the passive has not applied yet (the applied part stays in the
+    /// file, a hole once given back, until the whole spill goes).
+    fn waiting_bytes(&self) -> u64 {
+        self.len - self.applied_len
+    }
+
     /// Gives the disk space of the applied part back (a hole punched in the file; sizes and
     /// offsets stay): a passive that stays behind but keeps up would otherwise see the
     /// file grow with everything it applied, until the queue overflowed although little
@@ -318,7 +324,7 @@ impl SetQueue {
             .filter(|e| e.record.seq > applied_seq)
             .map(|e| e.bytes)
             .sum::<u64>()
-            + inner.spill.as_ref().map_or(0, |s| s.len - s.applied_len);
+            + inner.spill.as_ref().map_or(0, Spill::waiting_bytes);
         inner.streaming = true;
         inner.resyncing = false;
         inner.abandon_session = false;
@@ -628,10 +634,7 @@ impl SetQueue {
             s.last_seq
                 .saturating_sub(inner.applied_seq.max(s.first_seq - 1))
         });
-        let spill_bytes = inner
-            .spill
-            .as_ref()
-            .map_or(0, |s| s.len.saturating_sub(s.applied_len));
+        let spill_bytes = inner.spill.as_ref().map_or(0, Spill::waiting_bytes);
         // Memory may hold only ops newer than the spill's (the sender had passed it): the
         // oldest op waiting is then a spilled one.
         let oldest = match (
@@ -788,14 +791,11 @@ impl Journal for SetQueue {
         self.enqueue(op, mtimes)
     }
 
-    fn must_wait(&self) -> bool {
+    fn must_wait(&self, seq: u64) -> bool {
         let inner = self.lock();
         self.cfg.mode == Mode::Sync
+            && inner.durable_seq < seq
             && (inner.streaming || self.lease_end(&inner).is_some() || !self.cfg.serving.valid())
-    }
-
-    fn is_durable(&self, seq: u64) -> bool {
-        self.cfg.mode == Mode::Async || self.lock().durable_seq >= seq
     }
 
     fn on_durable(&self, listener: DurableListener) -> bool {
@@ -979,7 +979,7 @@ impl SetQueue {
         };
         // The spill's applied part no longer waits, and its disk space is given back
         // (`trim`): only what the passive still lacks counts against the bound.
-        let queued = inner.mem_bytes + inner.spill.as_ref().map_or(0, |s| s.len - s.applied_len);
+        let queued = inner.mem_bytes + inner.spill.as_ref().map_or(0, Spill::waiting_bytes);
         if queued + bytes > self.cfg.queue_max_bytes {
             self.overflow(&mut inner, "queue_max_bytes reached");
             return seq;

@@ -825,7 +825,7 @@ impl ReplicaSet {
         }
         // From now on applications here cannot write to `path` (root included): it shows the
         // copy the new active will stream into, read-only.
-        mount_read_only_view(&self.cfg.data_dir, &self.cfg.path);
+        self.show_read_only_view();
         let q = queue.clone();
         let (last, drained) = tokio::task::spawn_blocking(move || q.drain(drain_timeout))
             .await

@@ -65,7 +65,10 @@ fn with_no_lease_an_fsync_is_acknowledged_at_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let q = queue(dir.path());
     let seq = fsync(&q);
-    assert!(!q.must_wait(), "no passive, no lease: nothing to wait for");
+    assert!(
+        !q.must_wait(seq),
+        "no passive, no lease: nothing to wait for"
+    );
     assert!(timed_wait(&q, seq) < Duration::from_millis(50));
 }
 
@@ -80,7 +83,7 @@ fn a_session_that_ends_unconfirmed_holds_the_fsync_until_the_lease_runs_out() {
     let renewed = Instant::now();
     q.end_session();
     let seq = fsync(&q);
-    assert!(q.must_wait());
+    assert!(q.must_wait(seq));
     q.wait_durable(seq);
     assert!(
         renewed.elapsed() >= LEASE,
@@ -159,7 +162,7 @@ fn a_node_that_may_no_longer_serve_acknowledges_nothing_alone() {
     let q = Arc::new(queue(dir.path()));
     q.cfg.serving.revoke();
     let seq = fsync(&q);
-    assert!(q.must_wait());
+    assert!(q.must_wait(seq));
     let waiter = {
         let q = q.clone();
         std::thread::spawn(move || q.wait_durable(seq))
