@@ -568,6 +568,74 @@ fn new_files_belong_to_the_caller_with_the_callers_umask() {
     }
 }
 
+/// A root caller: the owner is already right, so only the mode is changed, and only when the
+/// caller's umask differs from the daemon's (the create skips what would change nothing).
+#[test]
+fn root_creates_keep_the_callers_umask() {
+    if !require_root("root_creates_keep_the_callers_umask") {
+        return;
+    }
+    let f = Fixture::new();
+    f.journal.take();
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg("umask 000 && echo hi > wide && mkdir wided && umask 077 && echo hi > tight && mkdir tightd && ln -s wide link")
+        .current_dir(&f.mnt)
+        .status()
+        .expect("run sh");
+    assert!(status.success());
+    let records = f.journal.take();
+    let made: Vec<(Vec<u8>, u32, u32)> = records
+        .iter()
+        .filter_map(|r| match &r.op {
+            Op::Mknod {
+                path, mode, uid, ..
+            }
+            | Op::Mkdir {
+                path, mode, uid, ..
+            } => Some((path.clone(), *mode, *uid)),
+            Op::Symlink { path, uid, .. } => Some((path.clone(), 0, *uid)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        made,
+        vec![
+            (b"wide".to_vec(), 0o666, 0),
+            (b"wided".to_vec(), 0o777, 0),
+            (b"tight".to_vec(), 0o600, 0),
+            (b"tightd".to_vec(), 0o700, 0),
+            (b"link".to_vec(), 0, 0),
+        ]
+    );
+    for (name, mode) in [
+        ("wide", 0o666),
+        ("wided", 0o777),
+        ("tight", 0o600),
+        ("tightd", 0o700),
+    ] {
+        assert_eq!(lstat(&f.b(name)).st_mode & 0o7777, mode, "{name}");
+    }
+    // Each record carries the directory's mtime as it is after the create.
+    let root = lstat(&f.b(""));
+    let root_mtime = Timespec {
+        sec: root.st_mtime,
+        nsec: root.st_mtime_nsec as u32,
+    };
+    let last = records
+        .iter()
+        .rev()
+        .find(|r| matches!(r.op, Op::Symlink { .. }))
+        .expect("symlink record");
+    assert!(
+        last.mtimes
+            .iter()
+            .any(|(r, t)| *r == FileRef::Path(Vec::new()) && *t == root_mtime),
+        "the root's mtime after the last create: {:?}",
+        last.mtimes
+    );
+}
+
 #[test]
 fn xattrs_are_recorded() {
     if !require_root("xattrs_are_recorded") {

@@ -106,11 +106,15 @@ pub fn start(test: &str, mode: &str, queue_max_bytes: u64) -> Result<(Scratch, P
 /// the pair is gone, also when the benchmark failed; the logs stay.
 pub struct Scratch(pub std::path::PathBuf);
 
+/// Where benchmarks move trees they are done with (deleted with the scratch directory).
+pub const SET_ASIDE: &str = "set-aside";
+
 impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(self.0.join("native"));
         // The resync benchmarks' rsync baseline copy (2 GiB a run, left behind before).
         let _ = std::fs::remove_dir_all(self.0.join("rsync-copy"));
+        let _ = std::fs::remove_dir_all(self.0.join(SET_ASIDE));
         for node in super::NAMES {
             let _ = std::fs::remove_dir_all(self.0.join(format!("state-{node}")).join("sets"));
         }
