@@ -443,16 +443,20 @@ impl Drop for CaptureMount {
     }
 }
 
+/// Readahead requests of max_write each that one sequential reader may have in flight.
+const READAHEAD_REQUESTS: u32 = 8;
+
 /// The kernel gives a FUSE mount 128 KiB of readahead whatever the init reply asks for, so
 /// sequential reads through FUSE arrive as 128 KiB requests. Raising the mount's BDI
-/// readahead to max_write lets them arrive as 1 MiB requests. Best effort: without it reads
-/// are slower, not wrong.
+/// readahead lets them arrive as 1 MiB requests (max_write), [`READAHEAD_REQUESTS`] of them
+/// in flight, so the worker threads read the backing file in parallel. Best effort: without
+/// it reads are slower, not wrong.
 fn raise_readahead(ident: &sys::MountIdent) {
     let path = format!(
         "/sys/class/bdi/{}:{}/read_ahead_kb",
         ident.dev_major, ident.dev_minor
     );
-    let kb = fs::MAX_WRITE / 1024;
+    let kb = fs::MAX_WRITE / 1024 * READAHEAD_REQUESTS;
     if let Err(e) = std::fs::write(&path, format!("{kb}\n")) {
         warn!(error = %e, path, "cannot raise FUSE readahead");
     }
