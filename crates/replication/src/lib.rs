@@ -34,6 +34,7 @@ pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 pub mod changes;
 pub mod engine;
+mod fsync_pattern;
 pub mod hashing;
 pub mod observer;
 pub mod prelist;

@@ -17,6 +17,7 @@ use understudy_tls::NodeTls;
 
 use crate::changes::Changed;
 use crate::engine::Report;
+use crate::fsync_pattern::FsyncPattern;
 use crate::observer::{self, PassiveObserver, PreserveRule, Quarantine};
 use crate::proto::{self, kind, Ack, Hello, Lease, Plan, ProtoError, Welcome};
 use crate::queue::{Next, SetQueue};
@@ -342,6 +343,8 @@ async fn sender_session(
     let mut frame = Vec::with_capacity(BATCH_MAX_BYTES as usize + (1 << 20));
     let mut urgent = true;
     let mut hold_until: Option<tokio::time::Instant> = None;
+    // In sync mode, writes to a file fsynced after every write skip the coalescing delay.
+    let mut fsynced_files = (set.cfg.mode == crate::queue::Mode::Sync).then(FsyncPattern::default);
     let why = loop {
         if queue.session_abandoned() {
             break "abandoned: the passive fell too far behind, or a resync failed".to_string();
@@ -363,8 +366,14 @@ async fn sender_session(
         };
         let result = match next {
             Next::Records(records) => {
+                let now = Instant::now();
                 for r in &records {
                     urgent |= r.op.is_barrier() || r.op.is_sync();
+                    match (&r.op, fsynced_files.as_mut()) {
+                        (Op::Fsync { file, .. }, Some(p)) => p.on_fsync(file, now),
+                        (Op::Write { file, .. }, Some(p)) => urgent |= p.on_write(file, now),
+                        _ => {}
+                    }
                 }
                 send_records(&mut wr, &records, &mut frame).await
             }
@@ -875,6 +884,7 @@ fn apply_loop(
     let mut last_persist = Instant::now();
     // Progress acks held back in a row because a commit came next.
     let mut acks_held = 0u32;
+    let mut fsynced_files = FsyncPattern::default();
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
@@ -950,6 +960,9 @@ fn apply_loop(
         };
         let Some(frame) = frame else { continue };
         unsynced_bytes += frame.len() as u64;
+        let now = Instant::now();
+        // A write the active's application is about to fsync arrived in this frame.
+        let mut fsync_expected = false;
         let mut body = frame.as_slice();
         while body.len() >= 4 {
             let len = u32::from_le_bytes([body[0], body[1], body[2], body[3]]) as usize;
@@ -963,6 +976,7 @@ fn apply_loop(
             match decode_write(bytes) {
                 Ok(Some(w)) => {
                     let seq = w.seq;
+                    fsync_expected |= sync_mode && fsynced_files.on_write(&w.file, now);
                     if let Err(e) = applier.apply_write(w) {
                         error!(set = set.name(), seq, error = %e, "applying failed; the copy is out of sync");
                         set.mark_copy_out_of_sync("an op could not be applied");
@@ -999,6 +1013,9 @@ fn apply_loop(
                 && (sync_mode
                     || matches!(&record.op, Op::Fsync { file: FileRef::Path(p), .. } if p.is_empty())
                     || matches!(&record.op, Op::SyncEnd { .. }));
+            if let Op::Fsync { file, .. } = &record.op {
+                fsynced_files.on_fsync(file, now);
+            }
             let mut listing_done = false;
             let mut verify_listing = false;
             match &record.op {
@@ -1043,6 +1060,15 @@ fn apply_loop(
         // nothing) during the flush an fsync is waiting for. At most a few in a row, so a
         // stream that keeps the queue just short of empty still gets its acks.
         let commit_next = barrier && !broken && rx.is_empty();
+        // The write of a write-then-fsync is flushed now, in parallel with the active's own
+        // flush, rather than once its barrier has crossed the network; the barrier's commit
+        // then finds nothing left to flush (`Applier::sync` with nothing dirty).
+        // Not during a resync, whose commits may be a whole filesystem's `syncfs`.
+        if fsync_expected && !barrier && !broken && resync.is_none() && rx.is_empty() {
+            commit(&set, &mut applier, &mut durable, &mut broken);
+            unsynced_bytes = 0;
+            last_sync = Instant::now();
+        }
         if commit_next && acks_held < ACKS_HELD_MAX {
             acks_held += 1;
         } else {
@@ -1265,6 +1291,50 @@ mod tests {
         let mut frames = vec![frame(&records[..1])];
         frames.extend(records[1..].chunks(2).map(frame));
         assert_one_prompt_commit(frames, last_seq, barriers);
+    }
+
+    /// Write then fsync, one op per frame, each frame arriving after the last was applied
+    /// (the pace of a database's commits): once the file showed the pattern, the write is
+    /// flushed on arrival, and its barrier's commit has nothing left to flush.
+    #[test]
+    fn a_write_of_a_file_fsynced_after_every_write_is_flushed_on_arrival() {
+        let records = writes_each_fsynced(4);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (set, applier) = passive_set(dir.path());
+        let (tx, rx) = mpsc::channel::<Vec<u8>>(APPLY_QUEUE_FRAMES);
+        let (ack_tx, ack_rx) = watch::channel(Ack {
+            applied: 0,
+            durable: 0,
+            persisted: 0,
+        });
+        let (pool_tx, _pool_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        let (report_tx, _report_rx) = mpsc::unbounded_channel();
+        let obs = PassiveObserver::new(report_tx, dir.path().join("data"), Default::default());
+        let apply = std::thread::spawn(move || {
+            apply_loop(set, applier, rx, ack_tx, pool_tx, obs, None);
+            COMMITS.with(|c| c.take())
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for r in &records {
+            tx.try_send(frame(std::slice::from_ref(r))).expect("room");
+            // A write is waited for applied, a barrier for durable.
+            while {
+                let ack = *ack_rx.borrow();
+                if r.op.is_barrier() {
+                    ack.durable < r.seq
+                } else {
+                    ack.applied < r.seq
+                }
+            } {
+                assert!(Instant::now() < deadline, "record {} never acknowledged", r.seq);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        drop(tx);
+        let commits = apply.join().expect("the apply thread");
+        // Records: 1 the create, then (write, fsync) at (2, 3), (4, 5), (6, 7), (8, 9). The
+        // pattern shows from the second fsync on, so writes 6 and 8 are flushed on arrival.
+        assert_eq!(commits, [3, 5, 6, 7, 8, 9, 9], "the durable seq of every commit");
     }
 
     #[test]
