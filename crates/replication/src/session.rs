@@ -1326,7 +1326,11 @@ mod tests {
                     ack.applied < r.seq
                 }
             } {
-                assert!(Instant::now() < deadline, "record {} never acknowledged", r.seq);
+                assert!(
+                    Instant::now() < deadline,
+                    "record {} never acknowledged",
+                    r.seq
+                );
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
@@ -1334,7 +1338,11 @@ mod tests {
         let commits = apply.join().expect("the apply thread");
         // Records: 1 the create, then (write, fsync) at (2, 3), (4, 5), (6, 7), (8, 9). The
         // pattern shows from the second fsync on, so writes 6 and 8 are flushed on arrival.
-        assert_eq!(commits, [3, 5, 6, 7, 8, 9, 9], "the durable seq of every commit");
+        assert_eq!(
+            commits,
+            [3, 5, 6, 7, 8, 9, 9],
+            "the durable seq of every commit"
+        );
     }
 
     #[test]
