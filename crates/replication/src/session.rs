@@ -1215,29 +1215,41 @@ mod tests {
         out
     }
 
-    /// Runs the real apply loop on `frames`, all waiting before it starts (as when they
-    /// arrive together), until the passive acknowledges `last_seq` durable. Returns how long
-    /// that took and the durable seq of every commit, the one at the session's end included.
-    fn apply_together(frames: Vec<Vec<u8>>, last_seq: u64) -> (Duration, Vec<u64>) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (set, applier) = passive_set(dir.path());
-        let (tx, rx) = mpsc::channel::<Vec<u8>>(APPLY_QUEUE_FRAMES);
-        for f in frames {
-            tx.try_send(f).expect("room for every frame");
-        }
+    /// Starts the real apply loop of a passive set in `dir` on its own thread, taking frames
+    /// from `rx`; the thread returns the durable seq of every commit it made.
+    fn start_apply_loop(
+        dir: &std::path::Path,
+        rx: mpsc::Receiver<Vec<u8>>,
+    ) -> (watch::Receiver<Ack>, std::thread::JoinHandle<Vec<u64>>) {
+        let (set, applier) = passive_set(dir);
         let (ack_tx, ack_rx) = watch::channel(Ack {
             applied: 0,
             durable: 0,
             persisted: 0,
         });
-        let (pool_tx, _pool_rx) = std::sync::mpsc::channel::<Vec<u8>>();
-        let (report_tx, _report_rx) = mpsc::unbounded_channel();
-        let obs = PassiveObserver::new(report_tx, dir.path().join("data"), Default::default());
-        let started = Instant::now();
+        let data = dir.join("data");
         let apply = std::thread::spawn(move || {
+            // Frames are not given back here, and reports go nowhere.
+            let (pool_tx, _pool_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+            let (report_tx, _report_rx) = mpsc::unbounded_channel();
+            let obs = PassiveObserver::new(report_tx, data, Default::default());
             apply_loop(set, applier, rx, ack_tx, pool_tx, obs, None);
             COMMITS.with(|c| c.take())
         });
+        (ack_rx, apply)
+    }
+
+    /// Runs the real apply loop on `frames`, all waiting before it starts (as when they
+    /// arrive together), until the passive acknowledges `last_seq` durable. Returns how long
+    /// that took and the durable seq of every commit, the one at the session's end included.
+    fn apply_together(frames: Vec<Vec<u8>>, last_seq: u64) -> (Duration, Vec<u64>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (tx, rx) = mpsc::channel::<Vec<u8>>(APPLY_QUEUE_FRAMES);
+        for f in frames {
+            tx.try_send(f).expect("room for every frame");
+        }
+        let started = Instant::now();
+        let (ack_rx, apply) = start_apply_loop(dir.path(), rx);
         let deadline = started + Duration::from_secs(10);
         let acked_in = loop {
             let ack = *ack_rx.borrow();
@@ -1300,20 +1312,8 @@ mod tests {
     fn a_write_of_a_file_fsynced_after_every_write_is_flushed_on_arrival() {
         let records = writes_each_fsynced(4);
         let dir = tempfile::tempdir().expect("tempdir");
-        let (set, applier) = passive_set(dir.path());
         let (tx, rx) = mpsc::channel::<Vec<u8>>(APPLY_QUEUE_FRAMES);
-        let (ack_tx, ack_rx) = watch::channel(Ack {
-            applied: 0,
-            durable: 0,
-            persisted: 0,
-        });
-        let (pool_tx, _pool_rx) = std::sync::mpsc::channel::<Vec<u8>>();
-        let (report_tx, _report_rx) = mpsc::unbounded_channel();
-        let obs = PassiveObserver::new(report_tx, dir.path().join("data"), Default::default());
-        let apply = std::thread::spawn(move || {
-            apply_loop(set, applier, rx, ack_tx, pool_tx, obs, None);
-            COMMITS.with(|c| c.take())
-        });
+        let (ack_rx, apply) = start_apply_loop(dir.path(), rx);
         let deadline = Instant::now() + Duration::from_secs(10);
         for r in &records {
             tx.try_send(frame(std::slice::from_ref(r))).expect("room");
