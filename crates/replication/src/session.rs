@@ -33,8 +33,9 @@ const ACKS_HELD_MAX: u32 = 4;
 /// A session that hears nothing for this long is dead (keepalives flow every second).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 const KEEPALIVE: Duration = Duration::from_secs(1);
-/// The passive flushes its copy for barriers (an fsync on the active, a drain) and otherwise
-/// at most this often when it is idle, so its durable position keeps moving without costing
+/// The passive flushes its copy for barriers (an fsync on the active, a drain; in sync mode
+/// also a write whose fsync is expected next, see `FsyncPattern`) and otherwise at most this
+/// often when it is idle, so its durable position keeps moving without costing
 /// the disk a flush per group of plain writes (the active does not flush those either). It
 /// records that position after every flush: where it would resume after a crash, and how
 /// much of its change log the active may drop.
