@@ -10,6 +10,9 @@
 //! the round trip. The io_uring side keeps one queue per CPU, its thread pinned there, as the
 //! kernel expects: a request goes to the queue of the CPU its caller runs on.
 //!
+//! It also reads a 256 MiB file whose every READ the filesystem answers with zeros: the
+//! transport's own rate for large replies, with no disk behind it.
+//!
 //! Run with `bench/run.sh fuse_round_trip`; BENCH_FUSE_STATS (50000) stats per transport and
 //! round, BENCH_ROUNDS (3). Needs root; `enable_uring` is restored afterwards.
 
@@ -31,6 +34,9 @@ const PAYLOAD_BYTES: usize = 256 << 10;
 const ENTRIES_PER_QUEUE: usize = 2;
 const OP_LOOKUP: u32 = 1;
 const OP_GETATTR: u32 = 3;
+const OP_OPEN: u32 = 14;
+const OP_READ: u32 = 15;
+const OP_RELEASE: u32 = 18;
 const OP_INIT: u32 = 26;
 const CMD_REGISTER: u32 = 1;
 const CMD_COMMIT_AND_FETCH: u32 = 2;
@@ -141,36 +147,66 @@ fn attr(ino: u64) -> Attr {
     Attr {
         ino,
         mode: if ino == 1 { 0o40755 } else { 0o100644 },
+        size: if ino == 3 { BIG_BYTES } else { 0 },
         nlink: 1,
         blksize: 4096,
         ..Default::default()
     }
 }
 
-/// The filesystem: answers one request with (negative errno, reply body).
-fn answer(h: &InHeader, arg: &[u8]) -> (i32, Vec<u8>) {
+/// Bytes of the file `big` that [`read_throughput`] reads.
+const BIG_BYTES: u64 = 256 << 20;
+/// What a READ of `big` returns: zeros, from a static buffer (no allocation per reply).
+static ZEROS: [u8; PAYLOAD_BYTES] = [0; PAYLOAD_BYTES];
+
+/// The filesystem: answers one request (`arg`: everything after the in header) with
+/// (negative errno, reply body). Nodes: 1 the root, 2 `f` (attributes never valid), 3 `big`.
+fn answer(h: &InHeader, arg: &[u8]) -> (i32, std::borrow::Cow<'static, [u8]>) {
+    use std::borrow::Cow;
+    let u32_at = |at: usize| {
+        arg.get(at..at + 4)
+            .map_or(0, |b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+    };
     match h.opcode {
         OP_GETATTR => {
-            // The root's attributes stay valid; the file's never do.
-            let attr_valid = if h.nodeid == 1 { 1000 } else { 0 };
+            // The root's and big's attributes stay valid; f's never do.
+            let attr_valid = if h.nodeid == 2 { 0 } else { 1000 };
             let out = AttrOut {
                 attr_valid,
                 attr: attr(h.nodeid),
                 ..Default::default()
             };
-            (0, bytes(&out).to_vec())
+            (0, Cow::Owned(bytes(&out).to_vec()))
         }
-        OP_LOOKUP if h.nodeid == 1 && arg.split(|&b| b == 0).next() == Some(b"f") => {
+        OP_LOOKUP if h.nodeid == 1 => {
+            let nodeid = match arg.split(|&b| b == 0).next() {
+                Some(b"f") => 2,
+                Some(b"big") => 3,
+                _ => return (-libc::ENOENT, Cow::Borrowed(&[])),
+            };
             let out = EntryOut {
-                nodeid: 2,
+                nodeid,
                 entry_valid: 1000,
-                attr: attr(2),
+                attr_valid: if nodeid == 2 { 0 } else { 1000 },
+                attr: attr(nodeid),
                 ..Default::default()
             };
-            (0, bytes(&out).to_vec())
+            (0, Cow::Owned(bytes(&out).to_vec()))
         }
-        OP_LOOKUP => (-libc::ENOENT, Vec::new()),
-        _ => (-libc::ENOSYS, Vec::new()),
+        // fuse_open_out: fh, open_flags, backing_id; all zero (a cached open).
+        OP_OPEN => (0, Cow::Borrowed(&ZEROS[..16])),
+        OP_READ => {
+            // fuse_read_in: fh u64, offset u64, size u32, ...
+            let offset = arg
+                .get(8..16)
+                .map_or(0, |b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])));
+            let size = u64::from(u32_at(16)).min(PAYLOAD_BYTES as u64);
+            let n = size.min(BIG_BYTES.saturating_sub(offset)) as usize;
+            (0, Cow::Borrowed(&ZEROS[..n]))
+        }
+        OP_RELEASE => (0, Cow::Borrowed(&[])),
+        OP_LOOKUP => (-libc::ENOENT, Cow::Borrowed(&[])),
+        _ => (-libc::ENOSYS, Cow::Borrowed(&[])),
     }
 }
 
@@ -206,7 +242,7 @@ fn classic_loop(fd: i32, offer_uring: bool, initialized: std::sync::mpsc::Sender
                 flags2: if offer_uring { FLAGS2_OVER_IO_URING } else { 0 },
                 ..Default::default()
             };
-            (0, bytes(&out).to_vec())
+            (0, std::borrow::Cow::Owned(bytes(&out).to_vec()))
         } else {
             answer(&h, arg)
         };
@@ -327,7 +363,13 @@ fn ring_queue(fd: i32, qid: u16, ready: std::sync::mpsc::Sender<Result<(), Strin
             let h: InHeader =
                 unsafe { std::ptr::read_unaligned(headers[i].in_out.as_ptr().cast()) };
             let payload_len = (headers[i].payload_sz as usize).min(PAYLOAD_BYTES);
-            let (error, body) = answer(&h, &payloads[i][..payload_len]);
+            // The classic layout after the in header: the op's header (in op_in), then the rest.
+            let op_len = (h.len as usize)
+                .saturating_sub(IN_HEADER_BYTES + payload_len)
+                .min(128);
+            let mut arg = headers[i].op_in[..op_len].to_vec();
+            arg.extend_from_slice(&payloads[i][..payload_len]);
+            let (error, body) = answer(&h, &arg);
             payloads[i][..body.len()].copy_from_slice(&body);
             let out = OutHeader {
                 len: (OUT_HEADER_BYTES + body.len()) as u32,
@@ -448,6 +490,25 @@ fn stat_loop(mountpoint: &Path, n: u64) -> f64 {
     started.elapsed().as_secs_f64() * 1e6 / n as f64
 }
 
+/// MB/s of one sequential read of `big` in 1 MiB reads (a fresh mount: nothing cached), the
+/// filesystem answering every READ with zeros: the transport's own rate for large replies.
+fn read_throughput(mountpoint: &Path) -> f64 {
+    use std::io::Read;
+    let mut file = std::fs::File::open(mountpoint.join("big")).expect("open big");
+    let mut buf = vec![0u8; 1 << 20];
+    let started = Instant::now();
+    let mut total = 0u64;
+    loop {
+        let n = file.read(&mut buf).expect("read big");
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+    }
+    assert_eq!(total, BIG_BYTES, "read all of big");
+    total as f64 / started.elapsed().as_secs_f64() / 1e6
+}
+
 /// Sets `enable_uring` for the run and puts the old value back, also on failure.
 struct UringSwitch(String);
 
@@ -484,21 +545,21 @@ fn fuse_round_trip() {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut classic, mut uring) = (vec![], vec![]);
+    let (mut classic, mut uring, mut classic_mbs, mut uring_mbs) = (vec![], vec![], vec![], vec![]);
     for round in 0..rounds {
-        let c = {
+        let (c, cr) = {
             let _fs = Served::mount(dir.path(), false);
-            stat_loop(dir.path(), n)
+            (stat_loop(dir.path(), n), read_throughput(dir.path()))
         };
-        let u = {
+        let (u, ur) = {
             let _fs = Served::mount(dir.path(), true);
-            stat_loop(dir.path(), n)
+            (stat_loop(dir.path(), n), read_throughput(dir.path()))
         };
-        println!(
-            "BENCH fuse_round_trip round {round}: classic {c:.1} us, io_uring {u:.1} us per stat"
-        );
+        println!("BENCH fuse_round_trip round {round}: classic {c:.1} us per stat, {cr:.0} MB/s read; io_uring {u:.1} us per stat, {ur:.0} MB/s read");
         classic.push(c);
         uring.push(u);
+        classic_mbs.push(cr);
+        uring_mbs.push(ur);
     }
     let med = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
@@ -508,5 +569,11 @@ fn fuse_round_trip() {
     println!(
         "BENCH fuse_round_trip: stat of a FUSE file whose attributes expire at once (one GETATTR each), {n} per round, median of {rounds}: /dev/fuse read/write {c:.1} us, io_uring {u:.1} us; ratio={:.3} (io_uring / classic), no target",
         u / c
+    );
+    let (cr, ur) = (med(classic_mbs), med(uring_mbs));
+    println!(
+        "BENCH fuse_read_rate: {} MiB read in 1 MiB reads from a fresh mount, every READ answered with zeros (128 KiB readahead requests), median of {rounds}: /dev/fuse read/write {cr:.0} MB/s, io_uring {ur:.0} MB/s; ratio={:.3} (io_uring / classic), no target",
+        BIG_BYTES >> 20,
+        ur / cr
     );
 }
