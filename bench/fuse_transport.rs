@@ -22,6 +22,11 @@ use std::path::Path;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+#[path = "../crates/cli/tests/common/mod.rs"]
+mod common;
+
+use common::bench::{med, rounds};
+use common::env_u64;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use understudy_testbed::require_root;
 
@@ -532,14 +537,8 @@ fn fuse_round_trip() {
     if !require_root("fuse_round_trip") {
         return;
     }
-    let n = std::env::var("BENCH_FUSE_STATS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(50_000u64);
-    let rounds = std::env::var("BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3u32);
+    let n = env_u64("BENCH_FUSE_STATS", 50_000);
+    let rounds = rounds();
     let Some(_switch) = UringSwitch::on() else {
         println!("BENCH fuse_round_trip: this kernel has no FUSE over io_uring ({ENABLE_URING} missing); nothing to compare");
         return;
@@ -561,10 +560,6 @@ fn fuse_round_trip() {
         classic_mbs.push(cr);
         uring_mbs.push(ur);
     }
-    let med = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     let (c, u) = (med(classic), med(uring));
     println!(
         "BENCH fuse_round_trip: stat of a FUSE file whose attributes expire at once (one GETATTR each), {n} per round, median of {rounds}: /dev/fuse read/write {c:.1} us, io_uring {u:.1} us; ratio={:.3} (io_uring / classic), no target",

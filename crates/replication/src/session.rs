@@ -885,7 +885,8 @@ fn apply_loop(
     let mut last_persist = Instant::now();
     // Progress acks held back in a row because a commit came next.
     let mut acks_held = 0u32;
-    let mut fsynced_files = FsyncPattern::default();
+    // In sync mode, a write whose fsync comes next is flushed on arrival (below).
+    let mut fsynced_files = sync_mode.then(FsyncPattern::default);
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
@@ -977,7 +978,9 @@ fn apply_loop(
             match decode_write(bytes) {
                 Ok(Some(w)) => {
                     let seq = w.seq;
-                    fsync_expected |= sync_mode && fsynced_files.on_write(&w.file, now);
+                    fsync_expected |= fsynced_files
+                        .as_mut()
+                        .is_some_and(|p| p.on_write(&w.file, now));
                     if let Err(e) = applier.apply_write(w) {
                         error!(set = set.name(), seq, error = %e, "applying failed; the copy is out of sync");
                         set.mark_copy_out_of_sync("an op could not be applied");
@@ -1014,8 +1017,8 @@ fn apply_loop(
                 && (sync_mode
                     || matches!(&record.op, Op::Fsync { file: FileRef::Path(p), .. } if p.is_empty())
                     || matches!(&record.op, Op::SyncEnd { .. }));
-            if let Op::Fsync { file, .. } = &record.op {
-                fsynced_files.on_fsync(file, now);
+            if let (Op::Fsync { file, .. }, Some(p)) = (&record.op, fsynced_files.as_mut()) {
+                p.on_fsync(file, now);
             }
             let mut listing_done = false;
             let mut verify_listing = false;
