@@ -1072,6 +1072,9 @@ fn apply_loop(
             commit(&set, &mut applier, &mut durable, &mut broken);
             unsynced_bytes = 0;
             last_sync = Instant::now();
+            // Like any commit outside a resync: the position on disk follows, in case the
+            // expected barrier never comes (nothing else would persist this one).
+            persist_due |= !broken;
         }
         if commit_next && acks_held < ACKS_HELD_MAX {
             acks_held += 1;
@@ -1224,8 +1227,13 @@ mod tests {
     fn start_apply_loop(
         dir: &std::path::Path,
         rx: mpsc::Receiver<Vec<u8>>,
-    ) -> (watch::Receiver<Ack>, std::thread::JoinHandle<Vec<u64>>) {
+    ) -> (
+        watch::Receiver<Ack>,
+        std::thread::JoinHandle<Vec<u64>>,
+        Arc<ReplicaSet>,
+    ) {
         let (set, applier) = passive_set(dir);
+        let watched = Arc::clone(&set);
         let (ack_tx, ack_rx) = watch::channel(Ack {
             applied: 0,
             durable: 0,
@@ -1240,7 +1248,7 @@ mod tests {
             apply_loop(set, applier, rx, ack_tx, pool_tx, obs, None);
             COMMITS.with(|c| c.take())
         });
-        (ack_rx, apply)
+        (ack_rx, apply, watched)
     }
 
     /// Runs the real apply loop on `frames`, all waiting before it starts (as when they
@@ -1253,7 +1261,7 @@ mod tests {
             tx.try_send(f).expect("room for every frame");
         }
         let started = Instant::now();
-        let (ack_rx, apply) = start_apply_loop(dir.path(), rx);
+        let (ack_rx, apply, _) = start_apply_loop(dir.path(), rx);
         let deadline = started + Duration::from_secs(10);
         let acked_in = loop {
             let ack = *ack_rx.borrow();
@@ -1317,7 +1325,7 @@ mod tests {
         let records = writes_each_fsynced(4);
         let dir = tempfile::tempdir().expect("tempdir");
         let (tx, rx) = mpsc::channel::<Vec<u8>>(APPLY_QUEUE_FRAMES);
-        let (ack_rx, apply) = start_apply_loop(dir.path(), rx);
+        let (ack_rx, apply, _) = start_apply_loop(dir.path(), rx);
         let deadline = Instant::now() + Duration::from_secs(10);
         for r in &records {
             tx.try_send(frame(std::slice::from_ref(r))).expect("room");
@@ -1346,6 +1354,57 @@ mod tests {
             commits,
             [3, 5, 6, 7, 8, 9, 9],
             "the durable seq of every commit"
+        );
+    }
+
+    #[test]
+    fn a_write_flushed_on_arrival_is_persisted_even_if_no_fsync_follows() {
+        // Write-then-fsync pairs keep the file's pattern fresh until the position on disk
+        // has caught up with the last fsync (nothing left to persist); then one more write
+        // comes, is flushed on arrival, and the application never fsyncs it.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (tx, rx) = mpsc::channel::<Vec<u8>>(APPLY_QUEUE_FRAMES);
+        let (ack_rx, apply, set) = start_apply_loop(dir.path(), rx);
+        let pairs = writes_each_fsynced(400);
+        tx.try_send(frame(&pairs[..1])).expect("room");
+        let mut sent = 1;
+        // Bounded: 200 pairs, 20 ms apart; persisting happens every 500 ms.
+        for pair in pairs[1..].chunks(2).take(200) {
+            tx.try_send(frame(pair)).expect("room");
+            sent += 2;
+            std::thread::sleep(Duration::from_millis(20));
+            if sent >= 5 && set.persisted().last_seq == sent {
+                break;
+            }
+        }
+        assert_eq!(
+            set.persisted().last_seq,
+            sent,
+            "the position on disk never caught up with the fsyncs"
+        );
+        let mut unfsynced = pairs[1].clone();
+        unfsynced.seq = sent + 1;
+        tx.try_send(frame(std::slice::from_ref(&unfsynced)))
+            .expect("room");
+        // The next persist is due 500 ms after the last one at most; a commit on the
+        // interval (not on arrival) would come only after SYNC_INTERVAL, 2 s.
+        let deadline = Instant::now() + Duration::from_millis(1500);
+        let durable = || ack_rx.borrow().durable;
+        while (durable() < unfsynced.seq || set.persisted().last_seq < unfsynced.seq)
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let (flushed, position) = (durable(), set.persisted().last_seq);
+        drop(tx);
+        apply.join().expect("the apply thread");
+        assert_eq!(
+            flushed, unfsynced.seq,
+            "the last write was not flushed on arrival"
+        );
+        assert_eq!(
+            position, unfsynced.seq,
+            "the write flushed on arrival was never persisted"
         );
     }
 
