@@ -977,10 +977,16 @@ impl PairCore {
             && self
                 .public_last_ok
                 .is_some_and(|ok| ok >= probe.completed_at);
+        // The copy's verdict first: once the probe has failed it holds until the operator
+        // acts or the peer is seen again, while the public network's proof comes and goes
+        // with each check; status should name the blocker that needs the operator.
+        if let Some(why) = self.data_lease_blocker() {
+            return Some(why);
+        }
         if !self.public_ok() || !public_held {
             return Some("waiting for proof that this node reaches the public network");
         }
-        self.data_lease_blocker()
+        None
     }
 
     /// With a `sync`-mode copy, an active that hands the role over (a switchover, a clean

@@ -1011,6 +1011,21 @@ fn sync_copy_does_not_fail_over_after_its_lease_ran_out_with_the_active_alive() 
 }
 
 #[test]
+fn status_names_the_lease_not_a_passing_public_network_doubt() {
+    // The lease verdict holds until the operator acts; the public network's proof comes and
+    // goes with each check. Status names the blocker that needs the operator (a system
+    // test read "waiting for proof that this node reaches the public network" once, under
+    // load, and the operator would have waited for nothing).
+    let mut b = leased_passive(1000, 950);
+    answer_probes_until(&mut b, 1200, 4000);
+    fail_probes_until(&mut b, 4050, 9000);
+    b.at(9100, Input::PublicCheck { reachable: false });
+    assert_eq!(b.core.phase(), Phase::Passive);
+    let waiting = b.core.status().waiting_for.unwrap_or_default();
+    assert!(waiting.contains("lease"), "{waiting}");
+}
+
+#[test]
 fn sync_copy_does_not_fail_over_before_catching_up() {
     // A copy that reconnected and is still replaying the active's queue lacks writes the
     // active acknowledged while it was away.
