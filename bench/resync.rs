@@ -532,6 +532,9 @@ fn reconnect_after_outage() {
             .python_in(a, LINK_PROBE, &[&addr, "7499", "5"])
             .expect("link probe");
         std::thread::sleep(Duration::from_secs(10).saturating_sub(cut.elapsed()));
+        let cpu_before = common::bench::cpu_secs(pair.proc(a).pid())
+            + common::bench::cpu_secs(pair.proc(p).pid());
+        let profiler = profile_start();
         pair.net.heal_all_channels(a).expect("heal");
         let healed = Instant::now();
         let healed_at = std::time::SystemTime::now()
@@ -542,6 +545,10 @@ fn reconnect_after_outage() {
             .wait_drained(a, Duration::from_secs(120))
             .expect("back in sync");
         let secs = healed.elapsed().as_secs_f64();
+        profile_stop(profiler);
+        let cpu = common::bench::cpu_secs(pair.proc(a).pid())
+            + common::bench::cpu_secs(pair.proc(p).pid())
+            - cpu_before;
         let _ = probe.0.wait();
         let text = std::fs::read_to_string(pair.dir().join(format!("python-{a}.log")))
             .expect("probe output");
@@ -549,7 +556,7 @@ fn reconnect_after_outage() {
             serde_json::from_str(text.lines().last().unwrap_or_default()).expect("probe JSON");
         let link_secs = (up["up_at"].as_f64().expect("the link came back") - healed_at).max(0.0);
         println!(
-            "BENCH reconnect round {round}: back in sync {secs:.3} s after the cable was plugged back in; the link carried packets again after {link_secs:.3} s, so {:.3} s after that (applied seq {}); baseline transfer of {mib} MiB {baseline:.3} s",
+            "BENCH reconnect round {round}: back in sync {secs:.3} s after the cable was plugged back in; the link carried packets again after {link_secs:.3} s, so {:.3} s after that (applied seq {}; both daemons used {cpu:.2} s of CPU from the plug); baseline transfer of {mib} MiB {baseline:.3} s",
             secs - link_secs,
             r.applied_seq
         );
