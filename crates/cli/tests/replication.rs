@@ -771,3 +771,45 @@ fn a_switchover_the_peer_cannot_confirm_is_called_off() {
         );
     }
 }
+
+/// When a cut channel heals, the SYNs the active's dialler sent meanwhile go out together and
+/// several connect at once. Only one of them may go on to a TLS handshake: the others used
+/// to complete theirs too, on both CPUs just as the backlog started to flow, and the passive
+/// logged each as a replication connection without a hello.
+#[test]
+fn a_healed_channel_reconnects_the_stream_with_one_handshake() {
+    if !require_root("a_healed_channel_reconnects_the_stream_with_one_handshake") {
+        return;
+    }
+    let (pair, a) = repl::start("repl_heal", "sync", 256 << 20).expect("pair");
+    let p = 1 - a;
+    let m = pair.mountpoint().display().to_string();
+    pair.wait_drained(a, Duration::from_secs(20))
+        .expect("drained");
+    pair.net.cut_all_channels(a).expect("cut");
+    // Written while the channel is down: the active goes on alone once the lease runs out.
+    pair.sh_in(
+        a,
+        &format!("dd if=/dev/urandom of={m}/during bs=1M count=8 status=none"),
+    )
+    .expect("writes during the cut");
+    // Long enough for the stream's session to end (a writer stalls for 5 s) and the
+    // dialler to start attempts that the cut link holds.
+    std::thread::sleep(Duration::from_secs(8));
+    let logged_before = pair.log(p).len();
+    pair.net.heal_all_channels(a).expect("heal");
+    pair.wait_drained(a, Duration::from_secs(30))
+        .expect("back in sync");
+    // Give any abandoned connection time to be logged (the passive waits for a hello).
+    std::thread::sleep(Duration::from_secs(1));
+    let log = pair.log(p);
+    let since = log.get(logged_before..).unwrap_or_default();
+    let losers = since
+        .matches("replication connection without a hello")
+        .count();
+    assert_eq!(
+        losers, 0,
+        "connections that completed a handshake for nothing after the heal"
+    );
+    repl::assert_same_tree(&pair.data_dir(a), &pair.data_dir(p)).expect("the copies agree");
+}

@@ -118,9 +118,13 @@ const DIAL_ROUND: Duration = Duration::from_secs(1);
 /// Dials the peer with overlapping attempts: a new one every [`DIAL_INTERVAL`] while earlier
 /// ones still wait for their SYN to be answered, so a link that heals carries a session again
 /// within about that interval (one attempt at a time, waiting out a dropped SYN, took a few
-/// hundred milliseconds). The first attempt whose handshake completes wins; the others are
-/// dropped, which closes their sockets. Starts attempts for `round`; returns the last error
-/// if none succeeded by the time all of them ended.
+/// hundred milliseconds). The attempts race only their TCP connects: the first socket
+/// connected does the TLS handshake and the others are dropped then, which closes them. (When
+/// a link heals, the SYNs it held go out together and several connect at once; each used to
+/// go on to a full handshake, on both nodes' CPUs at the moment the backlog starts to flow,
+/// and the passive logged each loser as a connection without a hello.) A failed handshake
+/// starts the race again. Starts attempts for `round`; returns the last error if none
+/// succeeded by the time all of them ended.
 async fn dial(
     tls: &NodeTls,
     peer: SocketAddr,
@@ -152,14 +156,19 @@ async fn dial(
                 } else {
                     DIAL_CONNECT_SHORT
                 };
-                let tls = tls.clone();
-                attempts.spawn(async move {
-                    understudy_tls::connect_with(&tls, peer, connect_timeout, DIAL_HANDSHAKE).await
-                });
+                attempts.spawn(understudy_tls::connect_tcp(peer, connect_timeout));
                 next_start = now + DIAL_INTERVAL;
             }
             Some(done) = attempts.join_next(), if !attempts.is_empty() => match done {
-                Ok(Ok(stream)) => return Ok(stream),
+                Ok(Ok(tcp)) => {
+                    // The losers are closed (dropping the set aborts them) before they cost
+                    // the peer a handshake.
+                    attempts = tokio::task::JoinSet::new();
+                    match understudy_tls::handshake_as_client(tls, peer, tcp, DIAL_HANDSHAKE).await {
+                        Ok(stream) => return Ok(stream),
+                        Err(e) => last_error = Some(e),
+                    }
+                }
                 Ok(Err(e)) => last_error = Some(e),
                 // An attempt task cannot panic short of a bug in the TLS stack; try again.
                 Err(e) => debug!(error = %e, "a connection attempt ended abnormally"),

@@ -26,7 +26,10 @@ pub use error::TlsError;
 pub use generate::{generate_pair, write_pair, NodeMaterial, PairMaterial};
 pub use identity::{check_peer, negotiated_version, peer_identity, ALPN_V3};
 pub use load::{load_node_tls, NodeTls};
-pub use net::{accept, connect, connect_with, Channel, ChannelReader, ChannelWriter};
+pub use net::{
+    accept, connect, connect_tcp, connect_with, handshake_as_client, Channel, ChannelReader,
+    ChannelWriter,
+};
 
 /// Re-exported so callers can name the certificate type in
 /// [`peer_identity`] / [`check_peer`] without depending on rustls directly.

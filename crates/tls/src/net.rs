@@ -201,28 +201,55 @@ pub async fn connect_with(
     connect_timeout: Duration,
     timeout: Duration,
 ) -> Result<Channel, TlsError> {
-    let start = Instant::now();
-    let deadline = start + timeout;
-    let timed_out = |stage| TlsError::Timeout {
-        stage,
-        peer: addr.to_string(),
-        after: timeout,
-    };
-
-    let tcp = timeout_at(
-        deadline.min(start + connect_timeout),
-        TcpStream::connect(addr),
+    let deadline = Instant::now() + timeout;
+    let tcp = connect_tcp(addr, connect_timeout.min(timeout)).await?;
+    handshake_as_client(
+        tls,
+        addr,
+        tcp,
+        deadline.saturating_duration_since(Instant::now()),
     )
     .await
-    .map_err(|_| timed_out("connecting to"))?
-    .map_err(|error| TlsError::Connect { addr, error })?;
+}
+
+/// The TCP half of [`connect_with`]: a connected socket to `addr`, set up for the channel,
+/// within `connect_timeout`. A dialler racing several connects hands only the first one to
+/// [`handshake_as_client`], so the peer does not do a handshake for every loser.
+pub async fn connect_tcp(
+    addr: SocketAddr,
+    connect_timeout: Duration,
+) -> Result<TcpStream, TlsError> {
+    let tcp = timeout_at(Instant::now() + connect_timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| TlsError::Timeout {
+            stage: "connecting to",
+            peer: addr.to_string(),
+            after: connect_timeout,
+        })?
+        .map_err(|error| TlsError::Connect { addr, error })?;
     // The channel carries small, latency-sensitive messages (heartbeats);
     // Nagle's algorithm would only delay them.
     tcp.set_nodelay(true).map_err(|error| TlsError::Socket {
         peer: addr.to_string(),
         error,
     })?;
+    Ok(tcp)
+}
 
+/// The TLS half of [`connect_with`]: the client's handshake over `tcp` (connected to
+/// `addr`), its checks, and the server's verdict, all within `timeout`.
+pub async fn handshake_as_client(
+    tls: &NodeTls,
+    addr: SocketAddr,
+    tcp: TcpStream,
+    timeout: Duration,
+) -> Result<Channel, TlsError> {
+    let deadline = Instant::now() + timeout;
+    let timed_out = |stage| TlsError::Timeout {
+        stage,
+        peer: addr.to_string(),
+        after: timeout,
+    };
     let server_name = ServerName::try_from(tls.peer_name.clone())
         .map_err(|e| TlsError::Config(format!("peer name '{}': {e}", tls.peer_name)))?;
     let handshake_err = |error: io::Error| TlsError::Handshake {
