@@ -203,13 +203,8 @@ pub async fn connect_with(
 ) -> Result<Channel, TlsError> {
     let deadline = Instant::now() + timeout;
     let tcp = connect_tcp(addr, connect_timeout.min(timeout)).await?;
-    handshake_as_client(
-        tls,
-        addr,
-        tcp,
-        deadline.saturating_duration_since(Instant::now()),
-    )
-    .await
+    // A timeout is reported as the whole `timeout`, the figure the caller configured.
+    handshake_until(tls, addr, tcp, deadline, timeout).await
 }
 
 /// The TCP half of [`connect_with`]: a connected socket to `addr`, set up for the channel,
@@ -244,7 +239,17 @@ pub async fn handshake_as_client(
     tcp: TcpStream,
     timeout: Duration,
 ) -> Result<Channel, TlsError> {
-    let deadline = Instant::now() + timeout;
+    handshake_until(tls, addr, tcp, Instant::now() + timeout, timeout).await
+}
+
+/// [`handshake_as_client`] ending at `deadline`; a timeout is reported as `timeout`.
+async fn handshake_until(
+    tls: &NodeTls,
+    addr: SocketAddr,
+    tcp: TcpStream,
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<Channel, TlsError> {
     let timed_out = |stage| TlsError::Timeout {
         stage,
         peer: addr.to_string(),
