@@ -1908,4 +1908,26 @@ impl Filesystem for CaptureFs {
             Err(e) => reply.error(e),
         }
     }
+
+    /// No ioctl is served. The mutating ones (`chattr`'s flags, `FICLONE`...) would change
+    /// the backing file behind capture's back, and the common one is `TCGETS` from
+    /// `isatty()`, which Python's `open()` asks of every file it opens: ENOTTY, as a native
+    /// file answers. fuser's default answer is the same (ENOSYS, which the kernel turns into
+    /// ENOTTY) but with a warning logged per call, and the kernel does not remember the
+    /// refusal: a populate of 10,000 files by Python logged 10,000 warnings.
+    #[allow(clippy::too_many_arguments)] // fuser's signature
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        tracing::trace!(cmd, "ioctl refused: not served on a replicated mount");
+        reply.error(Errno::ENOTTY);
+    }
 }
