@@ -55,7 +55,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use fuser::{Config, MountOption, Session, SessionACL};
+use fuser::{Config, Session, SessionACL};
 use tracing::{info, warn};
 use understudy_oplog::Journal;
 
@@ -279,49 +279,54 @@ pub fn mount_with_read_passthrough(
         source,
     })?;
     let flag = |bit: libc::c_ulong| vfs.f_flag & bit != 0;
-    let mut options = vec![
-        MountOption::FSName(opts.fsname.clone()),
-        MountOption::Subtype("understudy".into()),
-        // The kernel checks permissions against the attributes we report (the backing
-        // ones); we run as root and would otherwise let everyone do everything.
-        MountOption::DefaultPermissions,
-        if flag(libc::ST_NODEV) {
-            MountOption::NoDev
-        } else {
-            MountOption::Dev
-        },
-        if flag(libc::ST_NOSUID) {
-            MountOption::NoSuid
-        } else {
-            MountOption::Suid
-        },
-        if flag(libc::ST_NOEXEC) {
-            MountOption::NoExec
-        } else {
-            MountOption::Exec
-        },
-    ];
-    if flag(libc::ST_RDONLY) {
-        options.push(MountOption::RO);
+    let mut mount_flags = 0;
+    for (st, ms) in [
+        (libc::ST_NODEV, libc::MS_NODEV),
+        (libc::ST_NOSUID, libc::MS_NOSUID),
+        (libc::ST_NOEXEC, libc::MS_NOEXEC),
+        (libc::ST_RDONLY, libc::MS_RDONLY),
+    ] {
+        if flag(st) {
+            mount_flags |= ms;
+        }
     }
     let mut config = Config::default();
-    config.mount_options = options;
-    // allow_other: the daemon (root) mounts, other users' applications use it.
-    config.acl = SessionACL::All;
     config.n_threads = Some(opts.threads.max(1));
     // One /dev/fuse descriptor per worker: requests are spread without a shared read lock.
     config.clone_fd = true;
     let notifier = fs.notifier_slot();
-    let session = Session::new(fs, &mountpoint, &config).map_err(|source| CaptureError::Mount {
+    let mount_failed = |source| CaptureError::Mount {
         path: mountpoint.clone(),
         source,
-    })?;
+    };
+    let mountpoint_c = CString::new(mountpoint.as_os_str().as_bytes())
+        .map_err(|_| mount_failed(io::Error::from_raw_os_error(libc::EINVAL)))?;
+    let source = CString::new(opts.fsname.as_bytes())
+        .map_err(|_| mount_failed(io::Error::from_raw_os_error(libc::EINVAL)))?;
+    // We mount, and only we unmount (`unmount`, `Drop`), with the mount's identity checked.
+    // fuser's own mount would unmount the path again when its session ends, after ours,
+    // taking whatever is mounted there by then (the volume underneath, the passive's
+    // read-only view, the next capture mount after a lazy detach): fuser 0.18.0 believes a
+    // mount is still there when the kernel says it is gone (cberner/fuser#703).
+    // The kernel checks permissions against the attributes we report (the backing ones;
+    // default_permissions): we run as root and would otherwise let everyone do everything.
+    // allow_other: the daemon (root) mounts, other users' applications use it.
+    let dev = sys::mount_fuse(
+        &mountpoint_c,
+        &source,
+        mount_flags,
+        "default_permissions,allow_other",
+    )
+    .map_err(mount_failed)?;
+    let session = match Session::from_fd(fs, dev, SessionACL::All, config) {
+        Ok(session) => session,
+        Err(e) => {
+            // Not left behind as a dead mount.
+            let _ = sys::umount(&mountpoint_c, libc::MNT_DETACH);
+            return Err(mount_failed(e));
+        }
+    };
     let _ = notifier.set(session.notifier());
-    let mountpoint_c =
-        CString::new(mountpoint.as_os_str().as_bytes()).map_err(|_| CaptureError::Mount {
-            path: mountpoint.clone(),
-            source: io::Error::from_raw_os_error(libc::EINVAL),
-        })?;
     let session = std::thread::Builder::new()
         .name("capture-session".into())
         .spawn(move || session.run())

@@ -205,6 +205,45 @@ pub(crate) fn mount_ident(path: &CStr) -> io::Result<MountIdent> {
     })
 }
 
+/// Opens `/dev/fuse` and mounts a FUSE filesystem served through it at `path` (type `fuse`,
+/// shown as `source`), with mount `flags` and `options` after the ones the kernel requires
+/// (`fd`, `rootmode`, `user_id`, `group_id`). Returns the descriptor the session serves.
+/// What fuser's own mount does, minus its unmount on drop (see `mount_with_read_passthrough`).
+pub(crate) fn mount_fuse(
+    path: &CStr,
+    source: &CStr,
+    flags: libc::c_ulong,
+    options: &str,
+) -> io::Result<OwnedFd> {
+    // SAFETY: a NUL-terminated literal path; the descriptor is owned on success.
+    let dev = check(unsafe { libc::open(c"/dev/fuse".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) })?;
+    // SAFETY: open returned a new descriptor nobody else owns.
+    let dev = unsafe { OwnedFd::from_raw_fd(dev) };
+    let mut st = MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: path is NUL-terminated and st a valid out-pointer.
+    check(unsafe { libc::stat(path.as_ptr(), st.as_mut_ptr()) })?;
+    // SAFETY: filled on success.
+    let root_mode = unsafe { st.assume_init() }.st_mode;
+    // SAFETY: no preconditions.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let data = format!(
+        "fd={},rootmode={root_mode:o},user_id={uid},group_id={gid},{options}",
+        dev.as_raw_fd()
+    );
+    let data = CString::new(data).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: every pointer is a NUL-terminated string that outlives the call.
+    check(unsafe {
+        libc::mount(
+            source.as_ptr(),
+            path.as_ptr(),
+            c"fuse".as_ptr(),
+            flags,
+            data.as_ptr().cast(),
+        )
+    })?;
+    Ok(dev)
+}
+
 pub(crate) fn umount(path: &CStr, flags: libc::c_int) -> io::Result<()> {
     // SAFETY: path is NUL-terminated.
     check(unsafe { libc::umount2(path.as_ptr(), flags | libc::UMOUNT_NOFOLLOW) }).map(drop)
