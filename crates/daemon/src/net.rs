@@ -229,10 +229,36 @@ pub async fn serve_management(ctx: Arc<NetCtx>, listener: TcpListener) {
             let answer = tokio::time::timeout(ctx.probe_timeout * 2, answer_probe(&ctx, tcp)).await;
             match answer {
                 Ok(Ok(())) => {}
+                // A prober that gave up (its probe timed out, as when this daemon was
+                // frozen and serves its backlog on waking) is not a refusal.
+                Ok(Err(e)) if prober_hung_up(&e) => {
+                    debug!(from = %addr, error = %e, "management probe abandoned by its prober")
+                }
                 Ok(Err(e)) => warn!(from = %addr, error = %e, "management probe refused or failed"),
                 Err(_) => warn!(from = %addr, "management probe timed out"),
             }
         });
+    }
+}
+
+/// Whether answering a probe failed only because the prober closed its end: during the
+/// handshake, or before (or while) its probe arrived.
+fn prober_hung_up(e: &anyhow::Error) -> bool {
+    let hung_up = |io: &std::io::Error| {
+        matches!(
+            io.kind(),
+            std::io::ErrorKind::UnexpectedEof
+                | std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::BrokenPipe
+        )
+    };
+    if let Some(tls) = e.downcast_ref::<understudy_tls::TlsError>() {
+        return tls.peer_hung_up();
+    }
+    match e.downcast_ref::<understudy_wire::WireError>() {
+        Some(understudy_wire::WireError::Closed | understudy_wire::WireError::Truncated(_)) => true,
+        Some(understudy_wire::WireError::Io(io)) => hung_up(io),
+        _ => false,
     }
 }
 
@@ -341,5 +367,42 @@ pub async fn public_check(
             _ = tokio::time::sleep(interval) => {}
             _ = now_requested.notified() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handshake(error: std::io::Error) -> anyhow::Error {
+        understudy_tls::TlsError::Handshake {
+            peer: "10.0.0.1:7401".into(),
+            reason: "test".into(),
+            error,
+        }
+        .into()
+    }
+
+    #[test]
+    fn a_prober_that_hung_up_is_told_apart_from_a_refusal() {
+        use std::io::{Error, ErrorKind};
+        use understudy_wire::WireError;
+        // Gone: during the handshake, before its probe, in the middle of it.
+        assert!(prober_hung_up(&handshake(Error::from(
+            ErrorKind::UnexpectedEof
+        ))));
+        assert!(prober_hung_up(&WireError::Closed.into()));
+        assert!(prober_hung_up(&WireError::Truncated(3).into()));
+        assert!(prober_hung_up(
+            &WireError::Io(Error::from(ErrorKind::ConnectionReset)).into()
+        ));
+        // Refusals and garbage stay warnings.
+        let refused = Error::new(
+            ErrorKind::InvalidData,
+            rustls::Error::General("bad certificate".into()),
+        );
+        assert!(!prober_hung_up(&handshake(refused)));
+        assert!(!prober_hung_up(&WireError::ReservedFlags(1).into()));
+        assert!(!prober_hung_up(&anyhow::anyhow!("expected a probe")));
     }
 }
