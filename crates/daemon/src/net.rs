@@ -198,6 +198,11 @@ pub async fn accept_link(ctx: Arc<NetCtx>, link: usize, listener: TcpListener) {
                 }
                 current = Some(tokio::spawn(link_session(ctx.clone(), link, stream)));
             }
+            // A dialler that gave up mid-handshake (it timed out while this daemon was slow
+            // or frozen) is not a refusal; a refusal either way comes with a TLS alert.
+            Err(e) if e.peer_hung_up() => {
+                debug!(link, from = %addr, error = %e, "channel connection abandoned by its dialler")
+            }
             // A peer without a certificate from the pair's CA lands here.
             Err(e) => warn!(link, from = %addr, error = %e, "refused a channel connection"),
         }
