@@ -85,12 +85,20 @@ fn a_switchover_drains_and_the_new_active_serves_the_same_data() {
         .expect("read on new active");
     assert_eq!(count.split_whitespace().collect::<Vec<_>>(), ["201", "200"]);
     let events = pair.status(a).expect("status").events;
-    assert!(
-        events.iter().any(|e| e
-            .text
+    let drain = events.iter().find(|e| {
+        e.text
             .as_deref()
-            .is_some_and(|t| t.contains("confirmed by the peer"))),
+            .is_some_and(|t| t.contains("confirmed by the peer"))
+    });
+    assert!(
+        drain.is_some(),
         "the switchover reports its drain: {events:#?}"
+    );
+    // News, not a warning (the log's level follows).
+    assert_eq!(
+        drain.and_then(|e| e.level.as_deref()),
+        Some("info"),
+        "{drain:?}"
     );
     // The old active now shows its copy read-only at the path.
     assert!(
@@ -742,10 +750,16 @@ fn a_switchover_the_peer_cannot_confirm_is_called_off() {
         let note = pair.status(a).ok().and_then(|s| {
             s.events
                 .iter()
-                .filter_map(|e| e.text.clone())
-                .find(|t| t.contains("switchover called off"))
+                .filter(|e| {
+                    e.text
+                        .as_deref()
+                        .is_some_and(|t| t.contains("switchover called off"))
+                })
+                .map(|e| (e.text.clone().unwrap_or_default(), e.level.clone()))
+                .next()
         });
-        if let Some(note) = note {
+        if let Some((note, level)) = note {
+            assert_eq!(level.as_deref(), Some("warning"), "{note}");
             break note;
         }
         assert!(

@@ -211,9 +211,12 @@ pub enum Event {
         epoch: Epoch,
         reason: Reason,
     },
+    /// Something the operator should know: `warning` for what may need them (a refusal, a
+    /// failed step, lost data preserved), otherwise news (a resync or drain completed).
     Notice {
         at: Time,
         text: String,
+        warning: bool,
     },
     /// A resource failure and the step its ladder took.
     ResourceFailure {
@@ -1223,7 +1226,12 @@ impl PairCore {
     }
 
     fn notice(&mut self, text: String) {
-        self.push(Output::Event(Event::Notice { at: self.now, text }));
+        // The core's notices are all about something that went wrong or was refused.
+        self.push(Output::Event(Event::Notice {
+            at: self.now,
+            text,
+            warning: true,
+        }));
     }
 
     fn push(&mut self, output: Output) {

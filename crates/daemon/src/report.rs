@@ -128,6 +128,8 @@ pub struct EventReport {
     pub epoch: Option<u64>,
     pub reason: Option<String>,
     pub text: Option<String>,
+    /// For a notice: `warning` or `info`.
+    pub level: Option<String>,
 }
 
 impl EventReport {
@@ -146,6 +148,7 @@ impl EventReport {
             epoch: None,
             reason: None,
             text: None,
+            level: None,
         };
         match event {
             Event::RoleChange {
@@ -163,10 +166,11 @@ impl EventReport {
                 reason: Some(reason.as_str().into()),
                 ..base
             },
-            Event::Notice { at, text } => EventReport {
+            Event::Notice { at, text, warning } => EventReport {
                 at_mono_ms: at.0,
                 kind: "notice".into(),
                 text: Some(text.clone()),
+                level: Some(if *warning { "warning" } else { "info" }.into()),
                 ..base
             },
             Event::ResourceFailure {

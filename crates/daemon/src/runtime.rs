@@ -47,8 +47,9 @@ pub enum ToCore {
     ResourcesDone {
         start: bool,
         ok: bool,
-        /// What replication reported on the way (a switchover's drain), for the event log.
-        note: Option<String>,
+        /// What replication reported on the way (a switchover's drain), for the event log,
+        /// and whether it is a warning.
+        note: Option<(String, bool)>,
     },
     /// The watchdog stopped every resource while this daemon missed its lease.
     Fenced,
@@ -67,8 +68,12 @@ pub enum ToCore {
     Status {
         reply: oneshot::Sender<StatusReport>,
     },
-    /// Replication has something to tell the operator (a resync, a quarantine, a verify).
-    Notice(String),
+    /// Replication has something to tell the operator (a resync, a quarantine, a verify),
+    /// and whether it is a warning.
+    Notice {
+        text: String,
+        warning: bool,
+    },
 }
 
 /// Bound on the core's inbox: senders wait (backpressure) rather than grow it.
@@ -136,7 +141,12 @@ impl Daemon {
                 // In the background: a hook must never hold up the core.
                 tokio::spawn(async move { hooks.run(HookPoint::RoleChange, &env).await });
             }
-            Event::Notice { text, .. } => warn!(notice = %text, "pair notice"),
+            Event::Notice {
+                text,
+                warning: true,
+                ..
+            } => warn!(notice = %text, "pair notice"),
+            Event::Notice { text, .. } => info!(notice = %text, "pair notice"),
             Event::ResourceFailure {
                 resource,
                 failures,
@@ -337,12 +347,16 @@ pub async fn run(cfg: Config, node_name: &str) -> Result<()> {
     let replicator = Arc::new(build_replicator(&cfg, me, net.tls.clone(), &serving)?);
     {
         // Notices reach the event log through the core's inbox, like everything else.
-        let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<(String, bool)>();
         replicator.set_notices(tx);
         let to_core = to_core.clone();
         tokio::spawn(async move {
-            while let Some(text) = rx.recv().await {
-                if to_core.send(ToCore::Notice(text)).await.is_err() {
+            while let Some((text, warning)) = rx.recv().await {
+                if to_core
+                    .send(ToCore::Notice { text, warning })
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -525,8 +539,12 @@ fn handle(core: &mut PairCore, daemon: &mut Daemon, msg: ToCore) {
             ok,
             note,
         } => {
-            if let Some(text) = note {
-                daemon.record(&Event::Notice { at: now, text });
+            if let Some((text, warning)) = note {
+                daemon.record(&Event::Notice {
+                    at: now,
+                    text,
+                    warning,
+                });
             }
             core.handle(now, Input::ResourcesStopped { ok })
         }
@@ -544,7 +562,11 @@ fn handle(core: &mut PairCore, daemon: &mut Daemon, msg: ToCore) {
         ToCore::Status { reply } => {
             let _ = reply.send(report::build(core, daemon));
         }
-        ToCore::Notice(text) => daemon.record(&Event::Notice { at: now, text }),
+        ToCore::Notice { text, warning } => daemon.record(&Event::Notice {
+            at: now,
+            text,
+            warning,
+        }),
     }
 }
 
@@ -655,13 +677,16 @@ fn carry_out(
                                 .collect::<Vec<_>>()
                                 .join(", ");
                             let restarted = resources.start_all().await;
-                            note = Some(format!(
-                                "switchover called off: the peer did not confirm {sets}; {}",
-                                match &restarted {
-                                    Ok(()) => "the applications run here again".to_string(),
-                                    Err(e) =>
-                                        format!("starting the applications again failed: {e}"),
-                                }
+                            note = Some((
+                                format!(
+                                    "switchover called off: the peer did not confirm {sets}; {}",
+                                    match &restarted {
+                                        Ok(()) => "the applications run here again".to_string(),
+                                        Err(e) =>
+                                            format!("starting the applications again failed: {e}"),
+                                    }
+                                ),
+                                true,
                             ));
                             stopped = Err(understudy_resources::ResourceError::other(
                                 "replication",
@@ -675,7 +700,8 @@ fn carry_out(
                             Vec::new()
                         };
                         if !drained.is_empty() {
-                            note = Some(
+                            let all_confirmed = drained.iter().all(|(_, _, ok)| *ok);
+                            note = Some((
                                 drained
                                     .iter()
                                     .map(|(name, last, ok)| {
@@ -687,7 +713,8 @@ fn carry_out(
                                     })
                                     .collect::<Vec<_>>()
                                     .join("; "),
-                            );
+                                !all_confirmed,
+                            ));
                         }
                         stopped
                     };

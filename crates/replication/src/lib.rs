@@ -174,7 +174,7 @@ impl Replicator {
     }
 
     /// Sends operator notices (resyncs, quarantines, verify results) to `tx`.
-    pub fn set_notices(&self, tx: tokio::sync::mpsc::UnboundedSender<String>) {
+    pub fn set_notices(&self, tx: tokio::sync::mpsc::UnboundedSender<(String, bool)>) {
         for set in &self.sets {
             set.set_notices(tx.clone());
         }

@@ -176,7 +176,8 @@ pub struct ReplicaSet {
     engine_busy: Arc<AtomicBool>,
     progress: Arc<Mutex<SyncProgress>>,
     last_verify: Arc<Mutex<Option<VerifyOutcome>>>,
-    notices: Mutex<Option<tokio::sync::mpsc::UnboundedSender<String>>>,
+    /// Notices for the event log: the text, and whether it is a warning.
+    notices: Mutex<Option<tokio::sync::mpsc::UnboundedSender<(String, bool)>>>,
     rate: Mutex<(Instant, u64, u64)>,
 }
 
@@ -250,14 +251,20 @@ impl ReplicaSet {
     }
 
     /// Where operator-facing notices (resync done, quarantine) go: the daemon's event log.
-    pub fn set_notices(&self, tx: tokio::sync::mpsc::UnboundedSender<String>) {
+    pub fn set_notices(&self, tx: tokio::sync::mpsc::UnboundedSender<(String, bool)>) {
         *lock(&self.notices) = Some(tx);
     }
 
-    pub(crate) fn notice(&self, text: String) {
-        info!(set = %self.cfg.name, "{text}");
-        if let Some(tx) = lock(&self.notices).as_ref() {
-            let _ = tx.send(format!("set {}: {text}", self.cfg.name));
+    /// Tells the operator (the event log, which the daemon logs at the notice's level);
+    /// `warning` for what may need them.
+    pub(crate) fn notice(&self, warning: bool, text: String) {
+        match lock(&self.notices).as_ref() {
+            Some(tx) => {
+                let _ = tx.send((format!("set {}: {text}", self.cfg.name), warning));
+            }
+            // Nobody collects notices (a set outside a daemon): the log is the only record.
+            None if warning => warn!(set = %self.cfg.name, "{text}"),
+            None => info!(set = %self.cfg.name, "{text}"),
         }
     }
 
@@ -398,16 +405,17 @@ impl ReplicaSet {
         self.passive.unclean.store(false, Ordering::SeqCst);
         let mut text =
             format!("resync #{resyncs} complete: this copy equals the active's at seq {end}");
+        let mut warning = false;
         if let Some(q) = quarantine.filter(|q| q.files > 0) {
+            warning = true;
             text = format!(
                 "this node held changes the active lacks (it was active after the two parted: a failback or a split brain): {} of its changed files ({} bytes) were preserved in {} (see MANIFEST.jsonl) before the active's data replaced them; {text}",
                 q.files,
                 q.bytes,
                 q.dir.display()
             );
-            warn!(set = %self.cfg.name, quarantine = %q.dir.display(), files = q.files, "{text}");
         }
-        self.notice(text);
+        self.notice(warning, text);
     }
 
     /// Streaming: the durable position is where this copy resumes after a crash. Saved
@@ -700,7 +708,7 @@ impl ReplicaSet {
                     Ok(end) => {
                         queue.resync_done();
                         let p = lock(&me.progress).clone();
-                        me.notice(format!(
+                        me.notice(false, format!(
                             "resync of the passive complete at seq {end} ({}, {} entries, {} of {} files copied or patched, {} bytes sent in {} ms)",
                             p.scope, p.entries, p.files_done, p.files_total, p.bytes_sent, p.elapsed_ms
                         ));
@@ -767,7 +775,7 @@ impl ReplicaSet {
                 if let Err(e) = outcome {
                     // The record in progress: the verify's, or the repair's once it started.
                     mark_failed(&me.progress, &e);
-                    me.notice(format!("verify {id} stopped: {e}"));
+                    me.notice(true, format!("verify {id} stopped: {e}"));
                 }
                 busy.store(false, Ordering::SeqCst);
             })
@@ -1048,10 +1056,13 @@ fn run_verify(
         .map_err(|e| e.to_string())?;
     let mut outcome = engine.verify(&listing).map_err(|e| e.to_string())?;
     let n = outcome.differences.len();
-    set.notice(format!(
-        "verify {id}: {n} differences ({} files, {} bytes compared in {} ms)",
-        outcome.files_compared, outcome.bytes_compared, outcome.elapsed_ms
-    ));
+    set.notice(
+        n > 0,
+        format!(
+            "verify {id}: {n} differences ({} files, {} bytes compared in {} ms)",
+            outcome.files_compared, outcome.bytes_compared, outcome.elapsed_ms
+        ),
+    );
     if !repair || n == 0 {
         *lock(&set.last_verify) = Some(outcome);
         return Ok(());
@@ -1095,9 +1106,10 @@ fn run_verify(
         .begin(false, crate::engine::Scope::Paths(scope), false)
         .map_err(|e| e.to_string())?;
     let end = engine.resync(&listing, false).map_err(|e| e.to_string())?;
-    set.notice(format!(
-        "repair after verify {id}: {n} differing paths resynced (done at seq {end})"
-    ));
+    set.notice(
+        false,
+        format!("repair after verify {id}: {n} differing paths resynced (done at seq {end})"),
+    );
     Ok(())
 }
 
