@@ -418,21 +418,56 @@ pub fn human(r: &StatusReport) -> String {
     if !recent.is_empty() {
         out.push_str("recent events:\n");
         for e in recent.into_iter().rev() {
-            match (&e.from, &e.to, &e.reason) {
-                (Some(f), Some(t), Some(why)) => out.push_str(&format!(
-                    "  {} {f} -> {t} (epoch {}, {why})\n",
-                    e.at,
-                    e.epoch.unwrap_or(0)
-                )),
-                _ => out.push_str(&format!("  {} {}\n", e.at, e.text.as_deref().unwrap_or(""))),
-            }
+            out.push_str(&event_line(e));
         }
     }
     out
 }
 
+/// One event of `status`'s "recent events", with its newline; a warning says so.
+fn event_line(e: &EventReport) -> String {
+    match (&e.from, &e.to, &e.reason) {
+        (Some(f), Some(t), Some(why)) => format!(
+            "  {} {f} -> {t} (epoch {}, {why})\n",
+            e.at,
+            e.epoch.unwrap_or(0)
+        ),
+        _ => format!(
+            "  {} {}{}\n",
+            e.at,
+            if e.level.as_deref() == Some("warning") {
+                "WARNING: "
+            } else {
+                ""
+            },
+            e.text.as_deref().unwrap_or("")
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_warning_notice_says_so_in_recent_events() {
+        use understudy_core::{Event, Time};
+        let at = std::time::UNIX_EPOCH;
+        let notice = |warning| Event::Notice {
+            at: Time(0),
+            text: "set data: drained to seq 7".into(),
+            warning,
+        };
+        let line =
+            |warning| super::event_line(&super::EventReport::from_event(&notice(warning), at));
+        assert_eq!(
+            line(false),
+            "  1970-01-01T00:00:00.000Z set data: drained to seq 7\n"
+        );
+        assert_eq!(
+            line(true),
+            "  1970-01-01T00:00:00.000Z WARNING: set data: drained to seq 7\n"
+        );
+    }
+
     #[test]
     fn utc_text_formats_known_instants() {
         assert_eq!(super::utc_text(0), "1970-01-01T00:00:00.000Z");
