@@ -65,3 +65,51 @@ fn unmounting_leaves_the_filesystem_underneath_mounted() {
         assert!(left[0].starts_with("tmpfs "), "{left:?}");
     }
 }
+
+/// A busy mount dropped (detached lazily: a file stays open in it), the path mounted again
+/// (the node promoted once more), then the old file closed: the old session ends, and the
+/// new mount must still be there, capturing. Before, the old session's end unmounted the
+/// path again and took the new mount, and writes through the path went around capture.
+#[test]
+fn the_end_of_a_detached_session_leaves_the_next_mount_alone() {
+    if !require_root("the_end_of_a_detached_session_leaves_the_next_mount_alone") {
+        return;
+    }
+    let base = tempfile::tempdir().expect("tempdir");
+    let (backing, mnt) = (base.path().join("backing"), base.path().join("mnt"));
+    std::fs::create_dir(&backing).expect("mkdir");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    let old = mount(
+        &backing,
+        &mnt,
+        TestJournal::new(false),
+        CaptureOptions::default(),
+    )
+    .expect("first mount");
+    let held = std::fs::File::create(mnt.join("held")).expect("hold a file open");
+    drop(old); // busy: detached lazily, its session goes on serving `held`
+    let journal = TestJournal::new(false);
+    let new =
+        mount(&backing, &mnt, journal.clone(), CaptureOptions::default()).expect("mount again");
+    drop(held); // the old session's last file: it ends now
+                // Its end must not touch the new mount: wait a little for it to have happened.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(
+        mounted_at(&mnt)
+            .iter()
+            .filter(|m| m.starts_with("fuse "))
+            .count(),
+        1,
+        "the new capture mount is still at the path: {:?}",
+        mounted_at(&mnt)
+    );
+    std::fs::write(mnt.join("after"), b"x").expect("write through the new mount");
+    assert!(
+        journal.snapshot().iter().any(|r| matches!(
+            &r.op,
+            understudy_oplog::Op::Mknod { path, .. } if path == b"after"
+        )),
+        "a write after the old session ended is captured"
+    );
+    new.unmount().map_err(|e| e.to_string()).expect("unmount");
+}
