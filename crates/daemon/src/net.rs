@@ -249,20 +249,12 @@ pub async fn serve_management(ctx: Arc<NetCtx>, listener: TcpListener) {
 /// Whether answering a probe failed only because the prober closed its end: during the
 /// handshake, or before (or while) its probe arrived.
 fn prober_hung_up(e: &anyhow::Error) -> bool {
-    let hung_up = |io: &std::io::Error| {
-        matches!(
-            io.kind(),
-            std::io::ErrorKind::UnexpectedEof
-                | std::io::ErrorKind::ConnectionReset
-                | std::io::ErrorKind::BrokenPipe
-        )
-    };
     if let Some(tls) = e.downcast_ref::<understudy_tls::TlsError>() {
         return tls.peer_hung_up();
     }
     match e.downcast_ref::<understudy_wire::WireError>() {
         Some(understudy_wire::WireError::Closed | understudy_wire::WireError::Truncated(_)) => true,
-        Some(understudy_wire::WireError::Io(io)) => hung_up(io),
+        Some(understudy_wire::WireError::Io(io)) => understudy_tls::hung_up(io),
         _ => false,
     }
 }

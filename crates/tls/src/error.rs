@@ -144,6 +144,14 @@ pub enum TlsError {
     BadPeerCertificate(String),
 }
 
+/// True when an I/O error says only that the other end went away (closed, reset).
+pub fn hung_up(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+    )
+}
+
 impl TlsError {
     /// True when the peer simply closed the connection during the handshake, having
     /// presented nothing we refused: a dialler dropping an attempt that lost a race (the
@@ -151,13 +159,7 @@ impl TlsError {
     pub fn peer_hung_up(&self) -> bool {
         match self {
             TlsError::Handshake { error, .. } => {
-                !matches!(error.get_ref(), Some(e) if e.is::<rustls::Error>())
-                    && matches!(
-                        error.kind(),
-                        io::ErrorKind::UnexpectedEof
-                            | io::ErrorKind::ConnectionReset
-                            | io::ErrorKind::BrokenPipe
-                    )
+                !matches!(error.get_ref(), Some(e) if e.is::<rustls::Error>()) && hung_up(error)
             }
             _ => false,
         }

@@ -22,7 +22,7 @@ mod names;
 mod net;
 pub mod records;
 
-pub use error::TlsError;
+pub use error::{hung_up, TlsError};
 pub use generate::{generate_pair, write_pair, NodeMaterial, PairMaterial};
 pub use identity::{check_peer, negotiated_version, peer_identity, ALPN_V3};
 pub use load::{load_node_tls, NodeTls};
