@@ -23,15 +23,21 @@ fn mounted_at(path: &std::path::Path) -> Vec<String> {
         .collect()
 }
 
+/// A scratch directory (kept alive by the returned guard) with an empty `backing` and `mnt`.
+fn backing_and_mount_point() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let base = tempfile::tempdir().expect("tempdir");
+    let (backing, mnt) = (base.path().join("backing"), base.path().join("mnt"));
+    std::fs::create_dir(&backing).expect("mkdir");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    (base, backing, mnt)
+}
+
 #[test]
 fn unmounting_leaves_the_filesystem_underneath_mounted() {
     if !require_root("unmounting_leaves_the_filesystem_underneath_mounted") {
         return;
     }
-    let base = tempfile::tempdir().expect("tempdir");
-    let (backing, mnt) = (base.path().join("backing"), base.path().join("mnt"));
-    std::fs::create_dir(&backing).expect("mkdir");
-    std::fs::create_dir(&mnt).expect("mkdir");
+    let (_base, backing, mnt) = backing_and_mount_point();
     let st = Command::new("mount")
         .args(["-t", "tmpfs", "-o", "size=1m", "understudy-test-under"])
         .arg(&mnt)
@@ -75,10 +81,7 @@ fn the_end_of_a_detached_session_leaves_the_next_mount_alone() {
     if !require_root("the_end_of_a_detached_session_leaves_the_next_mount_alone") {
         return;
     }
-    let base = tempfile::tempdir().expect("tempdir");
-    let (backing, mnt) = (base.path().join("backing"), base.path().join("mnt"));
-    std::fs::create_dir(&backing).expect("mkdir");
-    std::fs::create_dir(&mnt).expect("mkdir");
+    let (_base, backing, mnt) = backing_and_mount_point();
     let old = mount(
         &backing,
         &mnt,
@@ -91,17 +94,15 @@ fn the_end_of_a_detached_session_leaves_the_next_mount_alone() {
     let journal = TestJournal::new(false);
     let new =
         mount(&backing, &mnt, journal.clone(), CaptureOptions::default()).expect("mount again");
-    drop(held); // the old session's last file: it ends now
-                // Its end must not touch the new mount: wait a little for it to have happened.
+    // The old session's last file: it ends now. Its end must not touch the new mount; wait a
+    // little for it to have happened.
+    drop(held);
     std::thread::sleep(std::time::Duration::from_millis(500));
+    let left = mounted_at(&mnt);
     assert_eq!(
-        mounted_at(&mnt)
-            .iter()
-            .filter(|m| m.starts_with("fuse "))
-            .count(),
+        left.iter().filter(|m| m.starts_with("fuse ")).count(),
         1,
-        "the new capture mount is still at the path: {:?}",
-        mounted_at(&mnt)
+        "the new capture mount is still at the path: {left:?}"
     );
     std::fs::write(mnt.join("after"), b"x").expect("write through the new mount");
     assert!(
